@@ -1,0 +1,1 @@
+"""Modules that slice: elastic linears with LoRA, skippable blocks, and the super-network that drives them."""
