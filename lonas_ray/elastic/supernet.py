@@ -48,6 +48,24 @@ class SuperNetwork(nn.Module):
 
     # ---- construction
 
+    def set_space(self, space: SpaceSpec | SearchSpace) -> None:
+        """Switch to another space over the same adapters (e.g. one generated from importance).
+
+        Newly elastic linears and blocks are wrapped; existing adapters are kept, so the
+        LoRA settings (targets, r_max, alpha) must not change.
+        """
+        if isinstance(space, SpaceSpec):
+            space = SearchSpace.resolve(space, self.shape)
+        same = (space.target_modules, space.r_max, space.alpha) == (
+            self.space.target_modules, self.space.r_max, self.space.alpha)
+        if not same or space.shape != self.shape:
+            raise ValueError("set_space keeps the adapters: targets, r_max, alpha and the model shape must not change")
+        self.activate(self.space.maximal())  # leave every module at full size before re-planning
+        self.space = space
+        self._wrap()
+        self._setters = self._compile_setters()
+        self.activate(space.maximal())
+
     def _sliced_modules(self, layer: int) -> set[str]:
         fam, dims = self.family, self.space.dims
         out: set[str] = set()
@@ -60,16 +78,19 @@ class SuperNetwork(nn.Module):
     def _wrap(self) -> None:
         layers = decoder_layers(self.model, self.family)
         targets = set(self.space.target_modules)
-        for i, block in enumerate(layers):
+        for i, layer in enumerate(layers):
+            block = layer.block if isinstance(layer, SkippableBlock) else layer
             for name in sorted(targets | self._sliced_modules(i)):
                 parent = get_submodule(block, self.family.parent_of(name))
                 base = getattr(parent, name)
+                if isinstance(base, ElasticLinear):
+                    continue  # already elastic (set_space re-wraps only what is new)
                 r_max = self.space.r_max if name in targets else 0
                 wrapped = ElasticLinear(base, r_max, self.space.alpha, self.space.dropout)
                 setattr(parent, name, wrapped)
                 self.elastic[(i, name)] = wrapped
-            if f"keep.{i}" in self.space.dims:
-                layers[i] = self.skippable.setdefault(i, SkippableBlock(block))
+            if f"keep.{i}" in self.space.dims and i not in self.skippable:
+                layers[i] = self.skippable[i] = SkippableBlock(block)
 
     def _compile_setters(self) -> dict[str, Callable[[object], None]]:
         """One small closure per dimension that writes its choice into the modules it controls.

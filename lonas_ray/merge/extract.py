@@ -67,8 +67,10 @@ def _source_tensor(supernet: SuperNetwork, key: str, plan: SubnetPlan, merge: bo
     """The tensor of the exported model's state-dict entry ``key``, taken from the super-network."""
     prefix = supernet.family.layers + "."
     if not key.startswith(prefix):
-        return supernet.model.get_parameter(key).detach().clone() if key in dict(
-            supernet.model.named_parameters()) else supernet.model.get_buffer(key).detach().clone()
+        try:
+            return supernet.model.get_parameter(key).detach().clone()
+        except AttributeError:
+            return supernet.model.get_buffer(key).detach().clone()
     index, rest = key[len(prefix):].split(".", 1)
     source_layer = plan.kept_layers[int(index)]
     block = supernet.block(source_layer)

@@ -1,0 +1,63 @@
+"""The ``lonas-ray`` command: one verb per workflow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from lonas_ray.config_io import ConfigError
+
+
+def _export(args) -> int:
+    from lonas_ray.export_job import ExportJobConfig, run_export
+
+    summary = run_export(ExportJobConfig.from_yaml(args.config), args.output)
+    print(f"space: {summary['dimensions']} dimensions, {summary['space_size']:.3g} sub-networks")
+    print(f"{'label':<10} {'subnet_id':<13} {'params':>12} {'MACs/token':>12} {'max rel err':>12}")
+    for r in summary["subnets"]:
+        err = f"{r['max_rel_err']:.2e}" if "max_rel_err" in r else "-"
+        print(f"{r['label']:<10} {r['subnet_id']:<13} {r['params']:>12,} {r['macs_per_token']:>12,} {err:>12}")
+    print(f"models and summary.json written under {args.output}")
+    return 0
+
+
+def _space(args) -> int:
+    from lonas_ray.build import build_supernet
+    from lonas_ray.export_job import ExportJobConfig
+
+    space = build_supernet(ExportJobConfig.from_yaml(args.config).supernet).supernet.space
+    kinds: dict[str, int] = {}
+    for d in space.dims.values():
+        kinds[d.kind] = kinds.get(d.kind, 0) + 1
+    print(json.dumps({"size": space.size(), "dimensions": kinds, "heuristic": space.heuristic()}, indent=1))
+    return 0
+
+
+COMMANDS = {
+    "export": (_export, "build the super-network and export chosen sub-networks as verified HF models"),
+    "space": (_space, "build the super-network and describe its search space"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lonas-ray", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", required=True, help="YAML config file")
+        if name == "export":
+            p.add_argument("--output", required=True, help="output directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command][0](args)
+    except ConfigError as exc:
+        print(f"lonas-ray: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Parameter, non-zero and MAC counts of a sub-network, and of a real model to check them against.
+
+``count_subnet`` reads the super-network's own tensors under a plan, so family
+specifics (biases, q/k norms, tied embeddings) are counted as they are, never
+from a formula that could forget one. ``count_model`` measures an exported
+model; tests require the two to agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from lonas_ray.elastic.linear import ElasticLinear
+from lonas_ray.elastic.supernet import SuperNetwork
+from lonas_ray.families import decoder_layers, family_of
+from lonas_ray.space import SubnetConfig
+
+
+@dataclass(frozen=True)
+class Counts:
+    params: int
+    nonzero_params: int
+    macs_per_token: int  # linear layers incl. lm_head; attention scores excluded (they grow with context)
+    adapter_params: int = 0  # active LoRA parameters before merging (0 for a merged model)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _nonzero(t: torch.Tensor) -> int:
+    return t.numel() if t.device.type == "meta" else int(torch.count_nonzero(t))
+
+
+def _outside_blocks(model: nn.Module, blocks: list[nn.Module]) -> list[torch.Tensor]:
+    """Parameters not inside any decoder block, each once (tied embeddings count once)."""
+    inside = {id(p) for b in blocks for p in b.parameters()}
+    seen: set[int] = set()
+    out = []
+    for p in model.parameters():
+        if id(p) not in inside and id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def _lm_head_macs(model: nn.Module) -> int:
+    head = model.get_output_embeddings()
+    return head.weight.shape[0] * head.weight.shape[1] if head is not None else 0
+
+
+def count_subnet(supernet: SuperNetwork, config: SubnetConfig | None = None) -> Counts:
+    """Counts of sub-network ``config`` (default: active) as it will be once extracted and merged."""
+    plan = supernet.plan(config)
+    blocks = [supernet.block(i) for i in range(supernet.shape.num_layers)]
+    params = nonzero = macs = adapter = 0
+    for p in _outside_blocks(supernet.model, blocks):
+        params += p.numel()
+        nonzero += _nonzero(p)
+    for i in plan.kept_layers:
+        linears = plan.layers[i].linears
+        for mname, module in blocks[i].named_modules():
+            leaf = mname.rsplit(".", 1)[-1]
+            if isinstance(module, ElasticLinear):
+                s = linears[leaf]
+                base = module.base_layer
+                n = s.out_features * s.in_features
+                params += n
+                macs += n
+                weight = base.weight[: s.out_features, : s.in_features]
+                merged_dense = bool(module.r_max and s.rank and torch.any(module.lora_B[: s.out_features, : s.rank] != 0))
+                nonzero += n if merged_dense else _nonzero(weight)
+                if base.bias is not None:
+                    params += s.out_features
+                    nonzero += _nonzero(base.bias[: s.out_features])
+                if module.r_max and s.rank:
+                    adapter += s.rank * (s.in_features + s.out_features)
+                continue
+            if "base_layer" in mname.split("."):
+                continue  # counted through its ElasticLinear
+            for p in module.parameters(recurse=False):
+                params += p.numel()
+                nonzero += _nonzero(p)
+            if isinstance(module, nn.Linear):
+                macs += module.in_features * module.out_features
+    return Counts(params, nonzero, macs + _lm_head_macs(supernet.model), adapter)
+
+
+def count_model(model: nn.Module) -> Counts:
+    """Measured counts of a plain (exported) model: real tensors, real linear shapes."""
+    layers = decoder_layers(model, family_of(model))
+    params = nonzero = 0
+    seen: set[int] = set()
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            params += p.numel()
+            nonzero += _nonzero(p)
+    macs = sum(m.in_features * m.out_features for layer in layers for m in layer.modules() if isinstance(m, nn.Linear))
+    return Counts(params, nonzero, macs + _lm_head_macs(model))

@@ -1,0 +1,94 @@
+"""Cluster and infra files: valid YAML, read by Ray as intended, and the same pools everywhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+YAML_FILES = sorted(p for d in ("cluster", "infra") for p in (ROOT / d).rglob("*.y*ml"))
+POOL_LABEL = "lonas/pool"
+
+
+def load(rel: str):
+    return yaml.safe_load((ROOT / rel).read_text())
+
+
+def aws_pools() -> dict[str, dict]:
+    config = load("cluster/aws.yaml")
+    return {name: t for name, t in config["available_node_types"].items() if name != config["head_node_type"]}
+
+
+def kuberay_groups() -> dict[str, dict]:
+    return {g["groupName"]: g for g in load("infra/kuberay/raycluster.yaml")["spec"]["workerGroupSpecs"]}
+
+
+def test_yaml_files_exist_and_parse():
+    names = {str(p.relative_to(ROOT)) for p in YAML_FILES}
+    assert {"cluster/aws.yaml", "cluster/local_pools.yaml", "infra/kuberay/raycluster.yaml",
+            "infra/kuberay/rayjob.yaml", "infra/monitoring/prometheus.yml"} <= names
+    for path in YAML_FILES:
+        assert isinstance(yaml.safe_load(path.read_text()), dict), path
+
+
+def test_aws_config_passes_ray_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(load("cluster/aws.yaml")))
+
+
+def test_every_aws_pool_has_its_resource_and_label():
+    pools = aws_pools()
+    assert set(pools) == {"h100", "l4", "cpu-x86"}
+    for name, node_type in pools.items():
+        assert node_type["resources"].get(f"pool_{name}") == 1, name
+        assert node_type["labels"] == {POOL_LABEL: name}, name
+        assert node_type["min_workers"] == 0, name  # autoscale from nothing
+    assert "pool_" not in json.dumps(load("cluster/aws.yaml")["available_node_types"]["head"])
+
+
+def test_aws_nodes_start_without_usage_stats():
+    config = load("cluster/aws.yaml")
+    for cmd in config["head_start_ray_commands"][1:] + config["worker_start_ray_commands"][1:]:
+        assert "RAY_USAGE_STATS_ENABLED=0" in cmd and "--disable-usage-stats" in cmd
+
+
+def test_ray_labels_are_valid():
+    from ray._private.label_utils import validate_node_label_syntax, validate_node_labels
+
+    for node_type in aws_pools().values():
+        validate_node_labels(node_type["labels"])
+        validate_node_label_syntax(node_type["labels"])
+
+
+def test_kuberay_groups_match_aws_pools_as_ray_reads_them():
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+    assert set(kuberay_groups()) == set(aws_pools())
+    cr = load("infra/kuberay/raycluster.yaml")
+    cr["metadata"]["namespace"] = "default"  # the operator fills it in on the live object
+    node_types = _derive_autoscaling_config_from_ray_cr(cr)["available_node_types"]
+    for name in aws_pools():
+        assert node_types[name]["resources"].get(f"pool_{name}") == 1, name
+        assert node_types[name]["labels"] == {POOL_LABEL: name}, name
+        assert node_types[name]["min_workers"] == 0, name
+
+
+def test_rayjob_runs_the_quickstart_on_the_cluster():
+    spec = load("infra/kuberay/rayjob.yaml")["spec"]
+    assert spec["entrypoint"] == (
+        "python jobs/pipeline.py --config jobs/configs/quickstart.yaml --output /data/out"
+    )
+    assert spec["clusterSelector"]["ray.io/cluster"] == load("infra/kuberay/raycluster.yaml")["metadata"]["name"]
+
+
+@pytest.mark.parametrize("pool", ["cpu-a", "cpu-b"])
+def test_local_pools_recipe_is_consistent(pool):
+    recipe = load("cluster/local_pools.yaml")
+    spec = recipe["pools"][pool]
+    assert spec == {"resources": {f"pool_{pool}": 1}, "labels": {POOL_LABEL: pool}}
+    start = [c for c in recipe["commands"]["start"] if f"{POOL_LABEL}={pool}" in c]
+    assert len(start) == 1 and json.dumps(spec["resources"]) in start[0]
