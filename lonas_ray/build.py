@@ -8,18 +8,21 @@ scores.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lonas_ray.calibration import calibration_batch
-from lonas_ray.config_io import ConfigError, help_field
+from lonas_ray.config_io import ConfigError, from_dict, help_field, to_dict
 from lonas_ray.elastic.generate import generate_spec
 from lonas_ray.elastic.importance import METHODS, Importance, reorder, score
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.model_source import ModelSource, load_model
-from lonas_ray.space import SpaceSpec
+from lonas_ray.space import SearchSpace, SpaceSpec
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +97,43 @@ def build_supernet(spec: SupernetSpec) -> Built:
     return Built(supernet, tokenizer, importance)
 
 
-def save_space(built: Built, out_dir: str | Path) -> None:
-    """Write the resolved space (and importance scores) so later stages need not recompute them."""
+def restore_supernet(spec: SupernetSpec, space: SearchSpace, importance: Importance | None,
+                     seed: int = 0) -> Built:
+    """Rebuild a prepared super-network anywhere (Ray workers, search, merge) without rescoring.
+
+    The space and importance scores come from the driver's ``build_supernet``; the
+    permutation follows from the scores deterministically, and the adapters are
+    initialised from ``seed`` so every rank starts from the same weights.
+    """
+    model, tokenizer = load_model(spec.model)
+    torch.manual_seed(seed)
+    supernet = SuperNetwork(model, space)
+    if importance is not None:
+        reorder(supernet, importance)
+    return Built(supernet, tokenizer, importance)
+
+
+PREPARED_FILES = ("supernet_spec.json", "space.json", "importance.json")
+
+
+def save_prepared(built: Built, spec: SupernetSpec, out_dir: str | Path) -> Path:
+    """Write what ``load_prepared`` needs: the spec, the resolved space and the importance scores."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "supernet_spec.json").write_text(json.dumps(to_dict(spec), indent=1))
     built.supernet.space.save(out_dir / "space.json")
+    imp = built.importance.to_dict() if built.importance is not None else None
+    (out_dir / "importance.json").write_text(json.dumps(imp))
+    return out_dir
+
+
+def load_prepared(directory: str | Path) -> tuple[SupernetSpec, SearchSpace, Importance | None]:
+    """Read a directory written by ``save_prepared`` (a checkpoint holds the same files)."""
+    directory = Path(directory)
+    missing = [f for f in PREPARED_FILES if not (directory / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{directory} is not a lonas-ray super-network directory: missing {missing}")
+    spec = from_dict(SupernetSpec, json.loads((directory / "supernet_spec.json").read_text()), where=str(directory))
+    space = SearchSpace.load(directory / "space.json")
+    imp = json.loads((directory / "importance.json").read_text())
+    return spec, space, (Importance.from_dict(imp) if imp is not None else None)

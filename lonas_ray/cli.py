@@ -35,9 +35,22 @@ def _space(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from lonas_ray.train.config import TrainConfig
+    from lonas_ray.train.trainer import train
+
+    cfg = TrainConfig.from_yaml(args.config)
+    if args.output:
+        cfg.output_dir = args.output
+    result = train(cfg, address=args.address)
+    print(f"trained super-network ({result.steps} steps) written to {result.supernet_dir}")
+    return 0
+
+
 COMMANDS = {
     "export": (_export, "build the super-network and export chosen sub-networks as verified HF models"),
     "space": (_space, "build the super-network and describe its search space"),
+    "train": (_train, "train the super-adapter on Ray Train + DeepSpeed"),
 }
 
 
@@ -50,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", required=True, help="YAML config file")
         if name == "export":
             p.add_argument("--output", required=True, help="output directory")
+        if name == "train":
+            p.add_argument("--output", help="output directory (overrides output_dir in the config)")
+            p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -133,8 +133,9 @@ def load_model(source: ModelSource) -> tuple[PreTrainedModel, Any | None]:
     """The model of ``source`` (eval mode, cast to its dtype) and its tokenizer (None for 'tiny')."""
     dtype = DTYPES[source.dtype]
     if source.kind == "tiny":
-        torch.manual_seed(source.seed)
-        model = AutoModelForCausalLM.from_config(tiny_config(source.family, **source.overrides))
+        with torch.random.fork_rng(devices=[]):  # seed the weights, leave the caller's RNG alone
+            torch.manual_seed(source.seed)
+            model = AutoModelForCausalLM.from_config(tiny_config(source.family, **source.overrides))
         tokenizer = None
     elif source.kind == "local":
         model, tokenizer = _load_local(Path(source.path).expanduser(), dtype)

@@ -291,7 +291,7 @@ class SearchSpace:
             raise SubnetError(f"configuration lacks dimension(s) {missing[:5]}")
         allowed, flags = self._allowed, self._flag_dims
         for name, value in config.items():
-            if value not in allowed[name] or (type(value) is bool) != (name in flags):
+            if type(value) is not (bool if name in flags else int) or value not in allowed[name]:
                 d = self.dims[name]
                 raise SubnetError(f"{name}={value!r} is not in the space; choices: {list(d.choices)}")
         return config

@@ -1,8 +1,10 @@
 """A decoder block that a sub-network may skip.
 
 Llama-family blocks map hidden states to hidden states (residuals inside), so a
-skipped block is the identity. Wrapping keeps the model's own layer loop and
-cache indexing untouched: the block keeps its ``layer_idx``.
+skipped block is the identity. Wrapping keeps the model's own layer loop and the
+block keeps its ``layer_idx``. A skipped block still records its tokens in a KV
+cache (as zeros, one head wide): caches read the sequence length from layer 0,
+so a skipped first block would otherwise restart positions at 0 on every step.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ class SkipState:
 
 
 class SkippableBlock(nn.Module):
-    def __init__(self, block: nn.Module):
+    def __init__(self, block: nn.Module, attn: nn.Module):
         super().__init__()
         self.block = block
         self.state = SkipState()
+        self._cache_slot = (attn.layer_idx, attn.head_dim)  # plain tuple: not a submodule
 
     @property
     def skip(self) -> bool:
@@ -31,6 +34,12 @@ class SkippableBlock(nn.Module):
 
     def forward(self, hidden_states, *args, **kwargs):
         if self.state.skip:
+            cache = kwargs.get("past_key_values")
+            if cache is not None:
+                layer_idx, head_dim = self._cache_slot
+                b, t = hidden_states.shape[:2]
+                empty = hidden_states.new_zeros(b, 1, t, head_dim)
+                cache.update(empty, empty, layer_idx)
             return hidden_states
         return self.block(hidden_states, *args, **kwargs)
 

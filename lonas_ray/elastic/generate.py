@@ -33,23 +33,20 @@ def _targets(n_targets: int, min_ratio: float) -> list[float]:
     return [min_ratio + (1.0 - min_ratio) * k / (n_targets - 1) for k in range(n_targets)]
 
 
-def widths_at_targets(scores: list[torch.Tensor], targets: list[float], unit: int = 1) -> list[list[int]]:
-    """Per-target, per-layer kept counts when the top fraction of all scores is kept globally.
-
-    ``unit`` rounds each layer's count up to a multiple (at least one unit is kept).
-    """
+def kept_counts(scores: list[torch.Tensor], targets: list[float]) -> list[list[int]]:
+    """Per-target, per-layer number of channels in the global top fraction of all scores (may be 0)."""
     everything = torch.cat([s.float().flatten() for s in scores])
     ordered = torch.sort(everything, descending=True).values
     out = []
     for t in targets:
-        keep = max(1, math.ceil(t * everything.numel()))
-        threshold = ordered[keep - 1]
-        row = []
-        for s in scores:
-            n = int((s.float() >= threshold).sum())
-            row.append(min(s.numel(), max(unit, math.ceil(n / unit) * unit)))
-        out.append(row)
+        threshold = ordered[max(1, math.ceil(t * everything.numel())) - 1]
+        out.append([int((s.float() >= threshold).sum()) for s in scores])
     return out
+
+
+def round_up(n: int, unit: int, full: int) -> int:
+    """``n`` rounded up to a multiple of ``unit``, at least one unit, at most ``full``."""
+    return min(full, max(unit, math.ceil(n / unit) * unit))
 
 
 def generate_spec(base: SpaceSpec, importance: Importance, shape: ModelShape, *, n_targets: int = 4,
@@ -61,23 +58,24 @@ def generate_spec(base: SpaceSpec, importance: Importance, shape: ModelShape, *,
     """
     spec = copy.deepcopy(base)
     targets = _targets(n_targets, min_ratio)
-    mlp_widths = widths_at_targets(importance.mlp, targets, unit=align)
+    mlp_kept = kept_counts(importance.mlp, targets)
     skippable = set(spec.depth.skippable)
     per_layer: dict[int, list[int]] = {}
+    full = shape.intermediate_size
     for i in range(shape.num_layers):
-        full = shape.intermediate_size
-        smallest = min(row[i] for row in mlp_widths)
-        if smallest < skip_below * full and len(skippable | {i}) < shape.num_layers:
+        kept = [row[i] for row in mlp_kept]
+        if min(kept) < skip_below * full and len(skippable | {i}) < shape.num_layers:
             skippable.add(i)
-        choices = {row[i] for row in mlp_widths if row[i] >= skip_below * full} | {full}
+        choices = {round_up(n, align, full) for n in kept if n >= skip_below * full} | {full}
         per_layer[i] = sorted(choices, reverse=True)
     spec.mlp.choices, spec.mlp.layers, spec.mlp.per_layer, spec.mlp.align = [], None, per_layer, align
     if heads:
         group = shape.heads_per_group
-        kv_counts = widths_at_targets(importance.heads, targets, unit=1)
+        kv_kept = kept_counts(importance.heads, targets)
         spec.heads.choices, spec.heads.layers = [], None
         spec.heads.per_layer = {
-            i: sorted({row[i] * group for row in kv_counts} | {shape.num_heads}, reverse=True)
+            i: sorted({round_up(row[i], 1, shape.num_kv_heads) * group for row in kv_kept} | {shape.num_heads},
+                      reverse=True)
             for i in range(shape.num_layers)
         }
     spec.depth.skippable = sorted(skippable)

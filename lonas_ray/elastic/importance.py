@@ -66,6 +66,8 @@ def _per_channel(t: torch.Tensor, dim: int, group: int = 1) -> torch.Tensor:
 @contextlib.contextmanager
 def _grad_on_base(supernet: SuperNetwork, layers: list[dict[str, nn.Module]]):
     weights = [_parts(m)[0].weight for lin in layers for m in lin.values()]
+    adapters = supernet.adapter_parameters()
+    saved = [p.grad for p in adapters]  # scoring must not leave gradients in a training run
     for w in weights:
         w.requires_grad_(True)
         w.grad = None
@@ -75,6 +77,8 @@ def _grad_on_base(supernet: SuperNetwork, layers: list[dict[str, nn.Module]]):
         for w in weights:
             w.requires_grad_(False)
             w.grad = None
+        for p, g in zip(adapters, saved):
+            p.grad = g
 
 
 def score(supernet: SuperNetwork, batch: dict[str, torch.Tensor], method: str = "grad") -> Importance:

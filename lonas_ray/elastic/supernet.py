@@ -90,7 +90,7 @@ class SuperNetwork(nn.Module):
                 setattr(parent, name, wrapped)
                 self.elastic[(i, name)] = wrapped
             if f"keep.{i}" in self.space.dims and i not in self.skippable:
-                layers[i] = self.skippable[i] = SkippableBlock(block)
+                layers[i] = self.skippable[i] = SkippableBlock(block, get_submodule(block, self.family.attn))
 
     def _compile_setters(self) -> dict[str, Callable[[object], None]]:
         """One small closure per dimension that writes its choice into the modules it controls.

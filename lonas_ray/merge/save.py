@@ -28,10 +28,23 @@ MANIFEST = "lonas_subnet.json"
 def save_subnetwork(supernet: SuperNetwork, config: SubnetConfig, out_dir: str | Path, *,
                     tokenizer=None, with_adapter: bool = False) -> dict:
     """Extract, merge and save sub-network ``config``; returns the manifest written beside it."""
+    supernet.space.validate(config)  # before anything is written
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        manifest = _write(supernet, config, tmp, tokenizer, with_adapter)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return manifest
+
+
+def _write(supernet: SuperNetwork, config: SubnetConfig, tmp: Path, tokenizer, with_adapter: bool) -> dict:
     model = extract(supernet, config, merge=True)
     model.save_pretrained(tmp)
     if tokenizer is not None:
@@ -49,7 +62,4 @@ def save_subnetwork(supernet: SuperNetwork, config: SubnetConfig, out_dir: str |
         export_peft_adapter(supernet, base, tmp / "peft" / "adapter", config)
         manifest["peft"] = {"base": "peft/base", "adapter": "peft/adapter"}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
     return manifest

@@ -1,0 +1,33 @@
+"""Starting or joining Ray the way lonas-ray wants it: no usage statistics, loopback when local."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = False,
+               object_store_memory: int | None = None, resources: dict | None = None) -> None:
+    """Join ``address`` / ``$RAY_ADDRESS`` if given, else start an embedded local Ray on 127.0.0.1."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("joining the Ray cluster at %s", address)
+        ray.init(address=address)
+        return
+    ray.init(
+        num_cpus=num_cpus,
+        resources=resources,
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
+        object_store_memory=object_store_memory,
+        runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+    )
+    log.info("started a local Ray: %s", ray.cluster_resources())

@@ -1,0 +1,1 @@
+"""Super-adapter training on Ray Train + DeepSpeed: config, sampling schedule, worker loop, driver."""

@@ -1,0 +1,114 @@
+"""The training config: one YAML file, validated on the driver before any worker starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lonas_ray.build import SupernetSpec
+from lonas_ray.config_io import ConfigError, from_dict, help_field, load_yaml
+from lonas_ray.data.spec import DataSpec
+from lonas_ray.train.schedule import STRATEGIES
+
+
+@dataclass
+class SamplingSpec:
+    strategy: str = help_field("sandwich", help=f"sub-networks per step: {', '.join(STRATEGIES)}")
+    sandwich_random: int = help_field(1, help="random sub-networks besides largest and smallest (sandwich)")
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"sampling.strategy '{self.strategy}' is unknown; use one of {', '.join(STRATEGIES)}")
+        if self.sandwich_random < 0:
+            raise ConfigError("sampling.sandwich_random must be >= 0")
+
+
+@dataclass
+class OptimSpec:
+    steps: int = help_field(100, help="optimizer steps")
+    batch_size: int = help_field(8, help="global batch size (examples per optimizer step, all workers)")
+    micro_batch_size: int = help_field(4, help="examples per forward on one worker")
+    lr: float = help_field(3e-4, help="peak learning rate (AdamW)")
+    weight_decay: float = help_field(0.0, help="AdamW weight decay")
+    warmup_steps: int = help_field(0, help="linear warm-up steps, then linear decay to 0")
+    grad_clip: float = help_field(1.0, help="gradient norm clip (0: off)")
+    gradient_checkpointing: bool = help_field(False, help="recompute activations in backward to save memory")
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1 or self.micro_batch_size < 1:
+            raise ConfigError("optim.steps, optim.batch_size and optim.micro_batch_size must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class DeepSpeedSpec:
+    zero_stage: int = help_field(2, help="ZeRO stage: 2 (optimizer state + gradients sharded) or 3 (+ parameters)")
+    bf16: str = help_field("auto", help="bf16 mixed precision: auto (on with GPUs), true, false")
+
+    def __post_init__(self):
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"deepspeed.zero_stage must be 0-3, got {self.zero_stage}")
+        if str(self.bf16).lower() not in ("auto", "true", "false"):
+            raise ConfigError(f"deepspeed.bf16 must be auto, true or false, got {self.bf16}")
+
+
+@dataclass
+class ScalingSpec:
+    num_workers: int = help_field(2, help="data-parallel Ray Train workers")
+    use_gpu: bool = help_field(False, help="one GPU per worker")
+    resources_per_worker: dict[str, float] = help_field(
+        default_factory=lambda: {"CPU": 1}, help="Ray resources per worker, e.g. {CPU: 8, pool_h100: 1}"
+    )
+
+    def __post_init__(self):
+        if self.num_workers < 1:
+            raise ConfigError("scaling.num_workers must be >= 1")
+
+
+@dataclass
+class CheckpointSpec:
+    every_steps: int = help_field(10, help="report a checkpoint every this many steps (and at the end)")
+    num_to_keep: int = help_field(2, help="checkpoints Ray Train keeps")
+    max_failures: int = help_field(2, help="worker-group restarts from the last checkpoint before giving up")
+
+    def __post_init__(self):
+        if self.every_steps < 1 or self.num_to_keep < 1 or self.max_failures < 0:
+            raise ConfigError("checkpoint.every_steps and num_to_keep must be >= 1, max_failures >= 0")
+
+
+@dataclass
+class TrainConfig:
+    supernet: SupernetSpec = help_field(help="model, search space, importance reordering")
+    data: DataSpec = help_field(help="training data")
+    output_dir: str = help_field("out/train", help="where the run, its checkpoints and supernet/ go")
+    sampling: SamplingSpec = help_field(default_factory=SamplingSpec, help="sub-network sampling per step")
+    optim: OptimSpec = help_field(default_factory=OptimSpec, help="optimizer and batch sizes")
+    deepspeed: DeepSpeedSpec = help_field(default_factory=DeepSpeedSpec, help="DeepSpeed settings")
+    scaling: ScalingSpec = help_field(default_factory=ScalingSpec, help="Ray Train workers and resources")
+    checkpoint: CheckpointSpec = help_field(default_factory=CheckpointSpec, help="checkpoints and recovery")
+    seed: int = help_field(0, help="seed of the sub-network and data schedule")
+    log_every: int = help_field(1, help="report metrics every this many steps")
+
+    def __post_init__(self):
+        per_step = self.optim.micro_batch_size * self.scaling.num_workers
+        if self.optim.batch_size % per_step:
+            raise ConfigError(
+                f"optim.batch_size ({self.optim.batch_size}) is not divisible by micro_batch_size x num_workers "
+                f"({self.optim.micro_batch_size} x {self.scaling.num_workers} = {per_step})"
+            )
+        if self.log_every < 1:
+            raise ConfigError("log_every must be >= 1")
+
+    @property
+    def accumulation(self) -> int:
+        """Micro-batches per worker per optimizer step (before sandwich multiplies it)."""
+        return self.optim.batch_size // (self.optim.micro_batch_size * self.scaling.num_workers)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        return from_dict(cls, load_yaml(path), where=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        return from_dict(cls, data, where="train config")

@@ -1,0 +1,183 @@
+"""The Ray Train worker loop: DeepSpeed over the super-network, one sampled sub-network set per step.
+
+Runs in every ``TorchTrainer`` worker (it must live in the package: Ray workers
+cannot import test modules). Ray Train has already set up torch.distributed
+(gloo on CPU, NCCL on GPU); ``deepspeed.initialize`` reuses that group.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from lonas_ray.build import load_prepared, restore_supernet
+from lonas_ray.counting import count_subnet
+from lonas_ray.data.byte_tokenizer import byte_tokenizer
+from lonas_ray.data.tokenize import build_train_dataset, collate
+from lonas_ray.space import SearchSpace
+from lonas_ray.train.config import TrainConfig
+from lonas_ray.train.schedule import batch_indices, rank_micro_batches, subnets_for_step
+from lonas_ray.train.state import PROBE_FILE, read_checkpoint, write_checkpoint, write_probe
+
+log = logging.getLogger(__name__)
+
+
+def deepspeed_config(cfg: TrainConfig, n_subnets: int, use_bf16: bool) -> dict:
+    """The DeepSpeed config of a run: each (sub-network, micro-batch) pair is one accumulation micro-step."""
+    return {
+        "train_micro_batch_size_per_gpu": cfg.optim.micro_batch_size,
+        "gradient_accumulation_steps": cfg.accumulation * n_subnets,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
+        "bf16": {"enabled": use_bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def lr_lambda(cfg: TrainConfig):
+    warm, total = cfg.optim.warmup_steps, cfg.optim.steps
+
+    def f(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+    return f
+
+
+def _check_same_subnets(ids: list[str], step: int) -> None:
+    """Every rank must train the same sub-networks on a step; a mismatch is a bug worth stopping for."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    gathered: list[list[str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, ids)
+    if any(g != ids for g in gathered):
+        raise RuntimeError(f"step {step}: ranks disagree on the sub-networks: {gathered}")
+
+
+def _mean_across_ranks(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return float(t)
+
+
+def _sum_across_ranks(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return float(t)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import deepspeed
+    import ray.train
+    import ray.train.torch
+
+    from lonas_ray.metrics import set_gauges
+
+    cfg = TrainConfig.from_dict(loop_config["train"])
+    prepared_dir = Path(loop_config["prepared_dir"])
+    out = Path(loop_config["output_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    logging.getLogger("lonas_ray").setLevel(logging.INFO)  # not the root logger: dill would dump bytecode
+
+    spec, space, importance = load_prepared(prepared_dir)
+    built = restore_supernet(spec, space, importance, seed=cfg.seed)
+    supernet = built.supernet
+    tokenizer = built.tokenizer or byte_tokenizer()
+    dataset = build_train_dataset(cfg.data, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    use_bf16 = device.type == "cuda" and str(cfg.deepspeed.bf16).lower() != "false" \
+        or str(cfg.deepspeed.bf16).lower() == "true"
+    if use_bf16:
+        supernet.model.to(torch.bfloat16)  # frozen base in bf16; DeepSpeed handles the adapters
+    supernet.to(device)
+    if cfg.optim.gradient_checkpointing:
+        supernet.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    supernet.train()
+
+    if device.type == "cpu":
+        # DeepSpeed would JIT-compile a shared-memory allreduce (~45 s) that gloo does not need.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    params = supernet.adapter_parameters()
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    n_subnets = len(subnets_for_step(space, cfg.sampling.strategy, cfg.seed, 0, cfg.sampling.sandwich_random))
+    engine, _, _, _ = deepspeed.initialize(
+        model=supernet, optimizer=optimizer, lr_scheduler=scheduler, model_parameters=params,
+        config=deepspeed_config(cfg, n_subnets, use_bf16), dist_init_required=False,
+    )
+
+    start = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            start = read_checkpoint(Path(d), engine=engine, supernet=supernet, rank=rank, world_size=world)
+        log.info("rank %d resumed at step %d", rank, start)
+
+    rank_log = out / "ranks" / f"rank{rank}.jsonl"
+    rank_log.parent.mkdir(parents=True, exist_ok=True)
+    (out / "ranks" / f"rank{rank}.pid").write_text(str(os.getpid()))
+    bar = None
+    if rank == 0:
+        from ray.experimental.tqdm_ray import tqdm
+
+        bar = tqdm(total=cfg.optim.steps, desc="super-adapter training")
+        bar.update(start)
+
+    for step in range(start, cfg.optim.steps):
+        t0 = time.perf_counter()
+        subnets = subnets_for_step(space, cfg.sampling.strategy, cfg.seed, step, cfg.sampling.sandwich_random)
+        ids = [SearchSpace.subnet_id(s) for s in subnets]
+        _check_same_subnets(ids, step)
+        indices = batch_indices(len(dataset), step, cfg.optim.batch_size, cfg.seed)
+        micro = rank_micro_batches(indices, rank, world, cfg.optim.micro_batch_size)
+        loss_sum, tokens = 0.0, 0
+        for sub in subnets:
+            supernet.activate(sub)
+            for mb in micro:
+                batch = {k: v.to(device) for k, v in collate(dataset.select(mb), pad_id).items()}
+                loss = engine(**batch).loss
+                engine.backward(loss)
+                engine.step()
+                loss_sum += float(loss.detach())
+                tokens += int(batch["attention_mask"].sum())
+        step_s = time.perf_counter() - t0
+        loss_mean = _mean_across_ranks(loss_sum / (len(subnets) * len(micro)))
+        tokens_per_s = _sum_across_ranks(tokens) / step_s
+        params_mean = sum(count_subnet(supernet, s).params for s in subnets) / len(subnets)
+        with rank_log.open("a") as f:
+            f.write(json.dumps({"step": step, "subnets": ids, "indices": micro, "loss": loss_sum / (len(subnets) * len(micro)),
+                                "restart_from": start}) + "\n")
+        done = step + 1
+        metrics = {"step": done, "loss": loss_mean, "tokens_per_s": tokens_per_s, "subnet_params": params_mean,
+                   "lr": engine.get_lr()[0], "subnets": ids}
+        if rank == 0:
+            set_gauges({"lonas_train_loss": loss_mean, "lonas_train_tokens_per_s": tokens_per_s,
+                        "lonas_train_subnet_params": params_mean, "lonas_train_step": done}, run=out.name)
+            bar.set_description(f"super-adapter training (loss {loss_mean:.4f})")
+            bar.update(1)
+        if done % cfg.checkpoint.every_steps == 0 or done == cfg.optim.steps:
+            with tempfile.TemporaryDirectory(prefix="lonas-ckpt-") as tmp:
+                if rank == 0 and done == cfg.optim.steps:
+                    write_probe(Path(tmp) / PROBE_FILE, supernet, collate(dataset.select([0, 1]), pad_id), device)
+                write_checkpoint(Path(tmp), engine=engine, supernet=supernet, prepared_dir=prepared_dir, step=done,
+                                 rank=rank, world_size=world, seed=cfg.seed)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=f"step_{done:06d}")
+        elif done % cfg.log_every == 0:
+            ray.train.report(metrics)
+    if bar is not None:
+        bar.close()

@@ -1,0 +1,100 @@
+"""What a training checkpoint holds, and how a worker writes and reads it.
+
+Layout (one directory; Ray Train merges the files every rank reports):
+  adapter.safetensors                   the super-adapter (rank 0)
+  supernet_spec.json space.json importance.json   to rebuild the super-network anywhere (rank 0)
+  train_state.json                      step, world size, schedule seed (rank 0)
+  ds/                                   DeepSpeed engine state: optimizer shards per rank, scheduler, step
+  rng_rank<r>.pt                        each rank's torch / python RNG state (dropout)
+  probe.safetensors                     final checkpoint only: two training inputs and the maximal
+                                        network's logits on them, to verify a reloaded super-network
+Frozen base weights are never written: a checkpoint is adapter-sized.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lonas_ray.build import PREPARED_FILES
+from lonas_ray.elastic.supernet import SuperNetwork
+
+log = logging.getLogger(__name__)
+
+ADAPTER_FILE = "adapter.safetensors"
+STATE_FILE = "train_state.json"
+PROBE_FILE = "probe.safetensors"
+DS_TAG = "state"
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint directory lacks files or holds unreadable ones."""
+
+
+def save_adapter(supernet: SuperNetwork, path: str | Path) -> None:
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in supernet.adapter_state_dict().items()}
+    save_file(state, str(path))
+
+
+def load_adapter(supernet: SuperNetwork, path: str | Path) -> None:
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
+        raise CorruptCheckpointError(f"cannot read adapter weights {path}: {exc}") from exc
+    supernet.load_adapter_state_dict(state)
+
+
+def write_probe(path: Path, supernet: SuperNetwork, batch: dict[str, torch.Tensor], device) -> None:
+    """Logits of the maximal sub-network on ``batch``: a fingerprint of the trained weights."""
+    was_training = supernet.training
+    supernet.eval()
+    with torch.no_grad(), supernet.activated(supernet.space.maximal()):
+        logits = supernet(input_ids=batch["input_ids"].to(device),
+                          attention_mask=batch["attention_mask"].to(device)).logits
+    supernet.train(was_training)
+    save_file({"input_ids": batch["input_ids"].contiguous(), "attention_mask": batch["attention_mask"].contiguous(),
+               "logits": logits.float().cpu().contiguous()}, str(path))
+
+
+def write_checkpoint(directory: Path, *, engine, supernet: SuperNetwork, prepared_dir: Path, step: int,
+                     rank: int, world_size: int, seed: int) -> None:
+    """Every rank calls this (DeepSpeed's save is collective); rank 0 adds the shared files."""
+    engine.save_checkpoint(str(directory / "ds"), tag=DS_TAG, exclude_frozen_parameters=True)
+    torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, directory / f"rng_rank{rank}.pt")
+    if rank == 0:
+        save_adapter(supernet, directory / ADAPTER_FILE)
+        for name in PREPARED_FILES:
+            shutil.copy(prepared_dir / name, directory / name)
+        (directory / STATE_FILE).write_text(json.dumps({"step": step, "world_size": world_size, "seed": seed}))
+
+
+def read_checkpoint(directory: Path, *, engine, supernet: SuperNetwork, rank: int, world_size: int) -> int:
+    """Restore from ``directory``; returns the number of optimizer steps already done."""
+    state_file = directory / STATE_FILE
+    if not state_file.is_file() or not (directory / ADAPTER_FILE).is_file():
+        raise CorruptCheckpointError(f"checkpoint {directory} lacks {STATE_FILE} or {ADAPTER_FILE}")
+    try:
+        state = json.loads(state_file.read_text())
+        step = int(state["step"])
+    except (ValueError, KeyError) as exc:
+        raise CorruptCheckpointError(f"checkpoint {directory}: unreadable {STATE_FILE}: {exc}") from exc
+    if state.get("world_size") == world_size and (directory / "ds").is_dir():
+        load_path, _ = engine.load_checkpoint(str(directory / "ds"), tag=DS_TAG, load_module_strict=False)
+        if load_path is None:
+            raise CorruptCheckpointError(f"DeepSpeed could not load the engine state under {directory / 'ds'}")
+    else:
+        log.warning("checkpoint was written by %s workers, now %d: restoring adapters and step only "
+                    "(optimizer state starts fresh)", state.get("world_size"), world_size)
+    load_adapter(supernet, directory / ADAPTER_FILE)  # the authoritative adapter weights
+    rng = directory / f"rng_rank{rank}.pt"
+    if rng.is_file():
+        saved = torch.load(rng, weights_only=False)
+        torch.set_rng_state(saved["torch"])
+        random.setstate(saved["python"])
+    return step

@@ -1,0 +1,106 @@
+"""The training driver: validate, prepare the super-network once, run Ray Train, publish ``supernet/``.
+
+Everything that can be checked without a worker is checked first (config, data
+files, record fields), so a bad run fails in seconds with a message, not after
+a worker group has started. Re-running with the same ``output_dir`` resumes:
+the prepared super-network is reused and Ray Train continues the run of the
+same name from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from lonas_ray.build import PREPARED_FILES, build_supernet, load_prepared, restore_supernet, save_prepared
+from lonas_ray.config_io import to_dict
+from lonas_ray.data.spec import check_data
+from lonas_ray.elastic.supernet import SuperNetwork
+from lonas_ray.train.config import TrainConfig
+from lonas_ray.train.state import ADAPTER_FILE, PROBE_FILE, STATE_FILE, load_adapter
+
+log = logging.getLogger(__name__)
+
+RUN_NAME = "train"
+
+
+@dataclass
+class TrainResult:
+    supernet_dir: Path
+    steps: int
+    metrics: dict | None
+
+
+def prepare(cfg: TrainConfig, out: Path) -> Path:
+    """Score importance, reorder and size the space once, on the driver; reused on re-runs."""
+    prepared = out / "prepared"
+    if all((prepared / f).is_file() for f in PREPARED_FILES):
+        log.info("reusing the prepared super-network in %s", prepared)
+        return prepared
+    built = build_supernet(cfg.supernet)
+    save_prepared(built, cfg.supernet, prepared.with_name("prepared.partial"))
+    shutil.rmtree(prepared, ignore_errors=True)
+    prepared.with_name("prepared.partial").rename(prepared)
+    return prepared
+
+
+def train(cfg: TrainConfig, address: str | None = None) -> TrainResult:
+    """Train the super-adapter; returns where the trained super-network was written."""
+    check_data(cfg.data)
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    prepared = prepare(cfg, out)
+
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from lonas_ray.ray_env import ensure_ray
+    from lonas_ray.train.loop import train_loop_per_worker
+
+    ensure_ray(address)
+    resources = dict(cfg.scaling.resources_per_worker)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": to_dict(cfg), "prepared_dir": str(prepared), "output_dir": str(out)},
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=str(out / "ray_results"),
+            failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training finished without a checkpoint; see the logs under {out / 'ray_results'}")
+    supernet_dir = out / "supernet"
+    with result.checkpoint.as_directory() as d:
+        publish(Path(d), supernet_dir)
+    steps = int(json.loads((supernet_dir / STATE_FILE).read_text())["step"])
+    log.info("trained super-network written to %s (%d steps)", supernet_dir, steps)
+    return TrainResult(supernet_dir, steps, result.metrics)
+
+
+def publish(checkpoint_dir: Path, supernet_dir: Path) -> None:
+    """Copy the adapter and what rebuilds the super-network out of a checkpoint (no optimizer state)."""
+    tmp = supernet_dir.with_name(supernet_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in (*PREPARED_FILES, ADAPTER_FILE, STATE_FILE, PROBE_FILE):
+        if (checkpoint_dir / name).is_file() or name != PROBE_FILE:
+            shutil.copy(checkpoint_dir / name, tmp / name)
+    shutil.rmtree(supernet_dir, ignore_errors=True)
+    tmp.rename(supernet_dir)
+
+
+def load_trained_supernet(supernet_dir: str | Path) -> tuple[SuperNetwork, object]:
+    """The trained super-network (and tokenizer) from a ``supernet/`` directory or a checkpoint."""
+    supernet_dir = Path(supernet_dir)
+    spec, space, importance = load_prepared(supernet_dir)
+    built = restore_supernet(spec, space, importance)
+    load_adapter(built.supernet, supernet_dir / ADAPTER_FILE)
+    return built.supernet, built.tokenizer

@@ -1,0 +1,87 @@
+"""The README's commands: the export job on the tiny config, the space command, and config errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lonas(*args, cwd=ROOT, timeout=600):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "lonas_ray.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_export_tiny_config_writes_verified_models(tmp_path):
+    out = tmp_path / "out"
+    proc = lonas("export", "--config", "jobs/configs/tiny_core.yaml", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    labels = [r["label"] for r in summary["subnets"]]
+    assert labels[:3] == ["maximal", "heuristic", "minimal"]
+    params = {r["label"]: r["params"] for r in summary["subnets"]}
+    assert params["minimal"] < params["heuristic"] < params["maximal"]
+    for row in summary["subnets"]:
+        model_dir = Path(row["path"])
+        assert (model_dir / "model.safetensors").is_file() and (model_dir / "config.json").is_file()
+        assert (model_dir / "peft" / "adapter" / "adapter_config.json").is_file()
+        assert json.loads((model_dir / "lonas_subnet.json").read_text())["subnet_id"] == row["subnet_id"]
+        assert row["max_rel_err"] < 1e-4
+    assert (out / "space.json").is_file()
+    assert "max rel err" in proc.stdout
+
+
+def test_space_command_describes_the_space():
+    proc = lonas("space", "--config", "jobs/configs/tiny_core.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout)
+    assert info["dimensions"] == {"rank": 12, "heads": 4, "mlp": 4, "keep": 1}
+    assert info["size"] == 3**12 * 2**4 * 3**4 * 2
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c["supernet"]["space"]["lora"].update(target_modules=["qq_proj"]), "unknown module pattern 'qq_proj'"),
+        (lambda c: c["supernet"]["space"]["mlp"].update(choices=[1.0, 999]), "larger than the layer"),
+        (lambda c: c["supernet"]["space"]["heads"].update(choices=[3]), "breaks GQA"),
+        (lambda c: c["supernet"].update(modle={}), "did you mean 'model'"),
+        (lambda c: c.update(subnets=["median"]), "subnets entry 'median'"),
+        (lambda c: c["supernet"]["importance"].update(method="magic"), "importance.method 'magic'"),
+    ],
+)
+def test_bad_configs_fail_with_a_clear_message_and_write_nothing(tmp_path, mutate, message):
+    config = yaml.safe_load((ROOT / "jobs/configs/tiny_core.yaml").read_text())
+    mutate(config)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    proc = lonas("export", "--config", str(path), "--output", str(out))
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (out / "models").exists()
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    proc = lonas("export", "--config", str(tmp_path / "nope.yaml"), "--output", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "config file not found" in proc.stderr
+
+
+def test_quickstart_on_smollm2(tmp_path):
+    """The README's run command (SmolLM2-135M, EFTNAS-generated space) exports verified models."""
+    out = tmp_path / "qs"
+    proc = lonas("export", "--config", "jobs/configs/quickstart_core.yaml", "--output", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {r["label"]: r for r in summary["subnets"]}
+    assert rows["maximal"]["params"] == 134_515_008  # SmolLM2-135M, tied embeddings
+    assert rows["minimal"]["params"] < 0.8 * rows["maximal"]["params"]
+    assert all(r["max_rel_err"] < 1e-4 for r in rows.values())
+    assert (Path(rows["heuristic"]["path"]) / "tokenizer.json").is_file()

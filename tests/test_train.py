@@ -1,0 +1,176 @@
+"""Super-adapter training on a real local Ray with 2 CPU workers running DeepSpeed ZeRO-2.
+
+Runs go through the ``lonas-ray train`` command in a subprocess (each starts its
+own local Ray), so a hung or crashed Ray never takes pytest down with it.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from lonas_ray.config_io import ConfigError
+from lonas_ray.data.toy import write_toy_task
+from lonas_ray.space import SearchSpace
+from lonas_ray.train.config import TrainConfig
+from lonas_ray.train.schedule import batch_indices, rank_micro_batches, subnets_for_step
+from lonas_ray.train.trainer import load_trained_supernet, train
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 16
+
+
+def make_config(tmp_path: Path, name: str, **changes) -> Path:
+    data = write_toy_task(tmp_path / "toy.jsonl", n=128, seed=0)
+    cfg = {
+        "supernet": {
+            "model": {"kind": "tiny", "family": "llama"},
+            "space": {
+                "lora": {"r_max": 8, "alpha": 16, "rank_choices": [8, 4]},
+                "mlp": {"choices": [1.0, 0.5]},
+                "heads": {"choices": [1.0, 0.5]},
+            },
+            "importance": {"method": "grad", "examples": 4, "max_length": 32},
+        },
+        "data": {"train": str(data), "format": "instruction", "cutoff_len": 48},
+        "output_dir": str(tmp_path / name),
+        "sampling": {"strategy": "sandwich", "sandwich_random": 1},
+        "optim": {"steps": STEPS, "batch_size": 8, "micro_batch_size": 2, "lr": 0.05, "warmup_steps": 2},
+        "deepspeed": {"zero_stage": 2},
+        "scaling": {"num_workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 1}},
+        "checkpoint": {"every_steps": 4, "num_to_keep": 2, "max_failures": 1},
+    }
+    for key, value in changes.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def start_train(config: Path) -> subprocess.Popen:
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, "-m", "lonas_ray.cli", "train", "--config", str(config)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 420) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"training did not finish in {timeout} s:\n{out[-4000:]}")
+    assert proc.returncode == 0, out[-6000:]
+    return out
+
+
+def rank_records(out_dir: Path, rank: int) -> list[dict]:
+    lines = (out_dir / "ranks" / f"rank{rank}.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def last_per_step(records: list[dict]) -> dict[int, dict]:
+    return {r["step"]: r for r in records}  # a step redone after a restart keeps its last record
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    config = make_config(tmp, "run")
+    finish(start_train(config))
+    return tmp / "run", config
+
+
+def test_training_lowers_the_loss_and_the_super_adapter_reloads(uninterrupted):
+    out, config = uninterrupted
+    steps = last_per_step(rank_records(out, 0))
+    assert sorted(steps) == list(range(STEPS))
+    first = sum(steps[s]["loss"] for s in range(3)) / 3
+    last = sum(steps[s]["loss"] for s in range(STEPS - 3, STEPS)) / 3
+    assert last < 0.8 * first, (first, last)
+    supernet_dir = out / "supernet"
+    state = json.loads((supernet_dir / "train_state.json").read_text())
+    assert state == {"step": STEPS, "world_size": 2, "seed": 0}
+    supernet, _ = load_trained_supernet(supernet_dir)
+    assert any(bool(p.abs().sum() > 0) for n, p in supernet.adapter_state_dict().items() if n.endswith("lora_B"))
+    probe = load_file(str(supernet_dir / "probe.safetensors"))
+    supernet.eval()
+    with torch.no_grad():
+        logits = supernet(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits
+    torch.testing.assert_close(logits, probe["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_all_ranks_train_the_same_subnetworks_on_each_step(uninterrupted):
+    out, config = uninterrupted
+    cfg = TrainConfig.from_yaml(config)
+    space = SearchSpace.load(out / "supernet" / "space.json")
+    r0, r1 = last_per_step(rank_records(out, 0)), last_per_step(rank_records(out, 1))
+    for step in range(STEPS):
+        expected = [SearchSpace.subnet_id(s) for s in subnets_for_step(space, "sandwich", cfg.seed, step, 1)]
+        assert r0[step]["subnets"] == r1[step]["subnets"] == expected
+        assert expected[0] == SearchSpace.subnet_id(space.maximal())
+        assert expected[1] == SearchSpace.subnet_id(space.minimal())
+        # the two ranks see disjoint halves of the step's global batch
+        indices = batch_indices(128, step, cfg.optim.batch_size, cfg.seed)
+        assert r0[step]["indices"] == rank_micro_batches(indices, 0, 2, 2)
+        assert r1[step]["indices"] == rank_micro_batches(indices, 1, 2, 2)
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint_with_the_same_schedule(uninterrupted, tmp_path):
+    reference, _ = uninterrupted
+    config = make_config(tmp_path, "killed")
+    out = tmp_path / "killed"
+    proc = start_train(config)
+    deadline = time.time() + 300
+    rank1_log = out / "ranks" / "rank1.jsonl"
+    while time.time() < deadline:  # wait until a checkpoint exists (step 4) and training went past it
+        if rank1_log.is_file() and any(json.loads(x)["step"] >= 5 for x in rank1_log.read_text().splitlines()):
+            break
+        assert proc.poll() is None, proc.communicate()[0][-4000:]
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("training never reached step 6")
+    pid = int((out / "ranks" / "rank1.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    finish(proc)
+    records = rank_records(out, 0)
+    restarts = sorted({r["restart_from"] for r in records})
+    assert restarts[0] == 0 and len(restarts) == 2 and restarts[1] in (4, 8), restarts
+    resumed = last_per_step(records)
+    assert sorted(resumed) == list(range(STEPS))
+    assert json.loads((out / "supernet" / "train_state.json").read_text())["step"] == STEPS
+    ref = last_per_step(rank_records(reference, 0))
+    for step in range(STEPS):
+        assert resumed[step]["subnets"] == ref[step]["subnets"]
+        assert resumed[step]["indices"] == ref[step]["indices"]
+        # state was restored exactly: the resumed run computes the uninterrupted run's losses
+        assert resumed[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"sampling": {"strategy": "greedy"}}, "sampling.strategy 'greedy' is unknown"),
+        ({"optim": {"batch_size": 6}}, "optim.batch_size (6) is not divisible"),
+        ({"data": {"train": "/nonexistent/train.jsonl"}}, "/nonexistent/train.jsonl"),
+        ({"data": {"answer_field": "response"}}, "response"),
+    ],
+)
+def test_bad_configs_fail_before_any_worker_starts(tmp_path, changes, message):
+    import ray
+
+    config = make_config(tmp_path, "bad", **changes)
+    with pytest.raises(ConfigError) as err:
+        train(TrainConfig.from_yaml(config))
+    assert message in str(err.value)
+    assert not ray.is_initialized()
+    assert not (tmp_path / "bad" / "ranks").exists()
