@@ -309,28 +309,32 @@ def test_bad_specs_raise_config_errors_naming_the_problem(tmp_path):
         assert message in str(err.value), (kwargs, str(err.value))
 
 
+BAD_RECORDS = [  # format, records, message, whether Parquet can hold the records
+    ("instruction", [INSTRUCTION_RECORDS[0], INSTRUCTION_RECORDS[1], {"instruction": "x", "input": "y"}],
+     "record 2 (counting from 0) has no 'output' field (the answer)", True),
+    ("instruction", [{"instruction": "x", "output": ["a", "b"]}],
+     "record 0 (counting from 0) 'output' is a list", True),
+    ("instruction", [{"prompt": "x", "output": "y"}], "has neither 'instruction' nor 'input'", True),
+    ("multiple_choice", [MC_RECORDS[0], {"input": "q"}],
+     "record 1 (counting from 0) has no 'target_scores' field", True),
+    ("multiple_choice", [{"question": "q", "target_scores": {"a": 1}}],
+     "record 0 (counting from 0) has no 'input'", True),
+    ("multiple_choice", [{"input": "q", "target_scores": {"a": 0, "b": 0}}], "marks no choice correct", True),
+    ("multiple_choice", [{"input": "q", "target_scores": ["a", "b"]}], "must map each choice to a score", False),
+    ("multiple_choice", [{"input": "q", "target_scores": {}}], "has no choices", False),
+]
+
+
 @pytest.mark.parametrize(
-    "fmt, records, message",
-    [
-        ("instruction", [INSTRUCTION_RECORDS[0], INSTRUCTION_RECORDS[1], {"instruction": "x", "input": "y"}],
-         "record 2 (counting from 0) has no 'output' field (the answer)"),
-        ("instruction", [{"instruction": "x", "output": ["a", "b"]}], "record 0 (counting from 0) 'output' is a list"),
-        ("instruction", [{"prompt": "x", "output": "y"}], "has neither 'instruction' nor 'input'"),
-        ("multiple_choice", [MC_RECORDS[0], {"input": "q"}], "record 1 (counting from 0) has no 'target_scores' field"),
-        ("multiple_choice", [{"question": "q", "target_scores": {"a": 1}}], "record 0 (counting from 0) has no 'input'"),
-        ("multiple_choice", [{"input": "q", "target_scores": {"a": 0, "b": 0}}], "marks no choice correct"),
-        ("multiple_choice", [{"input": "q", "target_scores": ["a", "b"]}], "must map each choice to a score"),
-        ("multiple_choice", [{"input": "q", "target_scores": {}}], "has no choices"),
-    ],
+    "fmt, records, message, suffix",
+    [(f, r, m, suffix) for f, r, m, parquet in BAD_RECORDS for suffix in (".jsonl", ".parquet")
+     if parquet or suffix == ".jsonl"],
 )
-@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_bad_records_fail_check_data_and_loading(tmp_path, fmt, records, message, suffix):
     path = tmp_path / f"bad{suffix}"
     if suffix == ".jsonl":
         write_jsonl(path, records)
     else:
-        if any(isinstance(r.get("target_scores"), list) or r.get("target_scores") == {} for r in records):
-            pytest.skip("Parquet cannot hold this malformed column")
         pq.write_table(pa.Table.from_pylist(records), path)
     s = spec(train=str(path), format=fmt)
     with pytest.raises(ConfigError) as err:

@@ -32,7 +32,9 @@ def make_config(tmp_path: Path, name: str, **changes) -> Path:
     data = write_toy_task(tmp_path / "toy.jsonl", n=128, seed=0)
     cfg = {
         "supernet": {
-            "model": {"kind": "tiny", "family": "llama"},
+            # wider random init than the default 0.02, so the frozen random lm_head can express a
+            # confident prediction and the toy task is learnable by the adapters alone
+            "model": {"kind": "tiny", "family": "llama", "overrides": {"initializer_range": 0.2}},
             "space": {
                 "lora": {"r_max": 8, "alpha": 16, "rank_choices": [8, 4]},
                 "mlp": {"choices": [1.0, 0.5]},
@@ -43,7 +45,7 @@ def make_config(tmp_path: Path, name: str, **changes) -> Path:
         "data": {"train": str(data), "format": "instruction", "cutoff_len": 48},
         "output_dir": str(tmp_path / name),
         "sampling": {"strategy": "sandwich", "sandwich_random": 1},
-        "optim": {"steps": STEPS, "batch_size": 8, "micro_batch_size": 2, "lr": 0.05, "warmup_steps": 2},
+        "optim": {"steps": STEPS, "batch_size": 8, "micro_batch_size": 2, "lr": 0.01, "warmup_steps": 2},
         "deepspeed": {"zero_stage": 2},
         "scaling": {"num_workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 1}},
         "checkpoint": {"every_steps": 4, "num_to_keep": 2, "max_failures": 1},

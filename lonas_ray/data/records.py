@@ -137,7 +137,8 @@ def iter_file_records(path: Path, columns: Sequence[str] = ()) -> Iterator[Any]:
                 yield from ({} for _ in range(batch.num_rows))
             return
         # A JSON column (what datasets writes for a Json feature) reads back as text.
-        json_columns = [f.name for f in schema if isinstance(f.type, pa.JsonType) and f.name in (wanted or schema.names)]
+        read = wanted or schema.names
+        json_columns = [f.name for f in schema if isinstance(f.type, pa.JsonType) and f.name in read]
         for batch in pf.iter_batches(columns=wanted):
             for row in batch.to_pylist():
                 for name in json_columns:

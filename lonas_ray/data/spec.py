@@ -39,7 +39,7 @@ class DataSpec:
     template: str | None = help_field(
         None,
         help="prompt template with {instruction}, {input} (and {choices} for multiple choice); "
-        "empty: the format's default; end it with a newline",
+        "unset: the format's default; end it with a newline",
     )
     cutoff_len: int = help_field(
         256, help="max tokens of prompt + answer; longer examples lose prompt tokens from the left"
