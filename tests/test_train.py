@@ -22,6 +22,7 @@ from lonas_ray.data.toy import write_toy_task
 from lonas_ray.space import SearchSpace
 from lonas_ray.train.config import TrainConfig
 from lonas_ray.train.schedule import batch_indices, rank_micro_batches, subnets_for_step
+from lonas_ray.train.state import CorruptCheckpointError
 from lonas_ray.train.trainer import load_trained_supernet, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,6 +166,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_with_the_same_schedule
         ({"optim": {"batch_size": 6}}, "optim.batch_size (6) is not divisible"),
         ({"data": {"train": "/nonexistent/train.jsonl"}}, "/nonexistent/train.jsonl"),
         ({"data": {"answer_field": "response"}}, "response"),
+        ({"deepspeed": {"zero_stage": 3}}, "zero_stage 3 is not supported yet"),
     ],
 )
 def test_bad_configs_fail_before_any_worker_starts(tmp_path, changes, message):
@@ -176,3 +178,20 @@ def test_bad_configs_fail_before_any_worker_starts(tmp_path, changes, message):
     assert message in str(err.value)
     assert not ray.is_initialized()
     assert not (tmp_path / "bad" / "ranks").exists()
+
+
+def test_a_corrupt_or_incomplete_super_network_is_a_clear_error(uninterrupted, tmp_path):
+    import shutil
+
+    out, _ = uninterrupted
+    broken = tmp_path / "supernet"
+    shutil.copytree(out / "supernet", broken)
+    data = (broken / "adapter.safetensors").read_bytes()
+    (broken / "adapter.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptCheckpointError, match="cannot read adapter weights"):
+        load_trained_supernet(broken)
+    (broken / "space.json").unlink()
+    with pytest.raises(FileNotFoundError, match="missing \\['space.json'\\]"):
+        load_trained_supernet(broken)
+    # the original is untouched and still loads
+    load_trained_supernet(out / "supernet")

@@ -24,7 +24,7 @@ from lonas_ray.data.tokenize import build_train_dataset, collate
 from lonas_ray.space import SearchSpace
 from lonas_ray.train.config import TrainConfig
 from lonas_ray.train.schedule import batch_indices, rank_micro_batches, subnets_for_step
-from lonas_ray.train.state import PROBE_FILE, read_checkpoint, write_checkpoint, write_probe
+from lonas_ray.train.state import read_checkpoint, write_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         config=deepspeed_config(cfg, n_subnets, use_bf16), dist_init_required=False,
     )
 
+    probe_batch = collate(dataset.select([0, 1]), pad_id)
     start = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -171,10 +172,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             bar.update(1)
         if done % cfg.checkpoint.every_steps == 0 or done == cfg.optim.steps:
             with tempfile.TemporaryDirectory(prefix="lonas-ckpt-") as tmp:
-                if rank == 0 and done == cfg.optim.steps:
-                    write_probe(Path(tmp) / PROBE_FILE, supernet, collate(dataset.select([0, 1]), pad_id), device)
                 write_checkpoint(Path(tmp), engine=engine, supernet=supernet, prepared_dir=prepared_dir, step=done,
-                                 rank=rank, world_size=world, seed=cfg.seed)
+                                 rank=rank, world_size=world, seed=cfg.seed,
+                                 probe_batch=probe_batch if done == cfg.optim.steps else None, device=device)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                                  checkpoint_dir_name=f"step_{done:06d}")
         elif done % cfg.log_every == 0:

@@ -50,25 +50,31 @@ def load_adapter(supernet: SuperNetwork, path: str | Path) -> None:
     supernet.load_adapter_state_dict(state)
 
 
-def write_probe(path: Path, supernet: SuperNetwork, batch: dict[str, torch.Tensor], device) -> None:
-    """Logits of the maximal sub-network on ``batch``: a fingerprint of the trained weights."""
+def probe_logits(supernet: SuperNetwork, batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """Logits of the maximal sub-network on ``batch``: a fingerprint of the trained weights.
+
+    Every rank calls it, so that a sharded engine could gather collectively."""
     was_training = supernet.training
     supernet.eval()
     with torch.no_grad(), supernet.activated(supernet.space.maximal()):
         logits = supernet(input_ids=batch["input_ids"].to(device),
                           attention_mask=batch["attention_mask"].to(device)).logits
     supernet.train(was_training)
-    save_file({"input_ids": batch["input_ids"].contiguous(), "attention_mask": batch["attention_mask"].contiguous(),
-               "logits": logits.float().cpu().contiguous()}, str(path))
+    return {"input_ids": batch["input_ids"].contiguous(), "attention_mask": batch["attention_mask"].contiguous(),
+            "logits": logits.float().cpu().contiguous()}
 
 
 def write_checkpoint(directory: Path, *, engine, supernet: SuperNetwork, prepared_dir: Path, step: int,
-                     rank: int, world_size: int, seed: int) -> None:
-    """Every rank calls this (DeepSpeed's save is collective); rank 0 adds the shared files."""
+                     rank: int, world_size: int, seed: int,
+                     probe_batch: dict[str, torch.Tensor] | None = None, device=None) -> None:
+    """Every rank calls this (DeepSpeed's save is collective, so is the probe forward); rank 0 adds shared files."""
     engine.save_checkpoint(str(directory / "ds"), tag=DS_TAG, exclude_frozen_parameters=True)
     torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, directory / f"rng_rank{rank}.pt")
+    probe = probe_logits(supernet, probe_batch, device) if probe_batch is not None else None
     if rank == 0:
         save_adapter(supernet, directory / ADAPTER_FILE)
+        if probe is not None:
+            save_file(probe, str(directory / PROBE_FILE))
         for name in PREPARED_FILES:
             shutil.copy(prepared_dir / name, directory / name)
         (directory / STATE_FILE).write_text(json.dumps({"step": step, "world_size": world_size, "seed": seed}))
@@ -91,7 +97,7 @@ def read_checkpoint(directory: Path, *, engine, supernet: SuperNetwork, rank: in
     else:
         log.warning("checkpoint was written by %s workers, now %d: restoring adapters and step only "
                     "(optimizer state starts fresh)", state.get("world_size"), world_size)
-    load_adapter(supernet, directory / ADAPTER_FILE)  # the authoritative adapter weights
+        load_adapter(supernet, directory / ADAPTER_FILE)
     rng = directory / f"rng_rank{rank}.pt"
     if rng.is_file():
         saved = torch.load(rng, weights_only=False)
