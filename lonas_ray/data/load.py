@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from pathlib import Path
 
 import datasets
@@ -107,7 +108,7 @@ def load_examples(spec: DataSpec, split: str = "train") -> datasets.Dataset:
 
     examples = raw.map(
         convert, with_indices=True, remove_columns=raw.column_names, keep_in_memory=True,
-        desc=f"{split} prompts",
+        desc=f"{split} prompts", new_fingerprint=uuid.uuid4().hex,  # in memory, never cached: skip dill hashing
     )
     if len(examples) == 0:
         raise ConfigError(f"data.{split} {source}: no records")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
+import uuid
 
 import datasets
 import torch
@@ -88,7 +89,8 @@ def tokenize_examples(examples: datasets.Dataset, tokenizer: Any, cutoff_len: in
         return out
 
     rows = examples.map(
-        batch_encode, batched=True, remove_columns=examples.column_names, keep_in_memory=True, desc="tokenize"
+        batch_encode, batched=True, remove_columns=examples.column_names, keep_in_memory=True, desc="tokenize",
+        new_fingerprint=uuid.uuid4().hex,  # in memory, never cached: skip dill hashing (noisy in Ray workers)
     )
     cut = sum(rows["answer_cut"])
     if cut:

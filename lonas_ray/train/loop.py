@@ -161,7 +161,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         params_mean = sum(count_subnet(supernet, s).params for s in subnets) / len(subnets)
         with rank_log.open("a") as f:
             f.write(json.dumps({"step": step, "subnets": ids, "indices": micro, "loss": loss_sum / (len(subnets) * len(micro)),
-                                "restart_from": start}) + "\n")
+                                "tokens": tokens, "step_s": step_s, "restart_from": start}) + "\n")
         done = step + 1
         metrics = {"step": done, "loss": loss_mean, "tokens_per_s": tokens_per_s, "subnet_params": params_mean,
                    "lr": engine.get_lr()[0], "subnets": ids}
