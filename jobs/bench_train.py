@@ -205,6 +205,8 @@ def main() -> None:
     if not torch.cuda.is_available():
         result["single_process"]["peak_memory_note"] = "CPU: per-variant peak memory not measurable in one process"
     result["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))  # part A survives a failure in part B
     if args.scaling:
         result["ray_train_deepspeed"] = part_b(args.scaling, args.device, steps=6 if args.quick else 12,
                                                quick=args.quick)

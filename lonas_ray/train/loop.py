@@ -62,19 +62,16 @@ def _check_same_subnets(ids: list[str], step: int) -> None:
         raise RuntimeError(f"step {step}: ranks disagree on the sub-networks: {gathered}")
 
 
-def _mean_across_ranks(value: float) -> float:
-    t = torch.tensor([value], dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(t)
-        t /= dist.get_world_size()
-    return float(t)
-
-
-def _sum_across_ranks(value: float) -> float:
-    t = torch.tensor([value], dtype=torch.float64)
+def _sum_across_ranks(value: float, device: torch.device) -> float:
+    """Sum over ranks; the tensor lives on the worker's device because NCCL has no CPU path."""
+    t = torch.tensor([value], dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(t)
     return float(t)
+
+
+def _mean_across_ranks(value: float, device: torch.device) -> float:
+    return _sum_across_ranks(value, device) / (dist.get_world_size() if dist.is_initialized() else 1)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -156,8 +153,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 loss_sum += float(loss.detach())
                 tokens += int(batch["attention_mask"].sum())
         step_s = time.perf_counter() - t0
-        loss_mean = _mean_across_ranks(loss_sum / (len(subnets) * len(micro)))
-        tokens_per_s = _sum_across_ranks(tokens) / step_s
+        loss_mean = _mean_across_ranks(loss_sum / (len(subnets) * len(micro)), device)
+        tokens_per_s = _sum_across_ranks(tokens, device) / step_s
         params_mean = sum(count_subnet(supernet, s).params for s in subnets) / len(subnets)
         with rank_log.open("a") as f:
             f.write(json.dumps({"step": step, "subnets": ids, "indices": micro, "loss": loss_sum / (len(subnets) * len(micro)),
