@@ -195,3 +195,12 @@ def test_a_corrupt_or_incomplete_super_network_is_a_clear_error(uninterrupted, t
         load_trained_supernet(broken)
     # the original is untouched and still loads
     load_trained_supernet(out / "supernet")
+
+
+def test_shipped_training_configs_are_valid():
+    from lonas_ray.data.spec import check_data
+
+    for name in ("train_tiny.yaml", "train_smollm2.yaml"):
+        cfg = TrainConfig.from_yaml(ROOT / "jobs" / "configs" / name)
+        check_data(cfg.data)
+        assert cfg.scaling.num_workers == 2
