@@ -21,6 +21,9 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address)
         return
+    # Ray replaces 127.0.0.1 by the machine's interface address unless told that this is a
+    # single-machine "cluster" (the switch it uses on macOS/Windows): keep an embedded Ray on loopback.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(
         num_cpus=num_cpus,
         resources=resources,
