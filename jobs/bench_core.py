@@ -2,7 +2,11 @@
 
     python jobs/bench_core.py --out jobs/results/bench_core_cpu.json     # full run, about 10 min on 2 cores
     python jobs/bench_core.py --quick --out /tmp/bench.json              # small model, few repeats (tests)
-    ray job submit --working-dir . -- python jobs/bench_core.py --out bench.json   # works, needs no Ray
+    ray job submit --working-dir . -- python jobs/bench_core.py --out /abs/path/bench.json   # needs no Ray
+
+Under ``ray job submit`` the job runs in a copy of the working directory: give ``--out`` an
+absolute path. Run it on an otherwise idle machine: ``other_load`` in the JSON says how much
+CPU other processes took during the run.
 
 Three parts, each a section of the JSON:
 
@@ -208,7 +212,8 @@ def bench_switch(s: Settings) -> dict:
                 "tensor, so the switch time does not depend on where (or whether) the weights live",
         "space": spec.to_dict(),
         "dimensions": len(space.dims),
-        "dimensions_by_kind": {k: sum(d.kind == k for d in space.dims.values()) for k in ("rank", "mlp", "heads", "keep")},
+        "dimensions_by_kind": {k: sum(d.kind == k for d in space.dims.values())
+                               for k in ("rank", "mlp", "heads", "keep")},
         "space_size_log10": round(sum(math.log10(len(d.choices)) for d in space.dims.values()), 2),
         "elastic_linears": len(supernet.elastic),
         "skippable_blocks": len(supernet.skippable),
@@ -235,6 +240,22 @@ def between(space: SearchSpace) -> SubnetConfig:
         else:
             cfg[name] = d.choices[math.ceil((len(d.choices) // 2 + len(d.choices) - 1) / 2)]
     return space.validate(cfg)
+
+
+SUBNET_RULES = {
+    "maximal": "largest choice of every dimension",
+    "heuristic": "median choice of every dimension, all blocks kept",
+    "between": "halfway between heuristic and minimal, every other skippable block skipped",
+    "minimal": "smallest choice of every dimension, all skippable blocks skipped",
+}
+
+
+def describe(cfg: SubnetConfig) -> dict:
+    """The distinct choices a sub-network makes, per kind of dimension."""
+    def values(kind: str) -> list:
+        return sorted({v for k, v in cfg.items() if k.split(".")[0] == kind})
+    skipped = sorted(int(k.split(".")[1]) for k, v in cfg.items() if k.startswith("keep.") and not v)
+    return {"mlp_widths": values("mlp"), "heads": values("heads"), "ranks": values("rank"), "skipped_blocks": skipped}
 
 
 def random_model(shape: dict, seed: int) -> torch.nn.Module:
@@ -326,14 +347,7 @@ def bench_subnets(s: Settings, base: torch.nn.Module, supernet: SuperNetwork) ->
         "dimensions": len(space.dims),
         "resolved_choices": {k: next(list(d.choices) for d in space.dims.values() if d.kind == k)
                              for k in ("rank", "mlp", "heads", "keep")},
-        "subnets": {n: {"rule": rule, "mlp_widths": sorted({v for k, v in c.items() if k.startswith("mlp.")}),
-                        "heads": sorted({v for k, v in c.items() if k.startswith("heads.")}),
-                        "ranks": sorted({v for k, v in c.items() if k.startswith("rank.")}),
-                        "skipped_blocks": sorted(int(k.split(".")[1]) for k, v in c.items() if k.startswith("keep.") and not v)}
-                    for (n, c), rule in zip(subnets.items(), (
-                        "largest choice of every dimension", "median choice of every dimension, all blocks kept",
-                        "halfway between heuristic and minimal, every other skippable block skipped",
-                        "smallest choice of every dimension, all skippable blocks skipped"))},
+        "subnets": {n: {"rule": SUBNET_RULES[n], **describe(c)} for n, c in subnets.items()},
         "extract_s": {n: summary(v) for n, v in extract_s.items()},
         "extract_note": "lonas_ray.merge.extract.extract(supernet, cfg, merge=True): builds the model from its "
                         "config, slices and merges every tensor (fp32), loads the state dict",
@@ -407,7 +421,8 @@ def bench_overhead(s: Settings, base: torch.nn.Module, supernet: SuperNetwork) -
         out = {f"{n}_ms": summary(v, 1e3) for n, v in samples.items()}
         e, p = statistics.median(samples["elastic"]), statistics.median(samples["peft"])
         out["overhead_pct"] = (e / p - 1) * 100
-        out["paired_overhead_pct"] = (statistics.median(x / y for x, y in zip(samples["elastic"], samples["peft"])) - 1) * 100
+        paired = [x / y for x, y in zip(samples["elastic"], samples["peft"])]
+        out["paired_overhead_pct"] = (statistics.median(paired) - 1) * 100
         return out
 
     return {

@@ -21,6 +21,7 @@ import fnmatch
 import functools
 import hashlib
 import json
+import logging
 import math
 import random
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from lonas_ray.families import FAMILIES
 from lonas_ray.shape import ModelShape
 
 SubnetConfig = dict[str, Any]
+
+log = logging.getLogger(__name__)
 
 
 class SubnetError(ValueError):
@@ -174,6 +177,9 @@ def _width_choices(spec: WidthSpec, full: int, unit: int, layer: int, what: str)
                 f"heads choice {n} for layer {layer} breaks GQA: head counts must be multiples of "
                 f"{unit} (query heads per key/value head)"
             )
+        if n in counts:
+            log.warning("%s choice %s for layer %d rounds to %d, which another choice already gives",
+                        what, c, layer, n)
         counts.add(n)
     return tuple(sorted(counts, reverse=True))
 
