@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from lonas_ray.config_io import ConfigError
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--output", help="output directory (overrides output_dir in the config)")
             p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     args = parser.parse_args(argv)
+    if not (getattr(args, "address", None) or os.environ.get("RAY_ADDRESS")):
+        from lonas_ray.ray_env import prefer_loopback
+
+        prefer_loopback()  # before anything imports ray
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command][0](args)

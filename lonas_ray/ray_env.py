@@ -8,23 +8,37 @@ import os
 log = logging.getLogger(__name__)
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def prefer_loopback() -> None:
+    """Make a Ray started by this process bind its node to 127.0.0.1.
+
+    Ray replaces 127.0.0.1 by the machine's interface address unless told that this is a
+    single-machine "cluster" (the switch it uses on macOS/Windows). Ray reads the switch when
+    it is first imported, so call this before importing ray, and only when no cluster will be
+    joined (on a real cluster the driver must advertise its real address).
+    """
+    os.environ.setdefault(LOOPBACK_ENV, "0")
+
+
 def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = False,
                object_store_memory: int | None = None, resources: dict | None = None) -> None:
     """Join ``address`` / ``$RAY_ADDRESS`` if given, else start an embedded local Ray on 127.0.0.1."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        prefer_loopback()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address)
         return
-    # Ray replaces 127.0.0.1 by the machine's interface address unless told that this is a
-    # single-machine "cluster" (the switch it uses on macOS/Windows): keep an embedded Ray on loopback.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(
+        address="local",  # a new embedded Ray, never a stray one some other process left running
         num_cpus=num_cpus,
         resources=resources,
         include_dashboard=dashboard,

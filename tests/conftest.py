@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+# Before anything imports ray: no usage statistics, and every Ray a test starts stays on 127.0.0.1.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 import torch
 from transformers import AutoModelForCausalLM
 

@@ -204,3 +204,29 @@ def test_shipped_training_configs_are_valid():
         cfg = TrainConfig.from_yaml(ROOT / "jobs" / "configs" / name)
         check_data(cfg.data)
         assert cfg.scaling.num_workers == 2
+
+
+def test_workers_spread_over_two_nodes_of_a_cluster(tmp_path, monkeypatch):
+    """Two single-CPU nodes of a real ``ray.cluster_utils.Cluster``: one rank on each, one schedule."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep every node on 127.0.0.1
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "object_store_memory": 200 * 2**20, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1, object_store_memory=200 * 2**20)
+        config = make_config(tmp_path, "nodes", optim={"steps": 2}, checkpoint={"every_steps": 2})
+        result = train(TrainConfig.from_yaml(config), address=cluster.address)
+        assert result.steps == 2
+        nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        assert all(n["NodeManagerAddress"] == "127.0.0.1" for n in ray.nodes())
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    out = tmp_path / "nodes"
+    r0, r1 = rank_records(out, 0), rank_records(out, 1)
+    node0, node1 = {r["node"] for r in r0}, {r["node"] for r in r1}
+    assert len(node0) == len(node1) == 1 and node0 != node1 and (node0 | node1) == nodes
+    assert [r["subnets"] for r in r0] == [r["subnets"] for r in r1]

@@ -76,6 +76,7 @@ def _mean_across_ranks(value: float, device: torch.device) -> float:
 
 def train_loop_per_worker(loop_config: dict) -> None:
     import deepspeed
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -125,6 +126,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             start = read_checkpoint(Path(d), engine=engine, supernet=supernet, rank=rank, world_size=world)
         log.info("rank %d resumed at step %d", rank, start)
 
+    node_id = ray.get_runtime_context().get_node_id()
     rank_log = out / "ranks" / f"rank{rank}.jsonl"
     rank_log.parent.mkdir(parents=True, exist_ok=True)
     (out / "ranks" / f"rank{rank}.pid").write_text(str(os.getpid()))
@@ -158,7 +160,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         params_mean = sum(count_subnet(supernet, s).params for s in subnets) / len(subnets)
         with rank_log.open("a") as f:
             f.write(json.dumps({"step": step, "subnets": ids, "indices": micro, "loss": loss_sum / (len(subnets) * len(micro)),
-                                "tokens": tokens, "step_s": step_s, "restart_from": start}) + "\n")
+                                "tokens": tokens, "step_s": step_s, "restart_from": start,
+                                "node": node_id}) + "\n")
         done = step + 1
         metrics = {"step": done, "loss": loss_mean, "tokens_per_s": tokens_per_s, "subnet_params": params_mean,
                    "lr": engine.get_lr()[0], "subnets": ids}
