@@ -30,6 +30,10 @@ class Counts:
         return asdict(self)
 
 
+def _numel(t: torch.Tensor) -> int:
+    return getattr(t, "ds_numel", t.numel())  # ZeRO-3 shards keep the full size here
+
+
 def _nonzero(t: torch.Tensor) -> int:
     return t.numel() if t.device.type == "meta" else int(torch.count_nonzero(t))
 
@@ -57,7 +61,7 @@ def count_subnet(supernet: SuperNetwork, config: SubnetConfig | None = None) -> 
     blocks = [supernet.block(i) for i in range(supernet.shape.num_layers)]
     params = nonzero = macs = adapter = 0
     for p in _outside_blocks(supernet.model, blocks):
-        params += p.numel()
+        params += _numel(p)
         nonzero += _nonzero(p)
     for i in plan.kept_layers:
         linears = plan.layers[i].linears
@@ -81,7 +85,7 @@ def count_subnet(supernet: SuperNetwork, config: SubnetConfig | None = None) -> 
             if "base_layer" in mname.split("."):
                 continue  # counted through its ElasticLinear
             for p in module.parameters(recurse=False):
-                params += p.numel()
+                params += _numel(p)
                 nonzero += _nonzero(p)
             if isinstance(module, nn.Linear):
                 macs += module.in_features * module.out_features

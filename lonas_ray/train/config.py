@@ -43,17 +43,12 @@ class OptimSpec:
 
 @dataclass
 class DeepSpeedSpec:
-    zero_stage: int = help_field(2, help="ZeRO stage 0-2 (2: optimizer state + gradients sharded)")
+    zero_stage: int = help_field(2, help="ZeRO stage: 2 (optimizer state + gradients sharded) or 3 (+ parameters)")
     bf16: str = help_field("auto", help="bf16 mixed precision: auto (on with GPUs), true, false")
 
     def __post_init__(self):
-        if self.zero_stage == 3:
-            # ZeRO-3 partitions the adapters too; saving them needs gathers not yet verified
-            # end to end here, so it is refused rather than silently writing empty tensors.
-            raise ConfigError("deepspeed.zero_stage 3 is not supported yet; use 2 (the adapters are small, "
-                              "ZeRO-2 already shards their optimizer state and gradients)")
-        if self.zero_stage not in (0, 1, 2):
-            raise ConfigError(f"deepspeed.zero_stage must be 0, 1 or 2, got {self.zero_stage}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"deepspeed.zero_stage must be 0-3, got {self.zero_stage}")
         if str(self.bf16).lower() not in ("auto", "true", "false"):
             raise ConfigError(f"deepspeed.bf16 must be auto, true or false, got {self.bf16}")
 

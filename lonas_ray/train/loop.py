@@ -7,6 +7,7 @@ cannot import test modules). Ray Train has already set up torch.distributed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -118,12 +119,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
         config=deepspeed_config(cfg, n_subnets, use_bf16), dist_init_required=False,
     )
 
+    def full_adapters():
+        if cfg.deepspeed.zero_stage == 3:  # ZeRO-3 shards the adapters themselves
+            return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+        return contextlib.nullcontext()
+
     probe_batch = collate(dataset.select([0, 1]), pad_id)
     start = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            start = read_checkpoint(Path(d), engine=engine, supernet=supernet, rank=rank, world_size=world)
+            start = read_checkpoint(Path(d), engine=engine, supernet=supernet, rank=rank, world_size=world,
+                                    full_adapters=full_adapters)
         log.info("rank %d resumed at step %d", rank, start)
 
     node_id = ray.get_runtime_context().get_node_id()
@@ -174,6 +181,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             with tempfile.TemporaryDirectory(prefix="lonas-ckpt-") as tmp:
                 write_checkpoint(Path(tmp), engine=engine, supernet=supernet, prepared_dir=prepared_dir, step=done,
                                  rank=rank, world_size=world, seed=cfg.seed,
+                                 full_adapters=full_adapters,
                                  probe_batch=probe_batch if done == cfg.optim.steps else None, device=device)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                                  checkpoint_dir_name=f"step_{done:06d}")

@@ -13,6 +13,7 @@ Frozen base weights are never written: a checkpoint is adapter-sized.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -65,14 +66,19 @@ def probe_logits(supernet: SuperNetwork, batch: dict[str, torch.Tensor], device)
 
 
 def write_checkpoint(directory: Path, *, engine, supernet: SuperNetwork, prepared_dir: Path, step: int,
-                     rank: int, world_size: int, seed: int,
+                     rank: int, world_size: int, seed: int, full_adapters=contextlib.nullcontext,
                      probe_batch: dict[str, torch.Tensor] | None = None, device=None) -> None:
-    """Every rank calls this (DeepSpeed's save is collective, so is the probe forward); rank 0 adds shared files."""
+    """Every rank calls this (DeepSpeed's save, the probe forward and ZeRO-3 gathers are collective).
+
+    ``full_adapters`` is a context in which every rank holds whole adapter tensors
+    (``deepspeed.zero.GatheredParameters`` under ZeRO-3; nothing below it). Rank 0 writes shared files.
+    """
     engine.save_checkpoint(str(directory / "ds"), tag=DS_TAG, exclude_frozen_parameters=True)
     torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, directory / f"rng_rank{rank}.pt")
     probe = probe_logits(supernet, probe_batch, device) if probe_batch is not None else None
-    if rank == 0:
-        save_adapter(supernet, directory / ADAPTER_FILE)
+    with full_adapters():  # after the probe: a ZeRO-3 forward re-partitions what it touched
+        if rank == 0:
+            save_adapter(supernet, directory / ADAPTER_FILE)
         if probe is not None:
             save_file(probe, str(directory / PROBE_FILE))
         for name in PREPARED_FILES:
@@ -80,7 +86,8 @@ def write_checkpoint(directory: Path, *, engine, supernet: SuperNetwork, prepare
         (directory / STATE_FILE).write_text(json.dumps({"step": step, "world_size": world_size, "seed": seed}))
 
 
-def read_checkpoint(directory: Path, *, engine, supernet: SuperNetwork, rank: int, world_size: int) -> int:
+def read_checkpoint(directory: Path, *, engine, supernet: SuperNetwork, rank: int, world_size: int,
+                    full_adapters=contextlib.nullcontext) -> int:
     """Restore from ``directory``; returns the number of optimizer steps already done."""
     state_file = directory / STATE_FILE
     if not state_file.is_file() or not (directory / ADAPTER_FILE).is_file():
@@ -97,7 +104,8 @@ def read_checkpoint(directory: Path, *, engine, supernet: SuperNetwork, rank: in
     else:
         log.warning("checkpoint was written by %s workers, now %d: restoring adapters and step only "
                     "(optimizer state starts fresh)", state.get("world_size"), world_size)
-        load_adapter(supernet, directory / ADAPTER_FILE)
+        with full_adapters():
+            load_adapter(supernet, directory / ADAPTER_FILE)
     rng = directory / f"rng_rank{rank}.pt"
     if rng.is_file():
         saved = torch.load(rng, weights_only=False)
