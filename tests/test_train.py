@@ -248,3 +248,34 @@ def test_zero3_trains_the_same_adapters_and_saves_them_whole(uninterrupted, tmp_
     with torch.no_grad():
         logits = supernet(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits
     torch.testing.assert_close(logits, probe["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_training_metrics_reach_the_node_metrics_endpoint(tmp_path):
+    """The ray_lonas_train_* gauges are exported on the node's Prometheus port (what the dashboard charts)."""
+    import socket
+    import urllib.request
+
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _metrics_export_port=port,
+             object_store_memory=200 * 2**20)
+    try:
+        config = make_config(tmp_path, "metrics", optim={"steps": 4}, checkpoint={"every_steps": 4})
+        train(TrainConfig.from_yaml(config))
+        found: dict[str, float] = {}
+        deadline = time.time() + 60
+        while time.time() < deadline and len(found) < 4:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            for line in body.splitlines():
+                if line.startswith("ray_lonas_train_") and 'run="metrics"' in line:
+                    found[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
+            time.sleep(1)
+    finally:
+        ray.shutdown()
+    assert set(found) == {"ray_lonas_train_loss", "ray_lonas_train_tokens_per_s",
+                          "ray_lonas_train_subnet_params", "ray_lonas_train_step"}
+    assert found["ray_lonas_train_step"] == 4
+    assert found["ray_lonas_train_loss"] > 0 and found["ray_lonas_train_tokens_per_s"] > 0
