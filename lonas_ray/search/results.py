@@ -1,0 +1,133 @@
+"""The results table: one Parquet file, one row per (sub-network, evaluation pool).
+
+This is where the search meets the Pareto and export stages, so its columns
+are a contract (``SCHEMA``); nothing downstream reads a trial's internals.
+
+* ``subnet_id`` is the sub-network's id (``SearchSpace.subnet_id``) and
+  ``config`` its configuration as a JSON string, so a row is self-contained.
+* ``pool`` names the evaluation set; ``(subnet_id, pool)`` is the cache key:
+  a configuration is never evaluated twice on a pool (``evaluated_ids``), and
+  ``append_results`` refuses a second row for a key.
+* ``timestamp`` is float64 seconds since the Unix epoch (``time.time()``):
+  unambiguous (always UTC), sortable, and the same in pandas, Arrow and JSON.
+* The numeric measurements may be null (e.g. latency not measured on a pool);
+  the identity columns may not.
+
+Appends are atomic (a temp file in the same directory, then ``os.replace``),
+so a crash mid-write never leaves a half-written table. They are not locked:
+one writer (the search driver) appends, trials report to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+SCHEMA = pa.schema([
+    pa.field("subnet_id", pa.string(), nullable=False),
+    pa.field("config", pa.string(), nullable=False),
+    pa.field("pool", pa.string(), nullable=False),
+    pa.field("quality", pa.float64()),
+    pa.field("quality_metric", pa.string(), nullable=False),
+    pa.field("loss", pa.float64()),
+    pa.field("latency_ms", pa.float64()),
+    pa.field("latency_p90_ms", pa.float64()),
+    pa.field("params", pa.int64()),
+    pa.field("nonzero_params", pa.int64()),
+    pa.field("macs", pa.int64()),
+    pa.field("eval_examples", pa.int64()),
+    pa.field("timestamp", pa.float64(), nullable=False),
+])
+
+
+class ResultsError(ValueError):
+    """A results row or file breaks the contract; the message names the column or path and the fix."""
+
+
+def _rows_to_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Validate ``rows`` against ``SCHEMA`` and build a table, naming the first bad row and column."""
+    names = set(SCHEMA.names)
+    for i, row in enumerate(rows):
+        missing = [n for n in SCHEMA.names if n not in row]
+        unknown = sorted(set(row) - names)
+        if missing or unknown:
+            parts = [f"missing column(s) {', '.join(missing)}"] if missing else []
+            parts += [f"unknown column(s) {', '.join(unknown)}"] if unknown else []
+            raise ResultsError(f"results row {i}: {'; '.join(parts)}; the columns are {', '.join(SCHEMA.names)}")
+        try:
+            json.loads(row["config"])
+        except (TypeError, ValueError) as exc:
+            raise ResultsError(f"results row {i}: column config must be a JSON string ({exc})") from exc
+    arrays = []
+    for field in SCHEMA:
+        values = [row[field.name] for row in rows]
+        if not field.nullable and any(v is None for v in values):
+            raise ResultsError(f"results row {values.index(None)}: column {field.name} must not be null")
+        try:
+            arrays.append(pa.array(values, type=field.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            raise ResultsError(f"results: column {field.name} must hold {field.type} values ({exc})") from exc
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def read_results(path: str | Path) -> pa.Table:
+    """The results table at ``path``; an empty table with ``SCHEMA`` when the file does not exist yet."""
+    path = Path(path)
+    if not path.exists():
+        return SCHEMA.empty_table()
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ResultsError(
+            f"{path}: not a readable Parquet results file ({exc}); move it aside or restore it from a backup"
+        ) from exc
+    if set(table.column_names) != set(SCHEMA.names):
+        raise ResultsError(
+            f"{path}: columns {sorted(table.column_names)} do not match the results schema "
+            f"{sorted(SCHEMA.names)}; it was written by another version or tool"
+        )
+    try:
+        return table.select(SCHEMA.names).cast(SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ResultsError(f"{path}: column types do not match the results schema ({exc})") from exc
+
+
+def append_results(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append ``rows`` to the table at ``path`` atomically; on any error the old file is left as it was."""
+    if not rows:
+        return
+    path = Path(path)
+    new = _rows_to_table(rows)
+    old = read_results(path)  # raises on a corrupt file before anything is written
+    seen = set(zip(old["subnet_id"].to_pylist(), old["pool"].to_pylist()))
+    for i, key in enumerate(zip(new["subnet_id"].to_pylist(), new["pool"].to_pylist())):
+        if key in seen:
+            raise ResultsError(
+                f"results row {i}: subnet {key[0]} is already evaluated on pool {key[1]}; "
+                "check evaluated_ids before evaluating"
+            )
+        seen.add(key)
+    table = pa.concat_tables([old, new])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def evaluated_ids(path: str | Path, pool: str) -> set[str]:
+    """Ids of the sub-networks already evaluated on ``pool``: the cache that keeps a search from repeating work."""
+    table = read_results(path)
+    return set(table.filter(pc.equal(table["pool"], pool))["subnet_id"].to_pylist())

@@ -1,0 +1,109 @@
+"""The results table: append/read round trip, row validation, atomic appends, corrupt files, the evaluation cache."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lonas_ray.search import results
+from lonas_ray.search.results import SCHEMA, ResultsError, append_results, evaluated_ids, read_results
+
+
+def row(subnet_id="s0", pool="val", **overrides):
+    base = {
+        "subnet_id": subnet_id, "config": json.dumps({"rank.0.qv": 8}), "pool": pool,
+        "quality": 0.5, "quality_metric": "accuracy", "loss": 1.25, "latency_ms": 3.5, "latency_p90_ms": 4.0,
+        "params": 1000, "nonzero_params": 900, "macs": 20000, "eval_examples": 64, "timestamp": 1.7e9,
+    }
+    return {**base, **overrides}
+
+
+def test_a_missing_file_reads_as_an_empty_table_with_the_schema(tmp_path):
+    table = read_results(tmp_path / "none.parquet")
+    assert table.num_rows == 0 and table.schema == SCHEMA
+    assert evaluated_ids(tmp_path / "none.parquet", "val") == set()
+
+
+def test_append_and_read_round_trip(tmp_path):
+    path = tmp_path / "sub" / "results.parquet"
+    first = [row("s0"), row("s1", latency_ms=None)]
+    append_results(path, first)
+    append_results(path, [row("s2", pool="test")])
+    append_results(path, [])  # a no-op
+    table = read_results(path)
+    assert table.schema == SCHEMA
+    assert table.to_pylist() == first + [row("s2", pool="test")]
+    assert [p.name for p in path.parent.iterdir()] == ["results.parquet"]  # no temp files left
+
+
+def test_evaluated_ids_are_per_pool(tmp_path):
+    path = tmp_path / "r.parquet"
+    append_results(path, [row("s0", "val"), row("s1", "val"), row("s0", "test")])
+    assert evaluated_ids(path, "val") == {"s0", "s1"}
+    assert evaluated_ids(path, "test") == {"s0"}
+    assert evaluated_ids(path, "other") == set()
+
+
+def test_the_same_subnet_is_never_appended_twice_on_a_pool(tmp_path):
+    path = tmp_path / "r.parquet"
+    append_results(path, [row("s0")])
+    with pytest.raises(ResultsError, match="s0 is already evaluated on pool val"):
+        append_results(path, [row("s1"), row("s0")])
+    with pytest.raises(ResultsError, match="s1 is already evaluated"):
+        append_results(path, [row("s1"), row("s1")])
+    assert read_results(path)["subnet_id"].to_pylist() == ["s0"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({k: v for k, v in row().items() if k != "macs"}, "missing column.*macs"),
+    ({**row(), "accuracy": 0.3}, "unknown column.*accuracy"),
+    (row(config="{not json"), "config must be a JSON string"),
+    (row(config={"a": 1}), "config must be a JSON string"),
+    (row(pool=None), "pool must not be null"),
+    (row(params="many"), "params must hold int64"),
+    (row(quality="high"), "quality must hold double"),
+])
+def test_bad_rows_raise_naming_the_column_and_leave_the_file_alone(tmp_path, bad, message):
+    path = tmp_path / "r.parquet"
+    append_results(path, [row("s0")])
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=message):
+        append_results(path, [row("s1"), bad])
+    assert path.read_bytes() == before
+
+
+def test_a_failed_write_leaves_the_old_file_intact_and_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "r.parquet"
+    append_results(path, [row("s0")])
+    before = path.read_bytes()
+
+    def half_write(table, where, **kwargs):
+        with open(where, "wb") as f:
+            f.write(b"PAR1 half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(results.pq, "write_table", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        append_results(path, [row("s1")])
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["r.parquet"]
+
+
+def test_a_corrupt_file_raises_naming_the_path_and_is_left_untouched(tmp_path):
+    path = tmp_path / "r.parquet"
+    path.write_bytes(b"this is not parquet")
+    with pytest.raises(ResultsError, match="r.parquet: not a readable Parquet"):
+        read_results(path)
+    with pytest.raises(ResultsError, match="r.parquet"):
+        append_results(path, [row("s0")])
+    with pytest.raises(ResultsError, match="r.parquet"):
+        evaluated_ids(path, "val")
+    assert path.read_bytes() == b"this is not parquet"
+
+
+def test_a_parquet_file_with_other_columns_is_rejected(tmp_path):
+    path = tmp_path / "r.parquet"
+    pq.write_table(pa.table({"subnet_id": ["s0"]}), path)
+    with pytest.raises(ResultsError, match="do not match the results schema"):
+        read_results(path)
