@@ -266,10 +266,8 @@ def test_collate_right_pads_every_input_form(tmp_path):
 
 
 def test_real_smollm2_tokenizer_masks_exactly(tmp_path):
-    directory = smollm2_cache_dir()
-    if not (directory / "tokenizer.json").is_file():
-        pytest.skip(f"SmolLM2 is not cached in {directory}")
-    tok = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    load_model(ModelSource(kind="smollm2"))  # converts and caches it on first use (set-up installs the package)
+    tok = AutoTokenizer.from_pretrained(smollm2_cache_dir(), local_files_only=True)
     s = spec(train=str(write_jsonl(tmp_path / "d.jsonl", INSTRUCTION_RECORDS)))
     for row, ex in zip(build_train_dataset(s, tok), load_examples(s, "train")):
         start = next(i for i, x in enumerate(row["labels"]) if x != IGNORE_INDEX)
