@@ -48,11 +48,6 @@ class ElasticLinear(nn.Module):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.active = ActiveSlice(self.out_features, self.in_features, self.r_max)
 
-    def set_active(self, out_features: int, in_features: int, rank: int) -> None:
-        """Choose the slice the next forward uses; plain integer stores, no tensor work."""
-        a = self.active
-        a.out_features, a.in_features, a.rank = out_features, in_features, (rank if self.r_max else 0)
-
     @property
     def is_full_width(self) -> bool:
         a = self.active
@@ -71,14 +66,6 @@ class ElasticLinear(nn.Module):
         if not r:
             return None
         return self.lora_A[:r, : a.in_features], self.lora_B[: a.out_features, :r]
-
-    def delta_weight(self) -> torch.Tensor | None:
-        """scaling * B @ A of the active slice, in fp32: what a merge adds to the base weight."""
-        adapter = self.sliced_adapter()
-        if adapter is None:
-            return None
-        a, b = adapter
-        return (b.float() @ a.float()) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_full_width:

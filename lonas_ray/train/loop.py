@@ -144,6 +144,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         bar = tqdm(total=cfg.optim.steps, desc="super-adapter training")
         bar.update(start)
 
+    params_of: dict[str, int] = {}
     for step in range(start, cfg.optim.steps):
         t0 = time.perf_counter()
         subnets = subnets_for_step(space, cfg.sampling.strategy, cfg.seed, step, cfg.sampling.sandwich_random)
@@ -164,7 +165,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         step_s = time.perf_counter() - t0
         loss_mean = _mean_across_ranks(loss_sum / (len(subnets) * len(micro)), device)
         tokens_per_s = _sum_across_ranks(tokens, device) / step_s
-        params_mean = sum(count_subnet(supernet, s).params for s in subnets) / len(subnets)
+        for sid, sub in zip(ids, subnets):  # counting reads every tensor: once per sub-network, not per step
+            if sid not in params_of:
+                params_of[sid] = count_subnet(supernet, sub).params
+        params_mean = sum(params_of[sid] for sid in ids) / len(ids)
         with rank_log.open("a") as f:
             f.write(json.dumps({"step": step, "subnets": ids, "indices": micro, "loss": loss_sum / (len(subnets) * len(micro)),
                                 "tokens": tokens, "step_s": step_s, "restart_from": start,
