@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,3 +138,21 @@ def load_prepared(directory: str | Path) -> tuple[SupernetSpec, SearchSpace, Imp
     space = SearchSpace.load(directory / "space.json")
     imp = json.loads((directory / "importance.json").read_text())
     return spec, space, (Importance.from_dict(imp) if imp is not None else None)
+
+
+def prepare_once(spec: SupernetSpec, prepared: str | Path) -> Path:
+    """Score importance, reorder and size the space once, into ``prepared``; an existing one is reused.
+
+    Every process that later rebuilds the super-network (Ray Train workers, search
+    evaluators) restores from this directory, so they all slice the same channels
+    even where scoring is not bit-reproducible (GPU kernels).
+    """
+    prepared = Path(prepared)
+    if all((prepared / f).is_file() for f in PREPARED_FILES):
+        log.info("reusing the prepared super-network in %s", prepared)
+        return prepared
+    partial = prepared.with_name(prepared.name + ".partial")
+    save_prepared(build_supernet(spec), spec, partial)
+    shutil.rmtree(prepared, ignore_errors=True)
+    partial.rename(prepared)
+    return prepared

@@ -48,10 +48,28 @@ def _train(args) -> int:
     return 0
 
 
+def _search(args) -> int:
+    from lonas_ray.search.config import SearchConfig
+    from lonas_ray.search.driver import run_search
+
+    cfg = SearchConfig.from_yaml(args.config)
+    if args.output:
+        cfg.output_dir = args.output
+    result = run_search(cfg, address=args.address)
+    for pool, info in result.summary["pools"].items():
+        lat = info.get("latency", {})
+        print(f"pool {pool}: {info['evaluated']} evaluated ({result.evaluated.get(pool, 0)} new), "
+              f"latency front {lat.get('members', 0)} members, hypervolume {lat.get('hypervolume', float('nan')):.4g}, "
+              f"pick {lat.get('pick')}")
+    print(f"results.parquet, pareto.parquet and search_summary.json written under {result.output_dir}")
+    return 0
+
+
 COMMANDS = {
     "export": (_export, "build the super-network and export chosen sub-networks as verified HF models"),
     "space": (_space, "build the super-network and describe its search space"),
     "train": (_train, "train the super-adapter on Ray Train + DeepSpeed"),
+    "search": (_search, "evaluate sub-networks on hardware pools with Ray Tune; write results and the Pareto set"),
 }
 
 
@@ -64,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", required=True, help="YAML config file")
         if name == "export":
             p.add_argument("--output", required=True, help="output directory")
-        if name == "train":
+        if name in ("train", "search"):
             p.add_argument("--output", help="output directory (overrides output_dir in the config)")
             p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     args = parser.parse_args(argv)

@@ -23,8 +23,13 @@ def prefer_loopback() -> None:
 
 
 def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = False,
-               object_store_memory: int | None = None, resources: dict | None = None) -> None:
-    """Join ``address`` / ``$RAY_ADDRESS`` if given, else start an embedded local Ray on 127.0.0.1."""
+               object_store_memory: int | None = None, resources: dict | None = None,
+               labels: dict | None = None) -> bool:
+    """Join ``address`` / ``$RAY_ADDRESS`` if given, else start an embedded local Ray on 127.0.0.1.
+
+    ``resources`` and ``labels`` apply to an embedded Ray only (a cluster's nodes have
+    their own). Returns True when this call started an embedded Ray.
+    """
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         prefer_loopback()
@@ -32,15 +37,16 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     if address:
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address)
-        return
+        return False
     ray.init(
         address="local",  # a new embedded Ray, never a stray one some other process left running
         num_cpus=num_cpus,
         resources=resources,
+        labels=labels,
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
@@ -48,3 +54,4 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
         runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
     )
     log.info("started a local Ray: %s", ray.cluster_resources())
+    return True

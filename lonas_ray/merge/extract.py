@@ -91,8 +91,9 @@ def extract(supernet: SuperNetwork, config: SubnetConfig | None = None, merge: b
     """
     plan = supernet.plan(config)
     new_config = export_config(supernet.model.config, plan, supernet.family.name)
-    dtype = next(supernet.model.parameters()).dtype
-    model = AutoModelForCausalLM.from_config(new_config, dtype=dtype)
+    first = next(supernet.model.parameters())
+    with torch.device(first.device):  # build where the super-network lives: no host round trip on GPU
+        model = AutoModelForCausalLM.from_config(new_config, dtype=first.dtype)
     state = {key: _source_tensor(supernet, key, plan, merge) for key in model.state_dict()}
     model.load_state_dict(state, strict=True)
     if getattr(supernet.model, "generation_config", None) is not None:

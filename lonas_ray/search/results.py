@@ -10,6 +10,11 @@ are a contract (``SCHEMA``); nothing downstream reads a trial's internals.
   ``append_results`` refuses a second row for a key.
 * ``timestamp`` is float64 seconds since the Unix epoch (``time.time()``):
   unambiguous (always UTC), sortable, and the same in pandas, Arrow and JSON.
+* ``latency_ms`` / ``latency_p90_ms`` are one request (prefill + decode) in
+  the pool's first runtime (``latency_runtime``); ``prefill_ms`` and
+  ``decode_ms`` (per token) are its medians; ``latencies`` (JSON) holds every
+  runtime measured, e.g. the eager figure next to the static-cache one.
+* ``node_id`` is the Ray node that measured the row (placement is auditable).
 * The numeric measurements may be null (e.g. latency not measured on a pool);
   the identity columns may not.
 
@@ -40,10 +45,16 @@ SCHEMA = pa.schema([
     pa.field("loss", pa.float64()),
     pa.field("latency_ms", pa.float64()),
     pa.field("latency_p90_ms", pa.float64()),
+    pa.field("latency_runtime", pa.string()),
+    pa.field("prefill_ms", pa.float64()),
+    pa.field("decode_ms", pa.float64()),
+    pa.field("latencies", pa.string()),
     pa.field("params", pa.int64()),
     pa.field("nonzero_params", pa.int64()),
     pa.field("macs", pa.int64()),
     pa.field("eval_examples", pa.int64()),
+    pa.field("node_id", pa.string()),
+    pa.field("eval_s", pa.float64()),
     pa.field("timestamp", pa.float64(), nullable=False),
 ])
 

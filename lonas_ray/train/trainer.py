@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from lonas_ray.build import PREPARED_FILES, build_supernet, load_prepared, restore_supernet, save_prepared
+from lonas_ray.build import PREPARED_FILES, load_prepared, prepare_once, restore_supernet
 from lonas_ray.config_io import to_dict
 from lonas_ray.data.spec import check_data
 from lonas_ray.elastic.supernet import SuperNetwork
@@ -34,25 +34,12 @@ class TrainResult:
     metrics: dict | None
 
 
-def prepare(cfg: TrainConfig, out: Path) -> Path:
-    """Score importance, reorder and size the space once, on the driver; reused on re-runs."""
-    prepared = out / "prepared"
-    if all((prepared / f).is_file() for f in PREPARED_FILES):
-        log.info("reusing the prepared super-network in %s", prepared)
-        return prepared
-    built = build_supernet(cfg.supernet)
-    save_prepared(built, cfg.supernet, prepared.with_name("prepared.partial"))
-    shutil.rmtree(prepared, ignore_errors=True)
-    prepared.with_name("prepared.partial").rename(prepared)
-    return prepared
-
-
 def train(cfg: TrainConfig, address: str | None = None) -> TrainResult:
     """Train the super-adapter; returns where the trained super-network was written."""
     check_data(cfg.data)
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    prepared = prepare(cfg, out)
+    prepared = prepare_once(cfg.supernet, out / "prepared")
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

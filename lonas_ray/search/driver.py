@@ -1,0 +1,277 @@
+"""The search driver: per pool, a Ray Tune run of sub-network trials; then final quality, fronts, the pick.
+
+Output directory::
+
+    results.parquet     every evaluation, one row per (subnet_id, pool), appended as trials finish
+    final_quality.json  full-set quality of the fronts' members (and maximal), by subnet id
+    pareto.parquet      the fronts of every pool (columns of results + front, picked, *_full)
+    search_summary.json per pool: evaluations, hypervolume, reference point, pick
+    ray_results/        the Tune runs (trial logs, for the dashboard and debugging)
+
+Re-running with the same output directory evaluates only what is missing: a
+pool's budget counts its rows already in results.parquet, the searcher is
+seeded with them, and the final evaluation skips ids already in
+final_quality.json. Pools are searched one after another (one writer of the
+results file); within a pool ``evaluators`` trials run at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lonas_ray.build import load_prepared
+from lonas_ray.config_io import to_dict
+from lonas_ray.data.spec import check_data
+from lonas_ray.search.config import SearchConfig
+from lonas_ray.search.front import pool_fronts
+from lonas_ray.search.results import SCHEMA, append_results, read_results
+from lonas_ray.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+RESULTS, PARETO, FINAL, SUMMARY = "results.parquet", "pareto.parquet", "final_quality.json", "search_summary.json"
+
+
+@dataclass
+class SearchResult:
+    output_dir: Path
+    evaluated: dict[str, int] = field(default_factory=dict)  # new evaluations this run, per pool
+    summary: dict = field(default_factory=dict)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def rows_by_pool(path: Path, pool: str) -> dict[str, dict]:
+    """Rows of ``pool`` already in the results file, by subnet id, with ``config`` parsed."""
+    out = {}
+    for row in read_results(path).to_pylist():
+        if row["pool"] == pool:
+            out[row["subnet_id"]] = dict(row, config=json.loads(row["config"]))
+    return out
+
+
+def supernet_source(cfg: SearchConfig, out: Path) -> Path:
+    """The directory evaluators load: the trained super-network, or one prepared here from the spec."""
+    if cfg.supernet_dir:
+        return Path(cfg.supernet_dir).resolve()
+    from lonas_ray.build import prepare_once
+
+    return prepare_once(cfg.supernet, out / "prepared")
+
+
+def _results_writer(path: Path, pool: str):
+    from ray.tune import Callback
+
+    class ResultsWriter(Callback):
+        """Appends each finished trial's row on the driver, so an interrupted search keeps its work."""
+
+        def __init__(self):
+            self.written = 0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            row = json.loads(result["row_json"])
+            row = {k: row[k] for k in SCHEMA.names}
+            append_results(path, [row])
+            self.written += 1
+            log.info("pool %s: %s quality %.4f latency %s ms (%d new)", pool, row["subnet_id"], row["quality"],
+                     f"{row['latency_ms']:.3f}" if row["latency_ms"] is not None else "-", self.written)
+
+    return ResultsWriter()
+
+
+def _final_writer(path: Path):
+    from ray.tune import Callback
+
+    class FinalWriter(Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            row = json.loads(result["row_json"])
+            finals = json.loads(path.read_text()) if path.exists() else {}
+            finals[row["subnet_id"]] = {"quality": row["quality"], "loss": row["loss"],
+                                        "examples": row["eval_examples"], "metric": row["quality_metric"]}
+            _write_json(path, finals)
+
+    return FinalWriter()
+
+
+def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, num_samples: int, mode: str, callback,
+          out: Path, param_space: dict | None = None):
+    from ray import tune
+
+    from lonas_ray.search.evaluator import EvalJob
+    from lonas_ray.search.trainable import SubnetTrainable
+
+    job = EvalJob.from_config(cfg, pool, source)
+    trainable = tune.with_resources(tune.with_parameters(SubnetTrainable, job=job, mode=mode),
+                                    placement.trial_resources())
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space or {},
+        tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=num_samples, reuse_actors=True,
+                                    max_concurrent_trials=cfg.pools[pool].evaluators),
+        run_config=tune.RunConfig(
+            name=f"{mode}-{pool}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(out / "ray_results"),
+            stop={"training_iteration": 1},
+            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),  # a trial has nothing to resume
+            callbacks=[callback],
+            verbose=1,
+        ),
+    )
+    grid = tuner.fit()
+    errors = [r for r in grid if r.error is not None]
+    for r in errors:
+        log.error("pool %s: trial %s failed: %s", pool, r.path, r.error)
+    return grid, errors
+
+
+def choice_space(space: SearchSpace) -> dict:
+    """The space as a Tune param space (for the fixed-list runs; Optuna gets its own distributions)."""
+    from ray import tune
+
+    return {name: tune.choice(list(dim.choices)) for name, dim in space.dims.items()}
+
+
+def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path) -> int:
+    """Run the pool's remaining budget; returns the number of new evaluations."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from lonas_ray.search.pools import wait_for_pool
+    from lonas_ray.search.searchers import CachedSearcher, optuna_search, seed_configs
+
+    placement, nodes = wait_for_pool(pool, cfg.pools[pool])
+    log.info("pool %s: placing by %s on %d node(s)", pool, placement.mode, len(nodes))
+    path = out / RESULTS
+    known = rows_by_pool(path, pool)
+    s = cfg.search
+    if s.strategy == "heuristic":
+        todo = [c for c in seed_configs(space, s.strategy) if space.subnet_id(c) not in known]
+        if not todo:
+            return 0
+        alg = BasicVariantGenerator(points_to_evaluate=todo, max_concurrent=cfg.pools[pool].evaluators)
+        n, param_space = len(todo), choice_space(space)
+    else:
+        n = s.budget - len(known)
+        if n <= 0:
+            log.info("pool %s: budget of %d already spent (%d in %s); nothing to evaluate", pool, s.budget,
+                     len(known), path)
+            return 0
+        inner = optuna_search(space, s.strategy, population=s.population, seed=s.seed, known=known,
+                              study_name=f"lonas-{pool}")
+        alg = CachedSearcher(inner, space, known)
+        param_space = None  # the Optuna searcher holds the space
+    writer = _results_writer(path, pool)
+    _tune(cfg, pool, placement, source, search_alg=alg, num_samples=n, mode="search", callback=writer, out=out,
+          param_space=param_space)
+    return writer.written
+
+
+def final_evaluation(cfg: SearchConfig, space: SearchSpace, source: Path, out: Path) -> dict[str, dict]:
+    """Full-set quality of every front member and of maximal, on the first pool; cached by subnet id.
+
+    Skipped (finals = {}) when the search subset already is the final set.
+    """
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from lonas_ray.search.front import FRONTS, front_rows
+    from lonas_ray.search.pools import wait_for_pool
+
+    q = cfg.quality
+    if q.examples == q.final_examples:
+        return {}
+    path = out / FINAL
+    finals = json.loads(path.read_text()) if path.exists() else {}
+    wanted = {space.subnet_id(space.maximal()): space.maximal()}
+    for pool in cfg.search.pools:
+        rows = list(rows_by_pool(out / RESULTS, pool).values())
+        for cost in FRONTS.values():
+            for r in front_rows(rows, cost):
+                wanted[r["subnet_id"]] = r["config"]
+    todo = [c for sid, c in wanted.items() if sid not in finals]
+    if todo:
+        pool = cfg.search.pools[0]
+        placement, _ = wait_for_pool(pool, cfg.pools[pool])
+        alg = BasicVariantGenerator(points_to_evaluate=todo, max_concurrent=cfg.pools[pool].evaluators)
+        _tune(cfg, pool, placement, source, search_alg=alg, num_samples=len(todo), mode="final",
+              callback=_final_writer(path), out=out, param_space=choice_space(space))
+        finals = json.loads(path.read_text()) if path.exists() else {}
+    return finals
+
+
+PARETO_EXTRA = [pa.field("front", pa.string()), pa.field("picked", pa.bool_()),
+                pa.field("quality_full", pa.float64()), pa.field("loss_full", pa.float64()),
+                pa.field("eval_examples_full", pa.int64())]
+
+
+def write_pareto(cfg: SearchConfig, space: SearchSpace, out: Path, finals: dict[str, dict]) -> dict:
+    """pareto.parquet and the per-pool summary (fronts, hypervolume, pick)."""
+    maximal_id = space.subnet_id(space.maximal())
+    all_rows, summary = [], {}
+    for pool in cfg.search.pools:
+        rows = [dict(r, config=json.dumps(r["config"], sort_keys=True))
+                for r in rows_by_pool(out / RESULTS, pool).values()]
+        p = cfg.pareto
+        front, info = pool_fronts(rows, maximal_id, finals, delta=p.delta, reference_quality=p.reference_quality,
+                                  reference_cost=p.reference_cost)
+        all_rows.extend(front)
+        summary[pool] = info
+    schema = pa.schema(list(SCHEMA) + PARETO_EXTRA)
+    table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in all_rows], schema=schema)
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{PARETO}.", suffix=".tmp")
+    os.close(fd)
+    pq.write_table(table, tmp)
+    os.replace(tmp, out / PARETO)
+    return summary
+
+
+def local_pool_tags(cfg: SearchConfig) -> dict:
+    """An embedded Ray stands in for every pool: the first pool's label, every pool's resource.
+
+    Its latency figures are then this machine's, whatever the pool is called.
+    """
+    from lonas_ray.search.config import pool_label, pool_resource
+
+    names = cfg.search.pools
+    if len(names) > 1:
+        log.warning("embedded Ray: this machine serves all of pools %s; their latencies are all this machine's",
+                    names)
+    resources = {pool_resource(n, cfg.pools[n]): 1000 for n in names}
+    return {"labels": pool_label(names[0], cfg.pools[names[0]]), "resources": resources}
+
+
+def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
+    """The whole search stage (see the module doc); re-running continues where a run stopped."""
+    check_data(cfg.data)
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    read_results(out / RESULTS)  # a corrupt results file fails here, before any cluster work
+    source = supernet_source(cfg, out)
+    space = load_prepared(source)[1]
+
+    from lonas_ray.ray_env import ensure_ray
+
+    ensure_ray(address, **local_pool_tags(cfg))
+    result = SearchResult(out)
+    for pool in cfg.search.pools:
+        result.evaluated[pool] = search_pool(cfg, pool, space, source, out)
+    finals = final_evaluation(cfg, space, source, out)
+    pools = write_pareto(cfg, space, out, finals)
+    result.summary = {"config": to_dict(cfg), "strategy": cfg.search.strategy, "space_size": space.size(),
+                      "maximal": space.subnet_id(space.maximal()), "new_evaluations": result.evaluated,
+                      "pools": pools}
+    _write_json(out / SUMMARY, result.summary)
+    return result

@@ -1,0 +1,62 @@
+"""From the results table to the Pareto table: fronts per pool, hypervolume, the picked sub-network.
+
+Pure functions over rows (dicts), so the stage is testable without Ray. Two
+fronts per pool: quality (up) against latency (down), and quality against
+params (down). Hypervolume is measured on the search quality (what the
+searcher optimised) against (``reference_quality``, ``reference_cost`` x the
+maximal sub-network's cost). The pick uses the final, full-set quality when
+there is one: the fastest (or smallest) front member whose quality is at
+least the maximal sub-network's minus ``delta``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from lonas_ray.search.pareto import hypervolume_2d, pareto_mask, pick
+
+FRONTS = {"latency": "latency_ms", "params": "params"}
+FINAL_COLUMNS = ("quality_full", "loss_full", "eval_examples_full")
+
+
+def front_rows(rows: Sequence[Mapping[str, Any]], cost: str) -> list[Mapping[str, Any]]:
+    """The non-dominated rows over (quality max, ``cost`` min); rows missing either are left out."""
+    usable = [r for r in rows if r.get("quality") is not None and r.get(cost) is not None]
+    if not usable:
+        return []
+    mask = pareto_mask(np.array([[r["quality"], r[cost]] for r in usable], dtype=float), [True, False])
+    members = [r for r, keep in zip(usable, mask) if keep]
+    return sorted(members, key=lambda r: (r[cost], -r["quality"]))
+
+
+def final_quality(row: Mapping[str, Any], finals: Mapping[str, Mapping[str, Any]]) -> float:
+    f = finals.get(row["subnet_id"])
+    return f["quality"] if f else row["quality"]
+
+
+def pool_fronts(rows: Sequence[Mapping[str, Any]], maximal_id: str, finals: Mapping[str, Mapping[str, Any]], *,
+                delta: float, reference_quality: float, reference_cost: float) -> tuple[list[dict], dict]:
+    """(Pareto rows with ``front``/``picked``/final-quality columns, summary) for one pool's rows."""
+    maximal = next((r for r in rows if r["subnet_id"] == maximal_id), None)
+    out, summary = [], {"evaluated": len(rows)}
+    for front, cost in FRONTS.items():
+        members = front_rows(rows, cost)
+        info: dict[str, Any] = {"members": len(members)}
+        if maximal is not None and maximal.get(cost) is not None:
+            ref = [reference_quality, reference_cost * maximal[cost]]
+            pts = np.array([[r["quality"], r[cost]] for r in members], dtype=float).reshape(-1, 2)
+            info["reference"] = ref
+            info["hypervolume"] = hypervolume_2d(pts, ref, [True, False])
+            candidates = [dict(r, quality_final=final_quality(r, finals)) for r in [*members, maximal]]
+            chosen = pick(candidates, "quality_final", cost, delta, final_quality(maximal, finals))
+            info["pick"] = chosen["subnet_id"] if chosen else None
+        for r in members:
+            f = finals.get(r["subnet_id"], {})
+            out.append(dict(r, front=front, picked=r["subnet_id"] == info.get("pick"),
+                            quality_full=f.get("quality"), loss_full=f.get("loss"),
+                            eval_examples_full=f.get("examples")))
+        summary[front] = info
+    return out, summary

@@ -1,0 +1,129 @@
+"""Placing evaluation trials on a hardware pool's nodes, and failing fast when no node can serve it.
+
+Ray's recommended way to pin work to node types (since 2.49) is a label
+selector; a cluster without labels can still tag its node types with a custom
+resource (``pool_h100: 1``). Both forms end up in the Tune trial's placement
+group: labels as ``bundle_label_selector``, the resource as a bundle entry.
+
+A trial whose placement group no node can satisfy stays PENDING forever, so
+before a pool's trials are submitted ``wait_for_pool`` checks the live nodes
+(label or resource, and enough CPUs/GPUs on that node for one evaluator) and
+raises ``PoolError`` naming what the nodes do offer. On an autoscaling cluster
+``wait_for_nodes_s`` asks the autoscaler for one evaluator's bundle and waits
+that long for the node to join.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from lonas_ray.search.config import PoolSpec, pool_label, pool_resource
+
+log = logging.getLogger(__name__)
+
+
+class PoolError(RuntimeError):
+    """No node of the cluster can run the pool's evaluators; the message says what the nodes offer."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    pool: str
+    mode: str  # "label" or "resource"
+    label: dict[str, str]
+    resource: str
+    cpus: float
+    gpus: float
+
+    def bundle(self) -> dict[str, float]:
+        b = {"CPU": self.cpus, "GPU": self.gpus}
+        if self.mode == "resource":
+            b[self.resource] = 1
+        return {k: v for k, v in b.items() if v}
+
+    def trial_resources(self):
+        """The ``PlacementGroupFactory`` a Tune trial of this pool asks for."""
+        from ray import tune
+
+        kwargs = {"bundle_label_selector": [self.label]} if self.mode == "label" else {}
+        return tune.PlacementGroupFactory([self.bundle()], **kwargs)
+
+
+def _has_label(node: dict, label: dict[str, str]) -> bool:
+    labels = node.get("Labels") or {}
+    return all(labels.get(k) == v for k, v in label.items())
+
+
+def _fits(node: dict, cpus: float, gpus: float) -> bool:
+    res = node.get("Resources") or {}
+    return res.get("CPU", 0) >= cpus and res.get("GPU", 0) >= gpus
+
+
+def serving_nodes(nodes: list[dict], placement: Placement) -> list[str]:
+    """Ids of the live nodes that can host one evaluator of ``placement``."""
+    out = []
+    for node in nodes:
+        if not node.get("Alive"):
+            continue
+        if placement.mode == "label" and not _has_label(node, placement.label):
+            continue
+        if placement.mode == "resource" and (node.get("Resources") or {}).get(placement.resource, 0) < 1:
+            continue
+        if _fits(node, placement.cpus, placement.gpus):
+            out.append(node["NodeID"])
+    return out
+
+
+def resolve(name: str, pool: PoolSpec, nodes: list[dict]) -> Placement:
+    """The pool's placement; ``auto`` picks labels when some live node carries them, else the resource."""
+    label, resource = pool_label(name, pool), pool_resource(name, pool)
+    mode = pool.placement
+    if mode == "auto":
+        labelled = any(n.get("Alive") and _has_label(n, label) for n in nodes)
+        mode = "label" if labelled else "resource"
+    return Placement(name, mode, label, resource, pool.cpus, pool.gpus)
+
+
+def describe_nodes(nodes: list[dict]) -> str:
+    parts = []
+    for n in nodes:
+        if not n.get("Alive"):
+            continue
+        labels = {k: v for k, v in (n.get("Labels") or {}).items() if not k.startswith("ray.io/")}
+        res = {k: v for k, v in (n.get("Resources") or {}).items()
+               if not k.startswith(("node:", "memory", "object_store_memory", "accelerator_type"))}
+        parts.append(f"node {n['NodeID'][:8]} labels={labels} resources={res}")
+    return "; ".join(parts) or "no live nodes"
+
+
+def wait_for_pool(name: str, pool: PoolSpec) -> tuple[Placement, list[str]]:
+    """The pool's placement and the nodes that serve it now; ``PoolError`` if none does in time."""
+    import ray
+
+    deadline = time.monotonic() + pool.wait_for_nodes_s
+    requested = False
+    while True:
+        nodes = ray.nodes()
+        placement = resolve(name, pool, nodes)
+        serving = serving_nodes(nodes, placement)
+        if serving:
+            return placement, serving
+        if time.monotonic() >= deadline:
+            break
+        if not requested:
+            from ray.autoscaler.sdk import request_resources
+
+            bundle = dict(placement.bundle(), **{placement.resource: 1})
+            request_resources(bundles=[bundle])  # a no-op without an autoscaler
+            requested = True
+            log.info("pool %s: no node yet; asked the autoscaler for %s, waiting up to %.0f s",
+                     name, bundle, pool.wait_for_nodes_s)
+        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+    want = f"label {placement.label}" if placement.mode == "label" else f"resource {placement.resource}"
+    raise PoolError(
+        f"pool '{name}': no live node can run an evaluator ({want}, {pool.cpus:g} CPU, {pool.gpus:g} GPU); "
+        f"the cluster has: {describe_nodes(nodes)}. Add or label a node for the pool, lower the pool's cpus/gpus, "
+        "or set wait_for_nodes_s on an autoscaling cluster."
+    )

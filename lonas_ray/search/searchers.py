@@ -1,0 +1,147 @@
+"""The Tune searchers of each strategy, and the cache that keeps them from evaluating a configuration twice.
+
+* ``random``: Optuna's ``RandomSampler`` through ``OptunaSearch``;
+* ``nsga2``: Optuna's ``NSGAIISampler`` (multi-objective evolution) through
+  ``OptunaSearch`` over (quality max, latency min);
+* ``heuristic``: no searcher, a fixed list (see ``seed_configs``).
+
+Both Optuna strategies start from the maximal and minimal sub-networks (the
+pick rule's reference and the ends of the front). Results of earlier runs are
+added to the Optuna study as completed trials before the search starts, so a
+resumed NSGA-II continues from its history instead of starting over.
+
+``CachedSearcher`` wraps the searcher: when it proposes a configuration that
+is already evaluated on this pool, the cached objectives are told to the
+searcher straight away and a new proposal is asked for; a proposal that
+duplicates one still running waits for that trial's result. A space too
+small for the budget ends the search (``Searcher.FINISHED``) instead of
+looping.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from lonas_ray.space import SearchSpace, SubnetConfig
+
+log = logging.getLogger(__name__)
+
+METRICS = ["quality", "latency_ms"]
+MODES = ["max", "min"]
+DIRECTIONS = ["maximize", "minimize"]
+
+
+def distributions(space: SearchSpace) -> dict[str, optuna.distributions.CategoricalDistribution]:
+    """One categorical Optuna parameter per search-space dimension (its choices, in order)."""
+    return {name: optuna.distributions.CategoricalDistribution(list(dim.choices))
+            for name, dim in space.dims.items()}
+
+
+def seed_configs(space: SearchSpace, strategy: str) -> list[SubnetConfig]:
+    """What every search evaluates first: maximal (the reference) and minimal; heuristic adds the median."""
+    configs = [space.maximal(), space.minimal()]
+    if strategy == "heuristic":
+        configs.insert(1, space.heuristic())
+    out, seen = [], set()
+    for c in configs:
+        if space.subnet_id(c) not in seen:
+            seen.add(space.subnet_id(c))
+            out.append(c)
+    return out
+
+
+def optuna_search(space: SearchSpace, strategy: str, *, population: int, seed: int,
+                  known: Mapping[str, Mapping[str, Any]], study_name: str) -> OptunaSearch:
+    """An ``OptunaSearch`` for ``strategy`` whose study already holds the ``known`` results."""
+    if strategy == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+    elif strategy == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        raise ValueError(f"no Optuna sampler for strategy {strategy!r}")
+    dists = distributions(space)
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=study_name, directions=DIRECTIONS, sampler=sampler)
+    for row in known.values():
+        study.add_trial(optuna.trial.create_trial(
+            params=dict(row["config"]), distributions=dists, values=[row["quality"], row["latency_ms"]]))
+    pending = [c for c in seed_configs(space, strategy) if space.subnet_id(c) not in known]
+    return OptunaSearch(space=dists, metric=METRICS, mode=MODES, sampler=sampler, storage=storage,
+                        study_name=study_name, points_to_evaluate=pending or None)
+
+
+class CachedSearcher(Searcher):
+    """Wrap ``searcher`` so no configuration is evaluated twice (see the module doc)."""
+
+    def __init__(self, searcher: Searcher, space: SearchSpace, known: Mapping[str, Mapping[str, Any]],
+                 max_proposals: int = 200):
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher, self.space, self.max_proposals = searcher, space, max_proposals
+        self.known = {sid: {m: row[m] for m in METRICS} for sid, row in known.items()}
+        self.running: dict[str, str] = {}  # subnet id -> Tune trial id
+        self.alias: dict[str, str] = {}  # Tune trial id -> id the inner searcher knows it by
+        self.waiting: dict[str, list[str]] = {}  # subnet id -> inner ids of duplicates of a running trial
+        self.duplicates = 0
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        for attempt in range(self.max_proposals):
+            inner_id = trial_id if attempt == 0 else f"{trial_id}_dup{attempt}"
+            config = self.searcher.suggest(inner_id)
+            if config is None or config == Searcher.FINISHED:
+                return config
+            sid = self.space.subnet_id(self.space.validate(dict(config)))
+            if sid in self.known:
+                self.duplicates += 1
+                self.searcher.on_trial_complete(inner_id, result=dict(self.known[sid]))
+                continue
+            if sid in self.running:
+                self.duplicates += 1
+                self.waiting.setdefault(sid, []).append(inner_id)
+                continue
+            self.running[sid] = trial_id
+            self.alias[trial_id] = inner_id
+            return config
+        log.warning("no new configuration in %d proposals: the space looks exhausted; ending the search",
+                    self.max_proposals)
+        return Searcher.FINISHED
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.searcher.on_trial_result(self.alias.get(trial_id, trial_id), result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.searcher.on_trial_complete(self.alias.pop(trial_id, trial_id), result=result, error=error)
+        sid = next((s for s, t in self.running.items() if t == trial_id), None)
+        if sid is None:
+            return
+        del self.running[sid]
+        if result is not None and not error:
+            self.known[sid] = {m: result[m] for m in METRICS}
+        for inner_id in self.waiting.pop(sid, []):
+            if sid in self.known:
+                self.searcher.on_trial_complete(inner_id, result=dict(self.known[sid]))
+            else:
+                self.searcher.on_trial_complete(inner_id, result=None, error=True)
+
+    def get_state(self) -> dict:
+        """The wrapper's own state (Tune saves it with the experiment; the inner searcher saves itself)."""
+        return {"known": self.known, "running": self.running, "alias": self.alias, "waiting": self.waiting,
+                "duplicates": self.duplicates}
+
+    def set_state(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.searcher.restore(checkpoint_path)

@@ -1,0 +1,43 @@
+"""The Tune trainable of the search: one trial evaluates one sub-network.
+
+A class trainable whose ``reset_config`` keeps the ``Evaluator`` (loaded
+super-network, tokenized evaluation set), so with ``reuse_actors=True`` Tune
+hands the next configuration to the same actor and a trial costs one
+evaluation, not one model load.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ray import tune
+
+from lonas_ray.search.evaluator import EvalJob, Evaluator
+
+SEARCH, FINAL = "search", "final"
+
+
+class SubnetTrainable(tune.Trainable):
+    def setup(self, config: dict, job: EvalJob | None = None, mode: str = SEARCH):
+        self.evaluator = Evaluator(job)
+        self.mode = mode
+
+    def step(self) -> dict:
+        ev = self.evaluator
+        if self.mode == SEARCH:
+            row = ev.evaluate(dict(self.config), examples=ev.quality_spec.examples)
+        else:  # the final, full-set quality of chosen sub-networks; their latency is already known
+            row = ev.evaluate(dict(self.config), examples=ev.quality_spec.final_examples, with_latency=False)
+        # Tune reserves "timestamp" and other keys, so the row travels as JSON; the objectives also flat.
+        return {"quality": row["quality"], "latency_ms": row["latency_ms"] or 0.0, "params": row["params"],
+                "subnet_id": row["subnet_id"], "row_json": json.dumps(row)}
+
+    def reset_config(self, new_config: dict) -> bool:
+        return True  # Tune sets self.config itself; the evaluator is what we keep
+
+    def save_checkpoint(self, checkpoint_dir: str) -> dict:
+        return {}  # one trial is one evaluation: nothing to resume inside it
+
+    def load_checkpoint(self, checkpoint: Any) -> None:
+        pass
