@@ -209,14 +209,17 @@ def _load_smollm2(dtype: torch.dtype) -> tuple[PreTrainedModel, Any]:
 
 
 def _convert_smollm2(target: Path) -> None:
-    """Dequantize the GGUF once and save it as a plain model under ``target``, atomically.
+    convert_gguf(smollm2_gguf_path(), target)
+
+
+def convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize a GGUF model once and save it as a plain model under ``target``, atomically.
 
     transformers flags a GGUF-loaded model as quantized and refuses to save it,
     so it is rebuilt from its config without ``quantization_config``. The copy
     is written to a temporary sibling and renamed, so a killed process leaves
     no half-written cache.
     """
-    gguf = smollm2_gguf_path()
     log.info("converting %s (Q4_1, dequantized to fp32) into %s; this takes about 20 s", gguf.name, target)
     start = time.perf_counter()
     kwargs = dict(gguf_file=gguf.name, local_files_only=True)

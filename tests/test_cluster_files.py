@@ -92,3 +92,25 @@ def test_local_pools_recipe_is_consistent(pool):
     assert spec == {"resources": {f"pool_{pool}": 1}, "labels": {POOL_LABEL: pool}}
     start = [c for c in recipe["commands"]["start"] if f"{POOL_LABEL}={pool}" in c]
     assert len(start) == 1 and json.dumps(spec["resources"]) in start[0]
+
+
+def test_search_config_for_aws_targets_its_pools_and_fits_their_nodes():
+    """Every pool of the AWS search config is a node type of cluster/aws.yaml, placed by that type's
+    label or resource, and its evaluators fit the node type (else trials would wait forever)."""
+    from lonas_ray.search.config import SearchConfig
+    from lonas_ray.search.pools import resolve, serving_nodes
+
+    cfg = SearchConfig.from_dict(load("jobs/configs/search_aws.yaml"))
+    node_specs = {"h100": (192, 8), "l4": (8, 1), "cpu-x86": (16, 0)}  # vCPUs, GPUs of the instance types
+    pools = aws_pools()
+    assert set(cfg.pools) == set(pools)
+    for name, pool in cfg.pools.items():
+        cpus, gpus = node_specs[name]
+        node = {"NodeID": name, "Alive": True, "Labels": pools[name]["labels"],
+                "Resources": {"CPU": cpus, "GPU": gpus, **pools[name]["resources"]}}
+        for placement_mode in ("label", "resource"):
+            pool.placement = placement_mode
+            assert serving_nodes([node], resolve(name, pool, [node])) == [name], (name, placement_mode)
+        per_node = min(cpus // pool.cpus, gpus // pool.gpus if pool.gpus else 10**6)
+        assert per_node >= 1, name
+        assert pool.wait_for_nodes_s > 0, name  # the pools autoscale from zero nodes

@@ -91,6 +91,7 @@ class PoolSpec:
             raise ConfigError("pool cpus, gpus and wait_for_nodes_s must be >= 0")
         if self.device == "cuda" and not self.gpus:
             raise ConfigError("pool device cuda needs gpus > 0 (else Ray hides the GPUs from the evaluator)")
+        self.latency.resolved_runtimes(self.uses_cuda)  # cuda_graph on a pool without GPUs fails here
 
     @property
     def uses_cuda(self) -> bool:
@@ -119,6 +120,10 @@ class QualitySpec:
 class StrategySpec:
     strategy: str = help_field("nsga2", help=f"how configurations are proposed: {', '.join(STRATEGIES)}")
     pools: list[str] = help_field(default_factory=list, help="pools to search on (default: every pool)")
+    objective: str = help_field(
+        "quality", help="what the searcher maximises besides speed: quality (accuracy) or loss (held-out loss, "
+        "lower is better; smoother on small subsets)"
+    )
     budget: int = help_field(32, help="evaluations per pool, counting those of earlier runs in output_dir")
     population: int = help_field(8, help="NSGA-II population size")
     seed: int = help_field(0, help="sampler seed")
@@ -126,6 +131,8 @@ class StrategySpec:
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"search.strategy '{self.strategy}' is unknown; use one of {', '.join(STRATEGIES)}")
+        if self.objective not in ("quality", "loss"):
+            raise ConfigError(f"search.objective '{self.objective}' is unknown; use quality or loss")
         if not isinstance(self.budget, int) or self.budget < 1:
             raise ConfigError(f"search.budget must be an integer >= 1 (evaluations per pool), got {self.budget!r}")
         if not isinstance(self.population, int) or self.population < 2:
@@ -167,6 +174,8 @@ class SearchConfig:
             raise ConfigError("data.eval is not set: the search needs held-out evaluation data")
         if not self.pools:
             raise ConfigError("pools: name at least one hardware pool")
+        if len(set(self.search.pools)) != len(self.search.pools):
+            raise ConfigError(f"search.pools lists a pool twice: {self.search.pools}")
         for name in self.search.pools:
             if name not in self.pools:
                 close = difflib.get_close_matches(name, list(self.pools), n=1)

@@ -171,8 +171,8 @@ def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, 
                      len(known), path)
             return 0
         inner = optuna_search(space, s.strategy, population=s.population, seed=s.seed, known=known,
-                              study_name=f"lonas-{pool}")
-        alg = CachedSearcher(inner, space, known)
+                              study_name=f"lonas-{pool}", objective=s.objective)
+        alg = CachedSearcher(inner, space, known, objective=s.objective)
         param_space = None  # the Optuna searcher holds the space
     writer = _results_writer(path, pool)
     _tune(cfg, pool, placement, source, search_alg=alg, num_samples=n, mode="search", callback=writer, out=out,
@@ -212,7 +212,7 @@ def final_evaluation(cfg: SearchConfig, space: SearchSpace, source: Path, out: P
     return finals
 
 
-PARETO_EXTRA = [pa.field("front", pa.string()), pa.field("picked", pa.bool_()),
+PARETO_EXTRA = [pa.field("front", pa.string()), pa.field("member", pa.bool_()), pa.field("picked", pa.bool_()),
                 pa.field("quality_full", pa.float64()), pa.field("loss_full", pa.float64()),
                 pa.field("eval_examples_full", pa.int64())]
 
@@ -249,7 +249,7 @@ def local_pool_tags(cfg: SearchConfig) -> dict:
     if len(names) > 1:
         log.warning("embedded Ray: this machine serves all of pools %s; their latencies are all this machine's",
                     names)
-    resources = {pool_resource(n, cfg.pools[n]): 1000 for n in names}
+    resources = {pool_resource(n, cfg.pools[n]): 1 for n in names}
     return {"labels": pool_label(names[0], cfg.pools[names[0]]), "resources": resources}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +33,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EvalJob:
-    """What an evaluator needs, as plain data (it crosses to Ray workers)."""
+    """What an evaluator needs, as plain data: it travels to Ray workers through the object store.
 
-    supernet_dir: str  # a trained supernet/ directory, or a prepared (untrained) one
+    The super-network directory's files (specs, importance, adapter: small next to
+    the base model) travel as bytes, so worker nodes need no shared file system
+    for it; only the base model must be loadable there (a package, or a path
+    every node has).
+    """
+
+    supernet_files: dict[str, bytes]  # a trained supernet/ directory, or a prepared (untrained) one
     data: dict
     quality: dict
     pool: str
@@ -42,7 +49,8 @@ class EvalJob:
 
     @classmethod
     def from_config(cls, cfg: SearchConfig, pool: str, supernet_dir: str | Path) -> "EvalJob":
-        return cls(str(supernet_dir), to_dict(cfg.data), to_dict(cfg.quality), pool, to_dict(cfg.pools[pool]))
+        files = {f.name: f.read_bytes() for f in Path(supernet_dir).iterdir() if f.is_file()}
+        return cls(files, to_dict(cfg.data), to_dict(cfg.quality), pool, to_dict(cfg.pools[pool]))
 
 
 def load_supernet(directory: str | Path):
@@ -77,7 +85,10 @@ class Evaluator:
         dtype = self.latency.dtype
         self.dtype = DTYPES[dtype] if dtype != "auto" else (torch.bfloat16 if cuda else torch.float32)
         t0 = time.perf_counter()
-        self.supernet, self.tokenizer = load_supernet(job.supernet_dir)
+        with tempfile.TemporaryDirectory(prefix="lonas-supernet-") as d:
+            for name, content in job.supernet_files.items():
+                (Path(d) / name).write_bytes(content)
+            self.supernet, self.tokenizer = load_supernet(d)
         self.supernet.to(self.device)
         self.space: SearchSpace = self.supernet.space
         self.full_set = build_eval_set(load_examples(data, "eval"), self.tokenizer, data.cutoff_len)

@@ -39,7 +39,13 @@ def final_quality(row: Mapping[str, Any], finals: Mapping[str, Mapping[str, Any]
 
 def pool_fronts(rows: Sequence[Mapping[str, Any]], maximal_id: str, finals: Mapping[str, Mapping[str, Any]], *,
                 delta: float, reference_quality: float, reference_cost: float) -> tuple[list[dict], dict]:
-    """(Pareto rows with ``front``/``picked``/final-quality columns, summary) for one pool's rows."""
+    """(Pareto rows, summary) for one pool's rows.
+
+    Rows carry ``front``, ``member`` (non-dominated on that front), ``picked`` and the
+    final-quality columns. The maximal sub-network is always listed (``member`` False
+    when it is dominated on the search subset): it is the pick rule's reference and
+    may be the pick itself.
+    """
     maximal = next((r for r in rows if r["subnet_id"] == maximal_id), None)
     out, summary = [], {"evaluated": len(rows)}
     for front, cost in FRONTS.items():
@@ -53,9 +59,12 @@ def pool_fronts(rows: Sequence[Mapping[str, Any]], maximal_id: str, finals: Mapp
             candidates = [dict(r, quality_final=final_quality(r, finals)) for r in [*members, maximal]]
             chosen = pick(candidates, "quality_final", cost, delta, final_quality(maximal, finals))
             info["pick"] = chosen["subnet_id"] if chosen else None
-        for r in members:
+        listed = list(members)
+        if maximal is not None and all(r["subnet_id"] != maximal_id for r in members):
+            listed.append(maximal)  # the reference (and possibly the pick) even when dominated
+        for r in listed:
             f = finals.get(r["subnet_id"], {})
-            out.append(dict(r, front=front, picked=r["subnet_id"] == info.get("pick"),
+            out.append(dict(r, front=front, member=r in members, picked=r["subnet_id"] == info.get("pick"),
                             quality_full=f.get("quality"), loss_full=f.get("loss"),
                             eval_examples_full=f.get("examples")))
         summary[front] = info

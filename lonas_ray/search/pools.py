@@ -3,7 +3,9 @@
 Ray's recommended way to pin work to node types (since 2.49) is a label
 selector; a cluster without labels can still tag its node types with a custom
 resource (``pool_h100: 1``). Both forms end up in the Tune trial's placement
-group: labels as ``bundle_label_selector``, the resource as a bundle entry.
+group: labels as ``bundle_label_selector``, the resource as a bundle entry of
+``RESOURCE_UNIT`` (a node's one unit is a tag, not a capacity: how many
+evaluators fit is decided by the CPUs and GPUs they ask for).
 
 A trial whose placement group no node can satisfy stays PENDING forever, so
 before a pool's trials are submitted ``wait_for_pool`` checks the live nodes
@@ -24,6 +26,9 @@ from lonas_ray.search.config import PoolSpec, pool_label, pool_resource
 log = logging.getLogger(__name__)
 
 
+RESOURCE_UNIT = 0.01  # of the pool resource per evaluator: a node tagged `pool_h100: 1` hosts many evaluators
+
+
 class PoolError(RuntimeError):
     """No node of the cluster can run the pool's evaluators; the message says what the nodes offer."""
 
@@ -40,7 +45,7 @@ class Placement:
     def bundle(self) -> dict[str, float]:
         b = {"CPU": self.cpus, "GPU": self.gpus}
         if self.mode == "resource":
-            b[self.resource] = 1
+            b[self.resource] = RESOURCE_UNIT
         return {k: v for k, v in b.items() if v}
 
     def trial_resources(self):
@@ -69,7 +74,7 @@ def serving_nodes(nodes: list[dict], placement: Placement) -> list[str]:
             continue
         if placement.mode == "label" and not _has_label(node, placement.label):
             continue
-        if placement.mode == "resource" and (node.get("Resources") or {}).get(placement.resource, 0) < 1:
+        if placement.mode == "resource" and (node.get("Resources") or {}).get(placement.resource, 0) < RESOURCE_UNIT:
             continue
         if _fits(node, placement.cpus, placement.gpus):
             out.append(node["NodeID"])
@@ -115,7 +120,7 @@ def wait_for_pool(name: str, pool: PoolSpec) -> tuple[Placement, list[str]]:
         if not requested:
             from ray.autoscaler.sdk import request_resources
 
-            bundle = dict(placement.bundle(), **{placement.resource: 1})
+            bundle = dict(placement.bundle(), **{placement.resource: RESOURCE_UNIT})
             request_resources(bundles=[bundle])  # a no-op without an autoscaler
             requested = True
             log.info("pool %s: no node yet; asked the autoscaler for %s, waiting up to %.0f s",

@@ -2,7 +2,9 @@
 
 * ``random``: Optuna's ``RandomSampler`` through ``OptunaSearch``;
 * ``nsga2``: Optuna's ``NSGAIISampler`` (multi-objective evolution) through
-  ``OptunaSearch`` over (quality max, latency min);
+  ``OptunaSearch`` over (quality max, latency min), or (held-out loss min,
+  latency min) with ``search.objective: loss``: accuracy on a small subset moves
+  in coarse, noisy steps, the loss moves smoothly;
 * ``heuristic``: no searcher, a fixed list (see ``seed_configs``).
 
 Both Optuna strategies start from the maximal and minimal sub-networks (the
@@ -32,9 +34,20 @@ from lonas_ray.space import SearchSpace, SubnetConfig
 
 log = logging.getLogger(__name__)
 
-METRICS = ["quality", "latency_ms"]
 MODES = ["max", "min"]
 DIRECTIONS = ["maximize", "minimize"]
+OBJECTIVES = {"quality": "quality", "loss": "neg_loss"}  # search.objective -> the trial metric maximised
+
+
+def metrics(objective: str) -> list[str]:
+    """The two trial metrics a searcher optimises: the quality objective (max) and latency (min)."""
+    return [OBJECTIVES[objective], "latency_ms"]
+
+
+def objectives(row: Mapping[str, Any], objective: str) -> dict[str, float]:
+    """A results row's values of the searcher's metrics."""
+    first = row["quality"] if objective == "quality" else -row["loss"]
+    return {OBJECTIVES[objective]: first, "latency_ms": row["latency_ms"]}
 
 
 def distributions(space: SearchSpace) -> dict[str, optuna.distributions.CategoricalDistribution]:
@@ -57,7 +70,7 @@ def seed_configs(space: SearchSpace, strategy: str) -> list[SubnetConfig]:
 
 
 def optuna_search(space: SearchSpace, strategy: str, *, population: int, seed: int,
-                  known: Mapping[str, Mapping[str, Any]], study_name: str) -> OptunaSearch:
+                  known: Mapping[str, Mapping[str, Any]], study_name: str, objective: str = "quality") -> OptunaSearch:
     """An ``OptunaSearch`` for ``strategy`` whose study already holds the ``known`` results."""
     if strategy == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
@@ -70,9 +83,9 @@ def optuna_search(space: SearchSpace, strategy: str, *, population: int, seed: i
     study = optuna.create_study(storage=storage, study_name=study_name, directions=DIRECTIONS, sampler=sampler)
     for row in known.values():
         study.add_trial(optuna.trial.create_trial(
-            params=dict(row["config"]), distributions=dists, values=[row["quality"], row["latency_ms"]]))
+            params=dict(row["config"]), distributions=dists, values=list(objectives(row, objective).values())))
     pending = [c for c in seed_configs(space, strategy) if space.subnet_id(c) not in known]
-    return OptunaSearch(space=dists, metric=METRICS, mode=MODES, sampler=sampler, storage=storage,
+    return OptunaSearch(space=dists, metric=metrics(objective), mode=MODES, sampler=sampler, storage=storage,
                         study_name=study_name, points_to_evaluate=pending or None)
 
 
@@ -80,10 +93,11 @@ class CachedSearcher(Searcher):
     """Wrap ``searcher`` so no configuration is evaluated twice (see the module doc)."""
 
     def __init__(self, searcher: Searcher, space: SearchSpace, known: Mapping[str, Mapping[str, Any]],
-                 max_proposals: int = 200):
+                 objective: str = "quality", max_proposals: int = 200):
         super().__init__(metric=searcher.metric, mode=searcher.mode)
         self.searcher, self.space, self.max_proposals = searcher, space, max_proposals
-        self.known = {sid: {m: row[m] for m in METRICS} for sid, row in known.items()}
+        self.metrics = metrics(objective)
+        self.known = {sid: objectives(row, objective) for sid, row in known.items()}
         self.running: dict[str, str] = {}  # subnet id -> Tune trial id
         self.alias: dict[str, str] = {}  # Tune trial id -> id the inner searcher knows it by
         self.waiting: dict[str, list[str]] = {}  # subnet id -> inner ids of duplicates of a running trial
@@ -124,7 +138,7 @@ class CachedSearcher(Searcher):
             return
         del self.running[sid]
         if result is not None and not error:
-            self.known[sid] = {m: result[m] for m in METRICS}
+            self.known[sid] = {m: result[m] for m in self.metrics}
         for inner_id in self.waiting.pop(sid, []):
             if sid in self.known:
                 self.searcher.on_trial_complete(inner_id, result=dict(self.known[sid]))

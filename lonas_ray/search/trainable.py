@@ -9,6 +9,7 @@ evaluation, not one model load.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from ray import tune
@@ -21,6 +22,7 @@ SEARCH, FINAL = "search", "final"
 class SubnetTrainable(tune.Trainable):
     def setup(self, config: dict, job: EvalJob | None = None, mode: str = SEARCH):
         self.evaluator = Evaluator(job)
+        self.evaluator_id = uuid.uuid4().hex  # which loaded evaluator served a trial (reuse is auditable)
         self.mode = mode
 
     def step(self) -> dict:
@@ -30,8 +32,8 @@ class SubnetTrainable(tune.Trainable):
         else:  # the final, full-set quality of chosen sub-networks; their latency is already known
             row = ev.evaluate(dict(self.config), examples=ev.quality_spec.final_examples, with_latency=False)
         # Tune reserves "timestamp" and other keys, so the row travels as JSON; the objectives also flat.
-        return {"quality": row["quality"], "latency_ms": row["latency_ms"] or 0.0, "params": row["params"],
-                "subnet_id": row["subnet_id"], "row_json": json.dumps(row)}
+        return {"quality": row["quality"], "neg_loss": -row["loss"], "latency_ms": row["latency_ms"] or 0.0, "params": row["params"],
+                "subnet_id": row["subnet_id"], "evaluator_id": self.evaluator_id, "row_json": json.dumps(row)}
 
     def reset_config(self, new_config: dict) -> bool:
         return True  # Tune sets self.config itself; the evaluator is what we keep

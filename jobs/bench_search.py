@@ -1,0 +1,217 @@
+"""Search benchmark: evaluation throughput vs workers, NSGA-II vs random, latency runtimes. JSON out.
+
+    python jobs/bench_search.py --config jobs/configs/bench_search_cpu.yaml --parts strategies --out X.json
+
+Parts (each runs the real search stage on an embedded Ray, its own output dirs):
+
+* ``scaling``: the same number of random sub-networks evaluated with 1, 2, 4
+  evaluation workers (``--workers``); evaluations per minute from the first
+  to the last result (model loads excluded, reported apart) and the wall time
+  of the whole Tune run; efficiency = rate(N) / (N x rate(1)).
+* ``strategies``: NSGA-II and random search at the same budget, several seeds;
+  hypervolume (quality up, latency down) after every evaluation against one
+  reference shared by all runs; how many evaluations NSGA-II needs to reach
+  random search's final hypervolume (mean over seeds).
+* ``runtimes``: latency of the maximal, heuristic and minimal sub-networks
+  under every runtime the device has; speed-up of each vs maximal per runtime
+  (eager timing hides compression; see lonas_ray/search/latency.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lonas_ray.ray_env import prefer_loopback  # noqa: E402
+
+prefer_loopback()
+
+from lonas_ray.config_io import to_dict  # noqa: E402
+from lonas_ray.search.config import SearchConfig  # noqa: E402
+from lonas_ray.search.pareto import hypervolume_2d  # noqa: E402
+
+log = logging.getLogger("bench_search")
+
+
+def _cfg(base: SearchConfig, out: Path, **search) -> SearchConfig:
+    raw = to_dict(base)
+    raw["output_dir"] = str(out)
+    raw["search"] = {**raw["search"], **search}
+    raw["quality"]["final_examples"] = raw["quality"]["examples"]  # no final stage in a benchmark
+    return SearchConfig.from_dict(raw)
+
+
+def _rows(out: Path) -> list[dict]:
+    from lonas_ray.search.results import read_results
+
+    return sorted(read_results(out / "results.parquet").to_pylist(), key=lambda r: r["timestamp"])
+
+
+def scaling(base: SearchConfig, work: Path, workers: list[int], evals: int) -> dict:
+    """Throughput with n workers; with more workers than GPUs, workers share GPUs (recorded per run)."""
+    import torch
+
+    from lonas_ray.search.driver import run_search
+
+    pool = base.search.pools[0]
+    out = {"pool": pool, "evaluations": evals, "runs": []}
+    gpus = torch.cuda.device_count()
+    for n in workers:
+        cfg = _cfg(base, work / f"scaling-{n}", strategy="random", budget=evals, seed=123)
+        cfg.pools[pool].evaluators = n
+        if cfg.pools[pool].gpus and n * cfg.pools[pool].gpus > gpus:
+            cfg.pools[pool].gpus = gpus / n
+        t0 = time.perf_counter()
+        run_search(cfg)
+        wall = time.perf_counter() - t0
+        rows = _rows(Path(cfg.output_dir))
+        ts = [r["timestamp"] for r in rows]
+        # steady state: results after the first one of every worker (their model load is behind them)
+        steady = (len(ts) - n) / (ts[-1] - ts[n - 1]) * 60 if len(ts) > n and ts[-1] > ts[n - 1] else None
+        out["runs"].append({
+            "workers": n, "gpus_per_worker": cfg.pools[pool].gpus, "wall_s": wall, "evals_per_min_wall": len(rows) / wall * 60,
+            "evals_per_min_steady": steady, "median_eval_s": statistics.median(r["eval_s"] for r in rows),
+            "nodes": sorted({r["node_id"][:8] for r in rows}),
+        })
+        log.info("scaling: %d workers: %s", n, out["runs"][-1])
+    base_rate = out["runs"][0]["evals_per_min_steady"]
+    for run in out["runs"]:
+        if base_rate and run["evals_per_min_steady"]:
+            run["efficiency"] = run["evals_per_min_steady"] / (run["workers"] * base_rate)
+    return out
+
+
+def _objective(row: dict, objective: str) -> float:
+    return row["quality"] if objective == "quality" else -row["loss"]
+
+
+def _hv_curve(rows: list[dict], ref: list[float], objective: str) -> list[float]:
+    curve = []
+    for k in range(1, len(rows) + 1):
+        pts = np.array([[_objective(r, objective), r["latency_ms"]] for r in rows[:k]], dtype=float)
+        curve.append(hypervolume_2d(pts, ref, [True, False]))
+    return curve
+
+
+def strategies(base: SearchConfig, work: Path, budget: int, seeds: list[int], population: int) -> dict:
+    from lonas_ray.search.driver import run_search
+
+    runs = {}
+    for strategy in ("nsga2", "random"):
+        for seed in seeds:
+            cfg = _cfg(base, work / f"{strategy}-{seed}", strategy=strategy, budget=budget, seed=seed,
+                       population=population)
+            run_search(cfg)
+            runs[(strategy, seed)] = _rows(Path(cfg.output_dir))
+    objective = base.search.objective
+    everything = [r for rows in runs.values() for r in rows]
+    # one reference for every run: the worst objective value seen by any run, 1.1 x the slowest latency
+    ref = [min(_objective(r, objective) for r in everything), 1.1 * max(r["latency_ms"] for r in everything)]
+    curves = {k: _hv_curve(v, ref, objective) for k, v in runs.items()}
+    out = {"budget": budget, "seeds": seeds, "population": population, "objective": objective,
+           "reference": ref, "runs": []}
+    reach = []
+    for seed in seeds:
+        target = curves[("random", seed)][-1]
+        nsga = curves[("nsga2", seed)]
+        needed = next((k + 1 for k, hv in enumerate(nsga) if hv >= target), None)
+        reach.append(needed)
+        for strategy in ("nsga2", "random"):
+            out["runs"].append({"strategy": strategy, "seed": seed, "hypervolume": curves[(strategy, seed)],
+                                "final": curves[(strategy, seed)][-1]})
+        out["runs"][-2]["evals_to_reach_random_final"] = needed
+    out["mean_final_hypervolume"] = {s: statistics.mean(curves[(s, k)][-1] for k in seeds) for s in ("nsga2", "random")}
+    out["evals_to_reach_random_final"] = reach
+    out["mean_fraction_of_budget"] = (statistics.mean(r / budget for r in reach) if all(reach) else None)
+    return out
+
+
+def runtimes(base: SearchConfig, work: Path, skip: list[str]) -> dict:
+    import torch
+
+    from lonas_ray.build import prepare_once
+    from lonas_ray.search.evaluator import EvalJob, Evaluator
+    from lonas_ray.search.latency import RUNTIMES
+
+    pool = base.search.pools[0]
+    cfg = _cfg(base, work / "runtimes", strategy="heuristic")
+    source = prepare_once(cfg.supernet, work / "runtimes" / "prepared") if cfg.supernet else cfg.supernet_dir
+    cuda = cfg.pools[pool].uses_cuda
+    names = [r for r in RUNTIMES if (cuda or r != "cuda_graph") and r not in skip]
+    cfg.pools[pool].latency.runtimes = names
+    ev = Evaluator(EvalJob.from_config(cfg, pool, source))
+    space = ev.space
+    out = {"runtimes": names, "subnets": {}}
+    for label in ("maximal", "heuristic", "minimal"):
+        row = ev.evaluate(getattr(space, label)(), examples=1)
+        out["subnets"][label] = {"params": row["params"], "macs": row["macs"],
+                                 "latencies": json.loads(row["latencies"])}
+        log.info("runtimes: %s %s", label, out["subnets"][label])
+    for label in ("heuristic", "minimal"):
+        out["subnets"][label]["speedup_vs_maximal"] = {
+            r: out["subnets"]["maximal"]["latencies"][r]["latency_ms"] / out["subnets"][label]["latencies"][r]["latency_ms"]
+            for r in names}
+        out["subnets"][label]["decode_speedup_vs_maximal"] = {
+            r: out["subnets"]["maximal"]["latencies"][r]["decode_ms"] / out["subnets"][label]["latencies"][r]["decode_ms"]
+            for r in names}
+    if cuda:
+        out["device_name"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="a search config: model, data, the pool to use")
+    p.add_argument("--parts", default="scaling,strategies,runtimes")
+    p.add_argument("--workers", default="1,2,4")
+    p.add_argument("--scaling-evals", type=int, default=24)
+    p.add_argument("--budget", type=int, default=24)
+    p.add_argument("--population", type=int, default=6)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--skip-runtimes", default="", help="runtimes left out of the runtimes part, comma-separated")
+    p.add_argument("--work", default="out/bench_search")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    base = SearchConfig.from_yaml(args.config)
+    work = Path(args.work).resolve()
+    parts = args.parts.split(",")
+    import torch
+
+    from lonas_ray.ray_env import ensure_ray
+    from lonas_ray.search.driver import local_pool_tags
+
+    ensure_ray(None, **local_pool_tags(base))
+    result = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+                    "torch": torch.__version__},
+        "config": to_dict(base),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if "runtimes" in parts:
+        result["runtimes"] = runtimes(base, work, [r for r in args.skip_runtimes.split(",") if r])
+    if "scaling" in parts:
+        result["scaling"] = scaling(base, work, [int(w) for w in args.workers.split(",")], args.scaling_evals)
+    if "strategies" in parts:
+        result["strategies"] = strategies(base, work, args.budget, [int(s) for s in args.seeds.split(",")],
+                                          args.population)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1)[:4000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""The search stage on real Ray: pool placement, the evaluation cache, resume, quality, bad input.
+
+One embedded Ray (loopback, one node standing in for pool "local") serves the
+module; the multi-pool test runs its own ``ray.cluster_utils.Cluster`` in a
+fresh interpreter, since one process holds one Ray connection.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import ROOT, randomize_adapters, run_python
+
+from lonas_ray.build import load_prepared, prepare_once, restore_supernet
+from lonas_ray.config_io import from_dict, to_dict
+from lonas_ray.search.config import SearchConfig
+from lonas_ray.search.results import ResultsError, read_results
+
+pytestmark = pytest.mark.timeout(600)
+
+TINY = ROOT / "jobs" / "configs" / "search_tiny.yaml"
+
+
+def tiny_cfg(out: Path, **search) -> SearchConfig:
+    raw = yaml.safe_load(TINY.read_text())
+    raw["output_dir"] = str(out)
+    raw["search"] = {**raw["search"], **search}
+    raw["pools"]["local"]["latency"].update(repeats=2, warmup=1, prompt_len=16, new_tokens=4)
+    raw["quality"] = {"examples": 12, "final_examples": 24, "batch_size": 16}
+    return SearchConfig.from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    from lonas_ray.ray_env import ensure_ray
+
+    ensure_ray(None, num_cpus=2, labels={"lonas/pool": "local"}, resources={"pool_local": 1})
+    yield ray
+    ray.shutdown()
+
+
+def rows(out: Path) -> list[dict]:
+    return read_results(out / "results.parquet").to_pylist()
+
+
+def test_search_writes_results_pareto_and_a_second_run_evaluates_nothing(local_ray, tmp_path):
+    from lonas_ray.search.driver import run_search
+
+    cfg = tiny_cfg(tmp_path / "s", budget=6, strategy="nsga2")
+    first = run_search(cfg)
+    got = rows(Path(cfg.output_dir))
+    assert first.evaluated == {"local": 6} and len(got) == 6
+    assert len({r["subnet_id"] for r in got}) == 6  # a configuration is never evaluated twice
+    space = load_prepared(Path(cfg.output_dir) / "prepared")[1]
+    ids = [r["subnet_id"] for r in got]
+    assert space.subnet_id(space.maximal()) in ids and space.subnet_id(space.minimal()) in ids
+    for r in got:
+        assert r["pool"] == "local" and r["eval_examples"] == 12 and r["quality_metric"] == "mc_accuracy"
+        assert r["latency_runtime"] == "static" and 0 < r["latency_ms"] <= r["latency_p90_ms"]
+        assert set(json.loads(r["latencies"])) == {"static", "eager"}
+        assert space.subnet_id(space.validate(json.loads(r["config"]))) == r["subnet_id"]
+    pareto = pq.read_table(Path(cfg.output_dir) / "pareto.parquet").to_pylist()
+    assert {p["front"] for p in pareto} == {"latency", "params"}
+    assert all(p["eval_examples_full"] == 24 for p in pareto)  # the final full-set quality is attached
+    summary = json.loads((Path(cfg.output_dir) / "search_summary.json").read_text())
+    assert summary["pools"]["local"]["latency"]["hypervolume"] > 0
+
+    # A trial reuses the evaluator's loaded super-network: fewer loads than trials.
+    evaluators = set()
+    for f in glob.glob(str(Path(cfg.output_dir) / "ray_results" / "search-local-*" / "*" / "result.json")):
+        for line in Path(f).read_text().splitlines():
+            evaluators.add(json.loads(line)["evaluator_id"])
+    assert 1 <= len(evaluators) <= cfg.pools["local"].evaluators
+
+    before = (Path(cfg.output_dir) / "results.parquet").read_bytes()
+    again = run_search(cfg)
+    assert again.evaluated == {"local": 0}
+    assert (Path(cfg.output_dir) / "results.parquet").read_bytes() == before
+
+
+def test_a_larger_budget_continues_from_the_results(local_ray, tmp_path):
+    from lonas_ray.search.driver import run_search
+
+    out = tmp_path / "s"
+    run_search(tiny_cfg(out, budget=3, strategy="random"))
+    first = {r["subnet_id"] for r in rows(out)}
+    result = run_search(tiny_cfg(out, budget=5, strategy="random"))
+    got = rows(out)
+    assert result.evaluated == {"local": 2} and len(got) == 5
+    assert first < {r["subnet_id"] for r in got} and len({r["subnet_id"] for r in got}) == 5
+
+
+def test_heuristic_evaluates_maximal_median_and_minimal_only(local_ray, tmp_path):
+    from lonas_ray.search.driver import run_search
+
+    cfg = tiny_cfg(tmp_path / "h", strategy="heuristic", budget=50)
+    result = run_search(cfg)
+    space = load_prepared(Path(cfg.output_dir) / "prepared")[1]
+    want = {space.subnet_id(c) for c in (space.maximal(), space.heuristic(), space.minimal())}
+    assert {r["subnet_id"] for r in rows(Path(cfg.output_dir))} == want
+    assert result.evaluated == {"local": len(want)}
+
+
+def test_an_interrupted_search_continues_where_it_stopped(local_ray, tmp_path):
+    """SIGKILL a running `lonas-ray search` after some rows, then re-run: it fills the budget, no repeats."""
+    from lonas_ray.search.driver import run_search
+
+    out = tmp_path / "s"
+    cfg = tiny_cfg(out, budget=8, strategy="nsga2")
+    cfg.pools["local"].evaluators = 1
+    cfg_file = tmp_path / "search.yaml"
+    cfg_file.write_text(yaml.safe_dump(to_dict(cfg)))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own embedded Ray
+    proc = subprocess.Popen([sys.executable, "-m", "lonas_ray.cli", "search", "--config", str(cfg_file)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "results.parquet").exists() and len(rows(out)) >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the search finished before it could be interrupted"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    done = {r["subnet_id"] for r in rows(out)}
+    assert 3 <= len(done) < 8
+    result = run_search(cfg)
+    got = rows(out)
+    assert result.evaluated["local"] == 8 - len(done)
+    assert len(got) == 8 and len({r["subnet_id"] for r in got}) == 8 and done <= {r["subnet_id"] for r in got}
+
+
+def test_reported_quality_equals_an_independent_evaluation_of_the_exported_model(local_ray, tmp_path):
+    """Search a trained-like super-network (random adapters), export a row's sub-network, score it alone."""
+    from transformers import AutoModelForCausalLM
+
+    from lonas_ray.data.byte_tokenizer import byte_tokenizer
+    from lonas_ray.data.load import load_examples
+    from lonas_ray.merge.save import save_subnetwork
+    from lonas_ray.search.driver import run_search
+    from lonas_ray.search.quality import build_eval_set, evaluate_quality, subset, subset_indices
+    from lonas_ray.train.state import ADAPTER_FILE, save_adapter
+
+    cfg = tiny_cfg(tmp_path / "s", budget=3, strategy="random")
+    sdir = prepare_once(cfg.supernet, tmp_path / "supernet")
+    built = restore_supernet(*load_prepared(sdir))
+    randomize_adapters(built.supernet, std=0.2, seed=3)
+    save_adapter(built.supernet, sdir / ADAPTER_FILE)
+    raw = yaml.safe_load(TINY.read_text())
+    cfg.supernet, cfg.supernet_dir = None, str(sdir)
+    run_search(cfg)
+    row = next(r for r in rows(Path(cfg.output_dir)) if r["subnet_id"] != built.supernet.space.subnet_id(
+        built.supernet.space.maximal()))
+    save_subnetwork(built.supernet, json.loads(row["config"]), tmp_path / "model", tokenizer=None)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
+    data = from_dict(SearchConfig, {**raw, "output_dir": str(tmp_path)}).data
+    full = build_eval_set(load_examples(data, "eval"), byte_tokenizer(), data.cutoff_len)
+    q = evaluate_quality(model, subset(full, subset_indices(len(full), cfg.quality.examples, cfg.quality.seed)))
+    assert q.examples == row["eval_examples"] == 12
+    assert q.quality == pytest.approx(row["quality"], abs=1e-9)
+    assert q.loss == pytest.approx(row["loss"], rel=1e-5)
+
+
+def test_a_pool_no_node_can_serve_fails_fast_with_what_the_nodes_offer(local_ray, tmp_path):
+    from lonas_ray.search.driver import run_search
+    from lonas_ray.search.pools import PoolError
+
+    cfg = tiny_cfg(tmp_path / "gpu", budget=2)
+    cfg.pools["local"].gpus = 1  # the local node has no GPU: trials would stay PENDING forever
+    t0 = time.monotonic()
+    with pytest.raises(PoolError, match=r"pool 'local'.*1 GPU.*lonas/pool"):
+        run_search(cfg)
+    assert time.monotonic() - t0 < 60
+    assert not (tmp_path / "gpu" / "results.parquet").exists()
+
+    raw = yaml.safe_load(TINY.read_text())
+    raw["output_dir"] = str(tmp_path / "h100")
+    raw["pools"] = {"h100": {"placement": "label"}}
+    with pytest.raises(PoolError, match=r"pool 'h100'.*label \{'lonas/pool': 'h100'\}"):
+        run_search(SearchConfig.from_dict(raw))
+
+
+def test_a_corrupt_results_file_is_reported_and_kept(local_ray, tmp_path):
+    from lonas_ray.search.driver import run_search
+
+    cfg = tiny_cfg(tmp_path / "s", budget=2)
+    Path(cfg.output_dir).mkdir(parents=True)
+    bad = Path(cfg.output_dir) / "results.parquet"
+    bad.write_bytes(b"not parquet")
+    with pytest.raises(ResultsError, match="not a readable Parquet"):
+        run_search(cfg)
+    assert bad.read_bytes() == b"not parquet"
+
+
+def test_cli_rejects_bad_search_configs_with_exit_2(tmp_path):
+    raw = yaml.safe_load(TINY.read_text())
+    for change, message in (
+        ({"search": {"strategy": "nsga2", "budget": 0}}, "search.budget must be an integer >= 1"),
+        ({"search": {"pools": ["locl"]}}, "unknown pool 'locl' (did you mean 'local'?)"),
+    ):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump({**raw, **change}))
+        proc = subprocess.run([sys.executable, "-m", "lonas_ray.cli", "search", "--config", str(path)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+MULTI_POOL = r"""
+import json, os, sys, yaml
+from pathlib import Path
+import ray
+from ray.cluster_utils import Cluster
+from lonas_ray.search.config import SearchConfig
+from lonas_ray.search.driver import run_search
+
+out = Path(sys.argv[1])
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+a = cluster.add_node(num_cpus=2, labels={"lonas/pool": "pool-a"})
+b = cluster.add_node(num_cpus=2, resources={"pool_pool-b": 1})  # no label: the resource fallback
+ray.init(address=cluster.address)
+raw = yaml.safe_load(Path("jobs/configs/search_tiny.yaml").read_text())
+lat = {"batch_size": 1, "prompt_len": 16, "new_tokens": 4, "warmup": 1, "repeats": 2}
+raw.update(output_dir=str(out), quality={"examples": 8, "final_examples": 8},
+           pools={"pool-a": {"evaluators": 2, "latency": lat}, "pool-b": {"evaluators": 2, "latency": lat}},
+           search={"strategy": "random", "budget": 4})
+result = run_search(SearchConfig.from_dict(raw), address=cluster.address)
+print(json.dumps({"a": a.node_id, "b": b.node_id, "head": cluster.head_node.node_id,
+                  "evaluated": result.evaluated}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+def test_each_pools_trials_run_only_on_that_pools_nodes(tmp_path):
+    out = tmp_path / "multi"
+    proc = run_python(MULTI_POOL.replace("sys.argv[1]", repr(str(out))), timeout=500)
+    ids = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert ids["evaluated"] == {"pool-a": 4, "pool-b": 4}
+    got = read_results(out / "results.parquet").to_pylist()
+    by_pool = {p: {r["node_id"] for r in got if r["pool"] == p} for p in ("pool-a", "pool-b")}
+    assert by_pool == {"pool-a": {ids["a"]}, "pool-b": {ids["b"]}}
+    assert (out / "prepared" / "space.json").is_file()  # one prepared super-network for both pools

@@ -1,0 +1,432 @@
+"""Search units without Ray: the search config's checks, the per-pool fronts and pick, the cached Optuna searcher.
+
+The searcher tests drive a real ``OptunaSearch`` (Optuna's samplers, an in-memory study) by
+hand, the way Tune would: suggest, then report the trial's result.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import random
+
+import optuna
+import pytest
+import yaml
+from conftest import ROOT
+from ray.tune.search import Searcher
+
+from lonas_ray.config_io import ConfigError
+from lonas_ray.model_source import tiny_config
+from lonas_ray.search.config import LatencySpec, PoolSpec, SearchConfig
+from lonas_ray.search.front import front_rows, pool_fronts
+from lonas_ray.search.searchers import CachedSearcher, optuna_search, seed_configs
+from lonas_ray.shape import ModelShape
+from lonas_ray.space import SearchSpace, SpaceSpec
+
+pytestmark = pytest.mark.timeout(300)
+
+TINY = yaml.safe_load((ROOT / "jobs" / "configs" / "search_tiny.yaml").read_text())
+
+# --------------------------------------------------------------------------- config
+
+
+def raw(**changes) -> dict:
+    """search_tiny.yaml as data, with top-level sections replaced by ``changes``."""
+    data = copy.deepcopy(TINY)
+    data.update(copy.deepcopy(changes))
+    return data
+
+
+def test_the_tiny_search_config_loads_with_its_values():
+    cfg = SearchConfig.from_dict(raw())
+    assert list(cfg.pools) == ["local"] and cfg.search.pools == ["local"]  # default: every pool
+    pool = cfg.pools["local"]
+    assert isinstance(pool, PoolSpec) and pool.evaluators == 2 and not pool.uses_cuda
+    assert pool.latency.repeats == 5 and pool.latency.new_tokens == 8
+    assert cfg.search.strategy == "nsga2" and cfg.search.budget == 12 and cfg.search.population == 4
+    assert cfg.quality.examples == 24 and cfg.quality.final_examples == 64
+    assert cfg.pareto.delta == 0.02 and cfg.data.eval == "shipped:social_iqa"
+    assert cfg.supernet is not None and cfg.supernet_dir is None
+    two = raw(pools={"cpu_a": {}, "gpu_b": {"gpus": 1}}, search={"pools": ["gpu_b"]})
+    cfg2 = SearchConfig.from_dict(two)
+    assert cfg2.search.pools == ["gpu_b"] and cfg2.pools["gpu_b"].uses_cuda and not cfg2.pools["cpu_a"].uses_cuda
+
+
+def config_error(data: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        SearchConfig.from_dict(data)
+    return str(info.value)
+
+
+def test_an_unknown_search_pool_is_named_with_a_suggestion():
+    msg = config_error(raw(search={"pools": ["locl"]}))
+    assert "locl" in msg and "did you mean 'local'" in msg and "search.pools" in msg
+    msg = config_error(raw(search={"pools": ["local", "zzzz"]}))
+    assert "zzzz" in msg and "did you mean" not in msg and "local" in msg  # lists the pools there are
+
+
+@pytest.mark.parametrize("search, words", [
+    ({"budget": 0}, ["search.budget", "0"]),
+    ({"budget": -3}, ["search.budget"]),
+    ({"strategy": "grid"}, ["search.strategy", "grid"]),
+    ({"objective": "speed"}, ["search.objective", "speed"]),
+    ({"population": 1}, ["search.population"]),
+])
+def test_bad_search_settings_are_rejected(search, words):
+    msg = config_error(raw(search={**TINY["search"], **search}))
+    for w in words:
+        assert w in msg, msg
+
+
+def test_exactly_one_of_supernet_and_supernet_dir():
+    both = raw(supernet_dir="/tmp/somewhere")
+    assert "exactly one of supernet_dir" in config_error(both)
+    neither = raw()
+    del neither["supernet"]
+    assert "exactly one of supernet_dir" in config_error(neither)
+    only_dir = raw(supernet_dir="/tmp/somewhere")
+    del only_dir["supernet"]
+    assert SearchConfig.from_dict(only_dir).supernet_dir == "/tmp/somewhere"
+
+
+def test_missing_eval_data_is_rejected():
+    data = raw()
+    del data["data"]["eval"]
+    msg = config_error(data)
+    assert "data.eval" in msg
+
+
+def test_an_unknown_latency_runtime_is_named():
+    data = raw()
+    data["pools"]["local"]["latency"]["runtimes"] = ["static", "turbo"]
+    msg = config_error(data)
+    assert "turbo" in msg and "latency.runtimes" in msg
+    data["pools"]["local"]["latency"]["runtimes"] = ["auto", "eager"]
+    assert "auto" in config_error(data)
+
+
+def test_runtimes_resolve_per_device_and_cuda_graph_needs_a_gpu():
+    assert LatencySpec().resolved_runtimes(cuda=True) == ["cuda_graph", "eager"]
+    assert LatencySpec().resolved_runtimes(cuda=False) == ["static", "eager"]
+    spec = LatencySpec(runtimes=["cuda_graph", "static"])
+    assert spec.resolved_runtimes(cuda=True) == ["cuda_graph", "static"]
+    with pytest.raises(ConfigError, match="cuda_graph needs a GPU"):
+        spec.resolved_runtimes(cuda=False)
+    assert LatencySpec(runtimes=["eager"]).resolved_runtimes(cuda=False) == ["eager"]
+
+
+def test_device_cuda_without_gpus_is_rejected():
+    data = raw()
+    data["pools"]["local"]["device"] = "cuda"
+    msg = config_error(data)
+    assert "device cuda" in msg and "gpus" in msg
+    data["pools"]["local"]["gpus"] = 1
+    assert SearchConfig.from_dict(data).pools["local"].uses_cuda
+
+
+def test_a_typo_in_a_pool_is_named_with_its_place_and_the_fix():
+    data = raw()
+    data["pools"]["local"]["evaluator"] = 3
+    msg = config_error(data)
+    assert "pools.local" in msg and "'evaluator'" in msg and "did you mean 'evaluators'" in msg
+    data = raw()
+    data["pools"]["local"]["latency"]["repeat"] = 3
+    msg = config_error(data)
+    assert "pools.local.latency" in msg and "did you mean 'repeats'" in msg
+
+
+# --------------------------------------------------------------------------- fronts
+
+
+def row(sid: str, quality: float, latency: float, params: float) -> dict:
+    return {"subnet_id": sid, "quality": quality, "latency_ms": latency, "params": params,
+            "config": json.dumps({"id": sid})}
+
+
+def brute_front(rows, cost):
+    def dominates(a, b):
+        return (a["quality"] >= b["quality"] and a[cost] <= b[cost]
+                and (a["quality"] > b["quality"] or a[cost] < b[cost]))
+    return {r["subnet_id"] for r in rows if not any(dominates(o, r) for o in rows)}
+
+
+def test_fronts_equal_the_brute_force_non_dominated_sets():
+    rng = random.Random(0)
+    for trial in range(30):
+        # coarse values: many ties and exact duplicates
+        rows = [row(f"s{i}", rng.randint(0, 6) / 6, rng.randint(1, 8), rng.randint(1, 8)) for i in range(25)]
+        out, summary = pool_fronts(rows, "s0", {}, delta=0.05, reference_quality=0.0, reference_cost=1.1)
+        assert summary["evaluated"] == 25
+        for front, cost in (("latency", "latency_ms"), ("params", "params")):
+            members = [r for r in out if r["front"] == front and r["member"]]
+            assert {r["subnet_id"] for r in members} == brute_front(rows, cost)
+            # the maximal is listed as the reference even when dominated, flagged as no member
+            others = [r for r in out if r["front"] == front and not r["member"]]
+            assert [r["subnet_id"] for r in others] == ([] if "s0" in brute_front(rows, cost) else ["s0"])
+            assert len(members) == len(brute_front(rows, cost)) == summary[front]["members"]
+            keys = [(r[cost], -r["quality"]) for r in members]
+            assert keys == sorted(keys)  # cheapest first
+            assert [r["subnet_id"] for r in front_rows(rows, cost)] == [r["subnet_id"] for r in members]
+
+
+def test_rows_without_the_cost_stay_off_that_front():
+    rows = [row("m", 0.8, 10, 100), row("a", 0.9, None, 50), row("b", None, 1, 10)]
+    out, summary = pool_fronts(rows, "m", {}, delta=0.0, reference_quality=0.0, reference_cost=1.1)
+    assert {r["subnet_id"] for r in out if r["front"] == "latency" and r["member"]} == {"m"}
+    assert {r["subnet_id"] for r in out if r["front"] == "params" and r["member"]} == {"a"}
+
+
+def hand_rows():
+    # m: the maximal; a and b trade quality for speed; c is dominated by a on latency (and by b on params)
+    return [row("m", 0.8, 10.0, 100.0), row("a", 0.79, 5.0, 60.0), row("b", 0.5, 3.0, 40.0),
+            row("c", 0.6, 6.0, 70.0)]
+
+
+def test_hypervolume_reference_and_pick_on_a_hand_case():
+    out, summary = pool_fronts(hand_rows(), "m", {}, delta=0.02, reference_quality=0.25, reference_cost=1.2)
+    lat, par = summary["latency"], summary["params"]
+    assert lat["reference"] == pytest.approx([0.25, 12.0]) and par["reference"] == pytest.approx([0.25, 120.0])
+    assert lat["members"] == 3 and par["members"] == 3
+    # staircase above quality 0.25, left of the reference cost:
+    #   latency: [3, 5) x 0.25 + [5, 10) x 0.54 + [10, 12) x 0.55
+    assert lat["hypervolume"] == pytest.approx(2 * 0.25 + 5 * 0.54 + 2 * 0.55)
+    #   params: [40, 60) x 0.25 + [60, 100) x 0.54 + [100, 120) x 0.55
+    assert par["hypervolume"] == pytest.approx(20 * 0.25 + 40 * 0.54 + 20 * 0.55)
+    # no final qualities: a (0.79 >= 0.8 - 0.02) is the cheapest within delta on both fronts
+    assert lat["pick"] == "a" and par["pick"] == "a"
+    picked = [(r["front"], r["subnet_id"]) for r in out if r["picked"]]
+    assert picked == [("latency", "a"), ("params", "a")]
+    assert all(r["quality_full"] is None and r["loss_full"] is None for r in out)
+    # delta 0: only the maximal itself qualifies
+    _, summary = pool_fronts(hand_rows(), "m", {}, delta=0.0, reference_quality=0.0, reference_cost=1.1)
+    assert summary["latency"]["pick"] == "m" and summary["params"]["pick"] == "m"
+    # a large delta takes the fastest member
+    _, summary = pool_fronts(hand_rows(), "m", {}, delta=0.5, reference_quality=0.0, reference_cost=1.1)
+    assert summary["latency"]["pick"] == "b"
+
+
+def test_final_qualities_override_the_search_quality_in_the_pick_only():
+    finals = {"m": {"quality": 0.8, "loss": 1.0, "examples": 64},
+              "a": {"quality": 0.6, "loss": 2.0, "examples": 64},
+              "b": {"quality": 0.79, "loss": 1.1, "examples": 64}}
+    plain_out, plain = pool_fronts(hand_rows(), "m", {}, delta=0.02, reference_quality=0.0, reference_cost=1.1)
+    out, summary = pool_fronts(hand_rows(), "m", finals, delta=0.02, reference_quality=0.0, reference_cost=1.1)
+    assert plain["latency"]["pick"] == "a"  # by the search quality
+    assert summary["latency"]["pick"] == "b" and summary["params"]["pick"] == "b"  # by the final quality
+    # the fronts and hypervolumes are those of the search quality
+    for front in ("latency", "params"):
+        assert summary[front]["hypervolume"] == pytest.approx(plain[front]["hypervolume"])
+        assert summary[front]["members"] == plain[front]["members"]
+    by = {(r["front"], r["subnet_id"]): r for r in out}
+    assert by[("latency", "a")]["quality"] == 0.79 and by[("latency", "a")]["quality_full"] == 0.6
+    assert by[("latency", "b")]["loss_full"] == 1.1 and by[("latency", "b")]["eval_examples_full"] == 64
+    assert by[("latency", "b")]["picked"] and not by[("latency", "a")]["picked"]
+    # the maximal's final quality is the bar: raised above everyone else's, only the maximal qualifies
+    higher = dict(finals, m={"quality": 0.95, "loss": 0.5, "examples": 64})
+    _, summary = pool_fronts(hand_rows(), "m", higher, delta=0.02, reference_quality=0.0, reference_cost=1.1)
+    assert summary["latency"]["pick"] == "m"
+
+
+def test_a_dominated_maximal_that_is_the_pick_is_listed_and_flagged():
+    """Search quality (a subset) can rank a row above the maximal that the full set ranks below."""
+    rows = [row("m", 0.8, 10.0, 100.0), row("x", 0.85, 9.0, 90.0)]
+    finals = {"m": {"quality": 0.8, "loss": 1.0, "examples": 64}, "x": {"quality": 0.5, "loss": 2.0, "examples": 64}}
+    out, summary = pool_fronts(rows, "m", finals, delta=0.02, reference_quality=0.0, reference_cost=1.1)
+    assert summary["latency"]["pick"] == "m" and summary["params"]["pick"] == "m"
+    for front in ("latency", "params"):
+        listed = {r["subnet_id"]: r for r in out if r["front"] == front}
+        assert listed["x"]["member"] and not listed["x"]["picked"]
+        assert not listed["m"]["member"] and listed["m"]["picked"] and listed["m"]["quality_full"] == 0.8
+
+
+def test_hypervolume_matches_a_grid_count_on_random_rows():
+    rng = random.Random(1)
+    for trial in range(10):
+        rows = [row("m", rng.randint(5, 10) / 10, 10, 10)]
+        rows += [row(f"s{i}", rng.randint(0, 10) / 10, rng.randint(1, 12), rng.randint(1, 12)) for i in range(12)]
+        _, summary = pool_fronts(rows, "m", {}, delta=0.0, reference_quality=0.1, reference_cost=1.1)
+        # count grid cells (quality steps of 0.1 from 0.1, cost steps of 1 up to 11) dominated by some row
+        for front, cost in (("latency", "latency_ms"), ("params", "params")):
+            cells = 0
+            for qi, c in itertools.product(range(1, 10), range(1, 11)):  # cell [q, q+0.1] x [c, c+1]
+                q = qi / 10
+                if any(r["quality"] >= q + 0.1 - 1e-9 and r[cost] <= c for r in rows):
+                    cells += 1
+            assert summary[front]["hypervolume"] == pytest.approx(cells * 0.1), (trial, front)
+
+
+# --------------------------------------------------------------------------- searchers
+
+
+def resolve(spec: dict) -> SearchSpace:
+    return SearchSpace.resolve(SpaceSpec.from_dict(spec), ModelShape.from_config(tiny_config()))
+
+
+# rank fixed: 2 (mlp.0) x 2 (heads.2) x 2 (keep.1) = 8 sub-networks
+SMALL = {"lora": {"target_modules": ["q_proj"], "r_max": 4, "rank_choices": [4], "groups": {}},
+         "mlp": {"choices": [1.0, 0.5], "layers": [0]}, "heads": {"choices": [1.0, 0.5], "layers": [2]},
+         "depth": {"skippable": [1]}}
+MEDIUM = {"lora": {"target_modules": ["q_proj"], "r_max": 4, "rank_choices": [4, 2], "groups": {}},
+          "mlp": {"choices": [1.0, 0.5], "layers": [0, 3]}, "depth": {"skippable": [1]}}
+
+
+def fake_result(space: SearchSpace, cfg: dict) -> dict:
+    """Objectives that depend on the configuration only (so a repeat would get the same values)."""
+    h = int(space.subnet_id(cfg), 16)
+    return {"quality": (h % 1000) / 1000, "latency_ms": 1.0 + (h // 1000) % 100}
+
+
+def searcher(space, known=None, strategy="random", seed=0, **kwargs):
+    known = known or {}
+    inner = optuna_search(space, strategy, population=4, seed=seed, known=known, study_name="t")
+    return inner, CachedSearcher(inner, space, known, **kwargs)
+
+
+def known_rows(space, configs):
+    return {space.subnet_id(c): {"config": c, **fake_result(space, c)} for c in configs}
+
+
+@pytest.fixture(autouse=True)
+def quiet_optuna():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.mark.parametrize("strategy", ["random", "nsga2"])
+def test_suggestions_start_with_maximal_and_minimal_and_never_repeat(strategy):
+    space = resolve(MEDIUM)
+    assert space.size() == 2 ** 4 * 2 ** 2 * 2  # rank x4 layers, mlp x2 layers, keep.1
+    inner, alg = searcher(space, strategy=strategy)
+    seen = []
+    for i in range(40):
+        cfg = alg.suggest(f"t{i}")
+        assert isinstance(cfg, dict), cfg
+        space.validate(cfg)
+        seen.append(space.subnet_id(cfg))
+        alg.on_trial_complete(f"t{i}", result=fake_result(space, cfg))
+    assert seen[0] == space.subnet_id(space.maximal()) and seen[1] == space.subnet_id(space.minimal())
+    assert len(set(seen)) == len(seen) == 40
+    # Optuna did propose some repeats (40 of 128), and the wrapper answered them from the cache
+    assert alg.duplicates > 0
+    trials = inner._ot_study.trials
+    assert len(trials) == 40 + alg.duplicates
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    for t in trials:  # a cached answer is the configuration's own objectives
+        cfg = dict(t.params)
+        r = fake_result(space, cfg)
+        assert t.values == [r["quality"], r["latency_ms"]]
+
+
+def test_known_configurations_are_never_suggested_and_seed_the_study():
+    space = resolve(MEDIUM)
+    pool = [space.maximal(), *[space.sample(s) for s in range(12)]]
+    known = known_rows(space, pool)
+    assert space.subnet_id(space.minimal()) not in known
+    inner, alg = searcher(space, known=known, seed=3)
+    # resume: the study already holds the known results as completed trials with their values
+    trials = inner._ot_study.trials
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == len(known)
+    # besides them, only the minimal waits in the queue (the maximal is known: not enqueued)
+    queued = [t for t in trials if t.state != optuna.trial.TrialState.COMPLETE]
+    assert [t.state for t in queued] == [optuna.trial.TrialState.WAITING]
+    assert queued[0].system_attrs["fixed_params"] == space.minimal()
+    by_id = {space.subnet_id(dict(t.params)): t.values for t in done}
+    assert by_id == {sid: [r["quality"], r["latency_ms"]] for sid, r in known.items()}
+    seen = []
+    for i in range(30):
+        cfg = alg.suggest(f"t{i}")
+        assert isinstance(cfg, dict), cfg
+        sid = space.subnet_id(space.validate(cfg))
+        assert sid not in known and sid not in seen
+        seen.append(sid)
+        alg.on_trial_complete(f"t{i}", result=fake_result(space, cfg))
+    # the maximal is known, so the first suggestion is the minimal (the maximal is not proposed again)
+    assert seen[0] == space.subnet_id(space.minimal())
+
+
+def test_with_maximal_and_minimal_known_neither_is_enqueued():
+    space = resolve(SMALL)
+    known = known_rows(space, [space.maximal(), space.minimal()])
+    inner, alg = searcher(space, known=known)
+    out = []
+    for i in range(space.size() - 2):
+        cfg = alg.suggest(f"t{i}")
+        assert isinstance(cfg, dict), cfg
+        out.append(space.subnet_id(cfg))
+        alg.on_trial_complete(f"t{i}", result=fake_result(space, cfg))
+    assert not set(out) & set(known) and len(set(out)) == space.size() - 2
+
+
+def test_a_small_space_ends_the_search_instead_of_looping():
+    space = resolve(SMALL)
+    assert space.size() == 8
+    known = known_rows(space, [space.sample(1)])
+    inner, alg = searcher(space, known=known, max_proposals=60)
+    out = []
+    for i in range(20):
+        cfg = alg.suggest(f"t{i}")
+        if cfg == Searcher.FINISHED:
+            break
+        assert isinstance(cfg, dict), cfg
+        out.append(space.subnet_id(cfg))
+        alg.on_trial_complete(f"t{i}", result=fake_result(space, cfg))
+    else:
+        raise AssertionError("the searcher never finished on an 8-configuration space")
+    # everything not known was evaluated exactly once before the search ended
+    all_ids = {space.subnet_id(dict(zip(space.dims, v)))
+               for v in itertools.product(*(d.choices for d in space.dims.values()))}
+    assert len(all_ids) == 8
+    assert sorted(out) == sorted(all_ids - set(known))
+    assert alg.suggest("again") == Searcher.FINISHED  # and stays finished
+
+
+def test_concurrent_duplicates_wait_for_the_running_trial_and_get_its_result():
+    space = resolve(SMALL)
+    inner, alg = searcher(space, max_proposals=60)
+    running = {}
+    for i in range(8):  # 8 concurrent trials on an 8-configuration space: each distinct, nothing completes
+        cfg = alg.suggest(f"t{i}")
+        assert isinstance(cfg, dict), cfg
+        running[f"t{i}"] = cfg
+    assert len({space.subnet_id(c) for c in running.values()}) == 8
+    assert alg.suggest("t8") == Searcher.FINISHED  # all 8 running: nothing new to propose
+    waiting = sum(len(v) for v in alg.waiting.values())
+    assert waiting > 0
+    for tid, cfg in running.items():
+        alg.on_trial_complete(tid, result=fake_result(space, cfg))
+    assert not alg.waiting and not alg.running
+    trials = inner._ot_study.trials
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)  # no proposal left hanging
+    for t in trials:
+        r = fake_result(space, dict(t.params))
+        assert t.values == [r["quality"], r["latency_ms"]]
+
+
+def test_a_failed_trial_is_not_cached_and_its_waiting_duplicates_fail_too():
+    space = resolve(SMALL)
+    inner, alg = searcher(space, max_proposals=60)
+    first = alg.suggest("t0")  # the maximal
+    assert space.subnet_id(first) == space.subnet_id(space.maximal())
+    for i in range(1, 8):
+        alg.suggest(f"t{i}")
+    assert alg.suggest("t8") == Searcher.FINISHED
+    dup_of_first = list(alg.waiting.get(space.subnet_id(first), []))
+    alg.on_trial_complete("t0", result=None, error=True)
+    assert space.subnet_id(first) not in alg.known
+    states = {t.number: t.state for t in inner._ot_study.trials}
+    assert list(states.values()).count(optuna.trial.TrialState.FAIL) == 1 + len(dup_of_first)
+
+
+def test_seed_configs_per_strategy():
+    space = resolve(MEDIUM)
+    ids = [space.subnet_id(c) for c in seed_configs(space, "heuristic")]
+    assert ids == [space.subnet_id(c) for c in (space.maximal(), space.heuristic(), space.minimal())]
+    assert len(set(ids)) == 3
+    for strategy in ("random", "nsga2"):
+        assert seed_configs(space, strategy) == [space.maximal(), space.minimal()]
+    # duplicates are dropped: in a space where every dimension has 2 choices the median is the minimal
+    two = resolve({"lora": {"target_modules": ["q_proj"], "r_max": 4, "rank_choices": [4, 2], "groups": {}}})
+    assert two.heuristic() == two.minimal()
+    assert seed_configs(two, "heuristic") == [two.maximal(), two.minimal()]
