@@ -206,6 +206,21 @@ def test_a_corrupt_results_file_is_reported_and_kept(local_ray, tmp_path):
     assert bad.read_bytes() == b"not parquet"
 
 
+def test_a_broken_super_network_fails_the_search_with_the_evaluators_error(local_ray, tmp_path):
+    """Every evaluator fails to load a corrupt adapter: the search says so instead of writing an empty front."""
+    from lonas_ray.search.driver import SearchError, run_search
+    from lonas_ray.train.state import ADAPTER_FILE
+
+    cfg = tiny_cfg(tmp_path / "s", budget=2, strategy="random")
+    sdir = prepare_once(cfg.supernet, tmp_path / "supernet")
+    (sdir / ADAPTER_FILE).write_bytes(b"not safetensors")
+    cfg.supernet, cfg.supernet_dir = None, str(sdir)
+    with pytest.raises(SearchError, match="pool local: every trial failed"):
+        run_search(cfg)
+    assert not (Path(cfg.output_dir) / "pareto.parquet").exists()
+    assert (sdir / ADAPTER_FILE).read_bytes() == b"not safetensors"
+
+
 def test_cli_rejects_bad_search_configs_with_exit_2(tmp_path):
     raw = yaml.safe_load(TINY.read_text())
     for change, message in (

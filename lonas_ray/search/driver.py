@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 RESULTS, PARETO, FINAL, SUMMARY = "results.parquet", "pareto.parquet", "final_quality.json", "search_summary.json"
 
 
+class SearchError(RuntimeError):
+    """No evaluation of a pool succeeded (a broken evaluator, not a bad sub-network); names the first error."""
+
+
 @dataclass
 class SearchResult:
     output_dir: Path
@@ -175,8 +179,10 @@ def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, 
         alg = CachedSearcher(inner, space, known, objective=s.objective)
         param_space = None  # the Optuna searcher holds the space
     writer = _results_writer(path, pool)
-    _tune(cfg, pool, placement, source, search_alg=alg, num_samples=n, mode="search", callback=writer, out=out,
-          param_space=param_space)
+    _, errors = _tune(cfg, pool, placement, source, search_alg=alg, num_samples=n, mode="search",
+                      callback=writer, out=out, param_space=param_space)
+    if errors and not writer.written:
+        raise SearchError(f"pool {pool}: every trial failed ({len(errors)}); the first: {errors[0].error}")
     return writer.written
 
 
