@@ -65,11 +65,60 @@ def _search(args) -> int:
     return 0
 
 
+QUICKSTART = "jobs/configs/quickstart.yaml"
+
+
+def _quickstart_config() -> str:
+    """The quick-start config of the checkout lonas-ray runs from (the embedded default of ``run``)."""
+    from pathlib import Path
+
+    import lonas_ray
+
+    path = Path(lonas_ray.__file__).resolve().parents[1] / QUICKSTART
+    if not path.is_file():
+        raise ConfigError(f"no --config given and {QUICKSTART} is not beside this install; pass --config FILE")
+    return str(path)
+
+
+def _run(args) -> int:
+    from lonas_ray.pipeline.config import PipelineConfig
+    from lonas_ray.pipeline.driver import run_pipeline
+
+    path = args.config or _quickstart_config()
+    print(f"lonas-ray run: {path}", flush=True)
+    fig = run_pipeline(PipelineConfig.from_yaml(path), output=args.output, address=args.address,
+                       stop_after=args.stop_after)
+    if fig is not None:
+        print(summary_table(fig))
+    return 0
+
+
+def summary_table(fig: dict) -> str:
+    """The final summary printed by ``run``: baseline and every exported model, per pool."""
+    pools = fig["pools"]
+    head = f"{'model':<22} {'quality':>8} {'params':>9}" + "".join(f" {p[:14] + ' ms':>17} {'x':>6}" for p in pools)
+    lines = [head]
+    base = fig["baseline"]
+    for m in ([base] if base else []) + fig["models"]:
+        name = "baseline (plain LoRA)" if m is base else m["subnet_id"]
+        cells = ""
+        for p in pools:
+            lat = m["latency"].get(p, {})
+            ms = lat.get("latency_ms")
+            cells += f" {ms if ms is None else round(ms, 2)!s:>17} {('%.2f' % lat['speedup']) if lat.get('speedup') else '-':>6}"
+        lines.append(f"{name:<22} {m['quality']:>8.4f} {m['params'] / 1e6:>8.2f}M{cells}")
+    out = fig["output_dir"]
+    lines.append(f"models under {out}/models, report in {out}/report.md and {out}/pareto.png, figures in "
+                 f"{out}/summary.json")
+    return "\n".join(lines)
+
+
 COMMANDS = {
     "export": (_export, "build the super-network and export chosen sub-networks as verified HF models"),
     "space": (_space, "build the super-network and describe its search space"),
     "train": (_train, "train the super-adapter on Ray Train + DeepSpeed"),
     "search": (_search, "evaluate sub-networks on hardware pools with Ray Tune; write results and the Pareto set"),
+    "run": (_run, "the whole pipeline: train, baseline, search, merge/export, report (resumable)"),
 }
 
 
@@ -79,10 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", required=True, help="YAML config file")
+        p.add_argument("--config", required=name != "run",
+                       help="YAML config file" + (f" (default: {QUICKSTART})" if name == "run" else ""))
         if name == "export":
             p.add_argument("--output", required=True, help="output directory")
-        if name in ("train", "search"):
+        if name == "run":
+            from lonas_ray.pipeline.stages import STAGES
+
+            p.add_argument("--stop-after", choices=STAGES, help="stop after this stage (re-run to continue)")
+        if name in ("train", "search", "run"):
             p.add_argument("--output", help="output directory (overrides output_dir in the config)")
             p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     args = parser.parse_args(argv)

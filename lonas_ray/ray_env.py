@@ -42,7 +42,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address)
         return False
-    ray.init(
+    context = ray.init(
         address="local",  # a new embedded Ray, never a stray one some other process left running
         num_cpus=num_cpus,
         resources=resources,
@@ -54,4 +54,6 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
         runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
     )
     log.info("started a local Ray: %s", ray.cluster_resources())
+    if dashboard and context.dashboard_url:
+        print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
     return True

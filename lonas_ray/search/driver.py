@@ -78,7 +78,7 @@ def supernet_source(cfg: SearchConfig, out: Path) -> Path:
     return prepare_once(cfg.supernet, out / "prepared")
 
 
-def _results_writer(path: Path, pool: str):
+def _results_writer(path: Path, pool: str, progress=None):
     from ray.tune import Callback
 
     class ResultsWriter(Callback):
@@ -92,6 +92,8 @@ def _results_writer(path: Path, pool: str):
             row = {k: row[k] for k in SCHEMA.names}
             append_results(path, [row])
             self.written += 1
+            if progress is not None:
+                progress.add(row)
             log.info("pool %s: %s quality %.4f latency %s ms (%d new)", pool, row["subnet_id"], row["quality"],
                      f"{row['latency_ms']:.3f}" if row["latency_ms"] is not None else "-", self.written)
 
@@ -114,6 +116,7 @@ def _final_writer(path: Path):
 
 def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, num_samples: int, mode: str, callback,
           out: Path, param_space: dict | None = None):
+    """One Tune run of ``num_samples`` evaluator trials on ``pool``; returns (results grid, failed trials)."""
     from ray import tune
 
     from lonas_ray.search.evaluator import EvalJob
@@ -150,40 +153,94 @@ def choice_space(space: SearchSpace) -> dict:
     return {name: tune.choice(list(dim.choices)) for name, dim in space.dims.items()}
 
 
-def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path) -> int:
-    """Run the pool's remaining budget; returns the number of new evaluations."""
+def _fixed_list(cfg: SearchConfig, pool: str, space: SearchSpace, configs: list) -> dict:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from lonas_ray.search.pools import wait_for_pool
-    from lonas_ray.search.searchers import CachedSearcher, optuna_search, seed_configs
+    alg = BasicVariantGenerator(points_to_evaluate=configs, max_concurrent=cfg.pools[pool].evaluators)
+    return {"search_alg": alg, "num_samples": len(configs), "param_space": choice_space(space)}
 
-    placement, nodes = wait_for_pool(pool, cfg.pools[pool])
-    log.info("pool %s: placing by %s on %d node(s)", pool, placement.mode, len(nodes))
+
+def _run_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path, *, total: int,
+              **tune_args) -> int:
+    """One Tune run on ``pool`` whose rows go to results.parquet; returns how many were written."""
+    from lonas_ray.search.progress import SearchProgress
+
     path = out / RESULTS
-    known = rows_by_pool(path, pool)
-    s = cfg.search
-    if s.strategy == "heuristic":
-        todo = [c for c in seed_configs(space, s.strategy) if space.subnet_id(c) not in known]
-        if not todo:
-            return 0
-        alg = BasicVariantGenerator(points_to_evaluate=todo, max_concurrent=cfg.pools[pool].evaluators)
-        n, param_space = len(todo), choice_space(space)
-    else:
-        n = s.budget - len(known)
-        if n <= 0:
-            log.info("pool %s: budget of %d already spent (%d in %s); nothing to evaluate", pool, s.budget,
-                     len(known), path)
-            return 0
-        inner = optuna_search(space, s.strategy, population=s.population, seed=s.seed, known=known,
-                              study_name=f"lonas-{pool}", objective=s.objective)
-        alg = CachedSearcher(inner, space, known, objective=s.objective)
-        param_space = None  # the Optuna searcher holds the space
-    writer = _results_writer(path, pool)
-    _, errors = _tune(cfg, pool, placement, source, search_alg=alg, num_samples=n, mode="search",
-                      callback=writer, out=out, param_space=param_space)
+    progress = SearchProgress(out.name, pool, total, list(rows_by_pool(path, pool).values()),
+                              space.subnet_id(space.maximal()))
+    writer = _results_writer(path, pool, progress)
+    try:
+        _, errors = _tune(cfg, pool, _placement(cfg, pool), source, mode="search", callback=writer, out=out,
+                          **tune_args)
+    finally:
+        progress.close()
     if errors and not writer.written:
         raise SearchError(f"pool {pool}: every trial failed ({len(errors)}); the first: {errors[0].error}")
     return writer.written
+
+
+def _placement(cfg: SearchConfig, pool: str):
+    from lonas_ray.search.pools import wait_for_pool
+
+    placement, nodes = wait_for_pool(pool, cfg.pools[pool])
+    log.info("pool %s: placing by %s on %d node(s)", pool, placement.mode, len(nodes))
+    return placement
+
+
+def evaluate_configs(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path,
+                     configs: list) -> int:
+    """Evaluate the given sub-networks on ``pool`` (those not yet in results.parquet); returns how many."""
+    known = rows_by_pool(out / RESULTS, pool)
+    todo, seen = [], set(known)
+    for c in configs:
+        sid = space.subnet_id(c)
+        if sid not in seen:
+            seen.add(sid)
+            todo.append(c)
+    if not todo:
+        return 0
+    return _run_pool(cfg, pool, space, source, out, total=len(known) + len(todo),
+                     **_fixed_list(cfg, pool, space, todo))
+
+
+def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path) -> int:
+    """Run the pool's remaining budget; returns the number of new evaluations."""
+    from lonas_ray.search.searchers import CachedSearcher, optuna_search, seed_configs
+
+    path = out / RESULTS
+    s = cfg.search
+    if s.strategy == "heuristic":
+        return evaluate_configs(cfg, pool, space, source, out, seed_configs(space, s.strategy))
+    known = rows_by_pool(path, pool)
+    n = s.budget - len(known)
+    if n <= 0:
+        log.info("pool %s: budget of %d already spent (%d in %s); nothing to evaluate", pool, s.budget,
+                 len(known), path)
+        return 0
+    inner = optuna_search(space, s.strategy, population=s.population, seed=s.seed, known=known,
+                          study_name=f"lonas-{pool}", objective=s.objective)
+    alg = CachedSearcher(inner, space, known, objective=s.objective)
+    # the Optuna searcher holds the space, so no param_space
+    return _run_pool(cfg, pool, space, source, out, total=s.budget, search_alg=alg, num_samples=n, param_space=None)
+
+
+def cross_evaluate(cfg: SearchConfig, space: SearchSpace, source: Path, out: Path) -> dict[str, int]:
+    """Evaluate every pool's front members on every other pool, so each has a latency on each pool.
+
+    One round is enough: a pool's front after it is drawn from its own front and the
+    other pools' fronts, all of which are then evaluated everywhere (a row that was
+    dominated stays dominated when rows are added).
+    """
+    from lonas_ray.search.front import FRONTS, front_rows
+
+    members: dict[str, dict] = {}
+    for pool in cfg.search.pools:
+        rows = list(rows_by_pool(out / RESULTS, pool).values())
+        for cost in FRONTS.values():
+            for r in front_rows(rows, cost):
+                members.setdefault(r["subnet_id"], r["config"])
+    return {pool: evaluate_configs(cfg, pool, space, source, out, list(members.values()))
+            for pool in cfg.search.pools}
 
 
 def final_evaluation(cfg: SearchConfig, space: SearchSpace, source: Path, out: Path) -> dict[str, dict]:
@@ -191,10 +248,7 @@ def final_evaluation(cfg: SearchConfig, space: SearchSpace, source: Path, out: P
 
     Skipped (finals = {}) when the search subset already is the final set.
     """
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
     from lonas_ray.search.front import FRONTS, front_rows
-    from lonas_ray.search.pools import wait_for_pool
 
     q = cfg.quality
     if q.examples == q.final_examples:
@@ -210,10 +264,8 @@ def final_evaluation(cfg: SearchConfig, space: SearchSpace, source: Path, out: P
     todo = [c for sid, c in wanted.items() if sid not in finals]
     if todo:
         pool = cfg.search.pools[0]
-        placement, _ = wait_for_pool(pool, cfg.pools[pool])
-        alg = BasicVariantGenerator(points_to_evaluate=todo, max_concurrent=cfg.pools[pool].evaluators)
-        _tune(cfg, pool, placement, source, search_alg=alg, num_samples=len(todo), mode="final",
-              callback=_final_writer(path), out=out, param_space=choice_space(space))
+        _tune(cfg, pool, _placement(cfg, pool), source, mode="final", callback=_final_writer(path), out=out,
+              **_fixed_list(cfg, pool, space, todo))
         finals = json.loads(path.read_text()) if path.exists() else {}
     return finals
 
@@ -274,6 +326,9 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
     result = SearchResult(out)
     for pool in cfg.search.pools:
         result.evaluated[pool] = search_pool(cfg, pool, space, source, out)
+    if cfg.search.cross_evaluate and len(cfg.search.pools) > 1:
+        for pool, n in cross_evaluate(cfg, space, source, out).items():
+            result.evaluated[pool] += n
     finals = final_evaluation(cfg, space, source, out)
     pools = write_pareto(cfg, space, out, finals)
     result.summary = {"config": to_dict(cfg), "strategy": cfg.search.strategy, "space_size": space.size(),

@@ -49,7 +49,9 @@ class EvalJob:
 
     @classmethod
     def from_config(cls, cfg: SearchConfig, pool: str, supernet_dir: str | Path) -> "EvalJob":
-        files = {f.name: f.read_bytes() for f in Path(supernet_dir).iterdir() if f.is_file()}
+        from lonas_ray.transfer import read_tree
+
+        files = read_tree(supernet_dir, recursive=False)
         return cls(files, to_dict(cfg.data), to_dict(cfg.quality), pool, to_dict(cfg.pools[pool]))
 
 
@@ -66,6 +68,14 @@ def load_supernet(directory: str | Path):
         built = restore_supernet(*load_prepared(directory))
         supernet, tokenizer = built.supernet, built.tokenizer
     return supernet, tokenizer or byte_tokenizer()
+
+
+def load_supernet_files(files: dict[str, bytes]):
+    """``load_supernet`` of a directory that came through the object store (``transfer.read_tree``)."""
+    from lonas_ray.transfer import write_tree
+
+    with tempfile.TemporaryDirectory(prefix="lonas-supernet-") as d:
+        return load_supernet(write_tree(files, Path(d) / "supernet"))
 
 
 class Evaluator:
@@ -85,10 +95,7 @@ class Evaluator:
         dtype = self.latency.dtype
         self.dtype = DTYPES[dtype] if dtype != "auto" else (torch.bfloat16 if cuda else torch.float32)
         t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="lonas-supernet-") as d:
-            for name, content in job.supernet_files.items():
-                (Path(d) / name).write_bytes(content)
-            self.supernet, self.tokenizer = load_supernet(d)
+        self.supernet, self.tokenizer = load_supernet_files(job.supernet_files)
         self.supernet.to(self.device)
         self.space: SearchSpace = self.supernet.space
         self.full_set = build_eval_set(load_examples(data, "eval"), self.tokenizer, data.cutoff_len)

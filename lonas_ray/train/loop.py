@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -192,4 +193,5 @@ def train_loop_per_worker(loop_config: dict) -> None:
         elif done % cfg.log_every == 0:
             ray.train.report(metrics)
     if bar is not None:
-        bar.close()
+        bar.close()  # its final state goes out as a stdout line: flush it before Ray Train ends the worker
+        sys.stdout.flush()

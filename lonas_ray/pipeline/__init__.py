@@ -1,0 +1,1 @@
+"""The pipeline: train -> plain-LoRA baseline -> search -> merge/export -> report, resumable by stage."""

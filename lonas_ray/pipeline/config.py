@@ -1,0 +1,103 @@
+"""The pipeline config: one YAML that holds what the train and search stages need, once.
+
+The model, data and pools are written once here; ``train_config`` and
+``search_config`` derive the stage configs (and so reuse their validation), which
+``PipelineConfig`` builds eagerly: a bad pipeline config fails before any stage runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lonas_ray.build import SupernetSpec
+from lonas_ray.config_io import ConfigError, from_dict, help_field, load_yaml, to_dict
+from lonas_ray.data.spec import DataSpec
+from lonas_ray.search.config import ParetoSpec, PoolSpec, QualitySpec, SearchConfig, StrategySpec
+from lonas_ray.train.config import (CheckpointSpec, DeepSpeedSpec, OptimSpec, SamplingSpec, ScalingSpec,
+                                    TrainConfig)
+
+EXPORT_SELECTIONS = ("picks", "front")
+
+
+@dataclass
+class TrainStageSpec:
+    """TrainConfig without the parts the pipeline holds once (model, data, output directory)."""
+
+    sampling: SamplingSpec = help_field(default_factory=SamplingSpec, help="sub-network sampling per step")
+    optim: OptimSpec = help_field(default_factory=OptimSpec, help="optimizer and batch sizes")
+    deepspeed: DeepSpeedSpec = help_field(default_factory=DeepSpeedSpec, help="DeepSpeed settings")
+    scaling: ScalingSpec = help_field(default_factory=ScalingSpec, help="Ray Train workers and resources")
+    checkpoint: CheckpointSpec = help_field(default_factory=CheckpointSpec, help="checkpoints and recovery")
+    seed: int = help_field(0, help="seed of the sub-network and data schedule")
+    log_every: int = help_field(1, help="report metrics every this many steps")
+
+
+@dataclass
+class BaselineSpec:
+    enabled: bool = help_field(True, help="train and evaluate plain LoRA (the maximal network only) to compare with")
+    steps: int | None = help_field(None, help="its optimizer steps (default: train.optim.steps)")
+
+    def __post_init__(self):
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"baseline.steps must be >= 1, got {self.steps}")
+
+
+@dataclass
+class ExportSpec:
+    select: str = help_field(
+        "picks", help="which sub-networks become models: picks (each pool's latency and params picks) or front "
+        "(every member of every pool's latency front)"
+    )
+    cpus: float = help_field(1, help="CPUs of one merge task")
+    gpus: float = help_field(0, help="GPUs of one merge task (merging is cheap; CPUs are enough)")
+    resources: dict[str, float] = help_field(default_factory=dict, help="extra Ray resources of a merge task")
+    with_adapter: bool = help_field(False, help="also write the unmerged base + a stock-PEFT adapter (peft/)")
+
+    def __post_init__(self):
+        if self.select not in EXPORT_SELECTIONS:
+            raise ConfigError(f"export.select '{self.select}' is unknown; use one of {', '.join(EXPORT_SELECTIONS)}")
+        if self.cpus < 0 or self.gpus < 0:
+            raise ConfigError("export.cpus and export.gpus must be >= 0")
+
+
+@dataclass
+class PipelineConfig:
+    supernet: SupernetSpec = help_field(help="model, search space, importance reordering")
+    data: DataSpec = help_field(help="training data (data.train) and held-out evaluation data (data.eval)")
+    pools: dict[str, PoolSpec] = help_field(help="hardware pools by name (see the search stage)")
+    output_dir: str = help_field("out/pipeline", help="where every stage writes (see README: output contract)")
+    train: TrainStageSpec = help_field(default_factory=TrainStageSpec, help="super-adapter training")
+    baseline: BaselineSpec = help_field(default_factory=BaselineSpec, help="the plain-LoRA baseline")
+    search: StrategySpec = help_field(default_factory=StrategySpec, help="strategy, pools and budget")
+    quality: QualitySpec = help_field(default_factory=QualitySpec, help="task quality")
+    pareto: ParetoSpec = help_field(default_factory=ParetoSpec, help="Pareto reference and pick rule")
+    export: ExportSpec = help_field(default_factory=ExportSpec, help="merge tasks and what they export")
+
+    def __post_init__(self):
+        if self.data.train is None:
+            raise ConfigError("data.train is not set: the pipeline trains the super-adapter on it")
+        self.train_config(".")  # the stage configs' own checks, now
+        self.search_config(".", ".")
+
+    def train_config(self, output_dir: str | Path, *, baseline: bool = False) -> TrainConfig:
+        raw = {**to_dict(self.train), "supernet": to_dict(self.supernet), "data": to_dict(self.data),
+               "output_dir": str(output_dir)}
+        if baseline:
+            raw["sampling"] = {"strategy": "fixed:maximal", "sandwich_random": 0}
+            raw["optim"] = {**raw["optim"], "steps": self.baseline.steps or self.train.optim.steps}
+        return from_dict(TrainConfig, raw, where="pipeline config (train)")
+
+    def search_config(self, supernet_dir: str | Path, output_dir: str | Path) -> SearchConfig:
+        raw = {"data": to_dict(self.data), "pools": to_dict(self.pools), "supernet_dir": str(supernet_dir),
+               "output_dir": str(output_dir), "search": to_dict(self.search), "quality": to_dict(self.quality),
+               "pareto": to_dict(self.pareto)}
+        return from_dict(SearchConfig, raw, where="pipeline config (search)")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "PipelineConfig":
+        return from_dict(cls, load_yaml(path), where=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PipelineConfig":
+        return from_dict(cls, data, where="pipeline config")

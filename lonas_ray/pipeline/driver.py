@@ -1,0 +1,182 @@
+"""The pipeline driver: train -> baseline -> search -> export -> report, each stage resumable.
+
+Output directory (the contract tests and users rely on)::
+
+    supernet/            the trained super-adapter (lonas-ray train's output)
+    results.parquet      every evaluation, pareto.parquet the fronts (see the search stage)
+    models/<subnet_id>/  each exported sub-network: a Hugging Face model + README.md model card
+    models/baseline/     plain LoRA (the maximal network trained alone), merged
+    report.md, pareto.png, summary.json   the figures: baseline vs every exported model, per pool
+    baseline/            the baseline's own training run and results.parquet
+    stages.json          finished stages (a re-run skips them), prepared/, ray_results/ as in train/search
+
+Stages run in this process; the heavy work runs on the cluster: Ray Train
+workers, Ray Tune evaluators on each pool, Ray tasks for the merges.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from lonas_ray.build import load_prepared
+from lonas_ray.config_io import ConfigError, to_dict
+from lonas_ray.data.spec import check_data
+from lonas_ray.merge.save import MANIFEST
+from lonas_ray.pipeline.config import PipelineConfig
+from lonas_ray.pipeline.figures import BASELINE, collect, select_models
+from lonas_ray.pipeline.stages import STAGES, STRICT, StageLog, fingerprint
+from lonas_ray.search.driver import PARETO, RESULTS, SUMMARY, evaluate_configs, local_pool_tags, rows_by_pool
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE, REPORT, PLOT, MODELS = "summary.json", "report.md", "pareto.png", "models"
+
+
+def _say(stage: str, text: str) -> None:
+    print(f"[{STAGES.index(stage) + 1}/{len(STAGES)}] {stage}: {text}", flush=True)
+
+
+class Pipeline:
+    def __init__(self, cfg: PipelineConfig, out: Path):
+        self.cfg, self.out = cfg, out
+        self.search_cfg = cfg.search_config(out / "supernet", out)
+
+    # -- stages: each returns what stages.json records about it -------------------------------------------------
+    def train(self) -> dict:
+        from lonas_ray.train.trainer import train
+
+        result = train(self.cfg.train_config(self.out))
+        return {"steps": result.steps}
+
+    def baseline(self) -> dict:
+        if not self.cfg.baseline.enabled:
+            return {"skipped": True}
+        from lonas_ray.train.trainer import train
+
+        bdir = self.out / BASELINE
+        if not (bdir / "prepared").exists():  # the same reordered base and space as the super-network
+            shutil.copytree(self.out / "prepared", bdir / "prepared")
+        result = train(self.cfg.train_config(bdir, baseline=True))
+        bcfg = self.cfg.search_config(result.supernet_dir, bdir)
+        bcfg.quality.examples = bcfg.quality.final_examples  # compared with the exported models' final figures
+        space = load_prepared(result.supernet_dir)[1]
+        for pool in bcfg.search.pools:
+            evaluate_configs(bcfg, pool, space, result.supernet_dir, bdir, [space.maximal()])
+        return {"steps": result.steps}
+
+    def search(self) -> dict:
+        from lonas_ray.search.driver import run_search
+
+        result = run_search(self.search_cfg)
+        return {"new_evaluations": result.evaluated}
+
+    def chosen(self) -> dict[str, dict]:
+        rows = pq.read_table(self.out / PARETO).to_pylist()
+        summary = json.loads((self.out / SUMMARY).read_text())
+        return select_models(rows, summary["pools"], self.search_cfg.search.pools, self.cfg.export.select)
+
+    def export(self) -> dict:
+        from lonas_ray.pipeline.export import export_models
+
+        chosen = self.chosen()
+        jobs = {sid: (self.out / "supernet", entry["config"]) for sid, entry in chosen.items()}
+        if self.cfg.baseline.enabled:
+            bdir = self.out / BASELINE / "supernet"
+            jobs[BASELINE] = (bdir, load_prepared(bdir)[1].maximal())
+        models = self.out / MODELS
+        for stale in sorted(models.glob("*")) if models.exists() else []:
+            if stale.name not in jobs and (stale / MANIFEST).is_file():
+                log.info("removing %s: no longer chosen", stale)
+                shutil.rmtree(stale)
+        manifests = export_models(jobs, models, self.cfg.export)
+        self.write_cards(chosen, manifests)
+        return {"models": sorted(jobs)}
+
+    def figures(self, chosen: dict[str, dict]) -> dict[str, Any]:
+        return collect(self.out, self.search_cfg.search.pools, chosen, stages=StageLog(self.out).data)
+
+    def write_cards(self, chosen: dict[str, dict], manifests: dict[str, dict]) -> None:
+        from lonas_ray.pipeline.report import model_card
+
+        fig = self.figures(chosen)
+        for m in ([fig["baseline"]] if fig["baseline"] else []) + fig["models"]:
+            name = BASELINE if m is fig["baseline"] else m["subnet_id"]
+            card = model_card(m, None if name == BASELINE else fig["baseline"], fig["pools"],
+                              manifests[name]["architecture"])
+            (self.out / MODELS / name / "README.md").write_text(card)
+
+    def report(self) -> dict:
+        from lonas_ray.pipeline.report import plot_pareto, report_markdown
+
+        fig = self.figures(self.chosen())
+        (self.out / SUMMARY_FILE).write_text(json.dumps(fig, indent=1))
+        (self.out / REPORT).write_text(report_markdown(fig))
+        pool_rows = {pool: list(rows_by_pool(self.out / RESULTS, pool).values()) for pool in fig["pools"]}
+        plot_pareto(fig, pool_rows, self.out / PLOT)
+        return {"models": len(fig["models"])}
+
+    # -- what each stage depends on (a change re-runs it, or is refused for training) ----------------------------
+    def fingerprints(self) -> dict[str, str]:
+        c = to_dict(self.cfg)
+        base = {"supernet": c["supernet"], "data": c["data"], "train": c["train"]}
+        search = {**base, **{k: c[k] for k in ("pools", "search", "quality", "pareto")}}
+        return {
+            "train": fingerprint(base),
+            "baseline": fingerprint({**base, "baseline": c["baseline"], "pools": c["pools"], "quality": c["quality"]}),
+            "search": fingerprint(search),
+            "export": (export := fingerprint({**search, "export": c["export"], "baseline": c["baseline"]})),
+            "report": export,
+        }
+
+    def outputs(self, stage: str) -> list[Path]:
+        """Files a finished stage must have left; if one is gone the stage runs again."""
+        return {"train": [self.out / "supernet"],
+                "baseline": [self.out / BASELINE / RESULTS] if self.cfg.baseline.enabled else [],
+                "search": [self.out / RESULTS, self.out / PARETO, self.out / SUMMARY],
+                "export": [self.out / MODELS],
+                "report": [self.out / SUMMARY_FILE, self.out / REPORT, self.out / PLOT]}[stage]
+
+
+def run_pipeline(cfg: PipelineConfig, output: str | Path | None = None, address: str | None = None,
+                 stop_after: str | None = None) -> dict[str, Any] | None:
+    """Run the stages not yet finished in ``output``; returns the figures (None when stopped early)."""
+    from lonas_ray.metrics import set_gauges
+    from lonas_ray.ray_env import ensure_ray
+    from lonas_ray.search.results import read_results
+
+    if stop_after is not None and stop_after not in STAGES:
+        raise ConfigError(f"--stop-after '{stop_after}' is not a stage; stages: {', '.join(STAGES)}")
+    out = Path(output or cfg.output_dir).resolve()
+    check_data(cfg.data)
+    out.mkdir(parents=True, exist_ok=True)
+    read_results(out / RESULTS)  # a corrupt results file fails now, not after training
+    stages = StageLog(out)
+    pipeline = Pipeline(cfg, out)
+    fps = pipeline.fingerprints()
+    for stage in STRICT:  # a changed training config is refused before any cluster work
+        stages.is_done(stage, fps[stage])
+    (out / "pipeline_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    ensure_ray(address, dashboard=True, **local_pool_tags(pipeline.search_cfg))
+    for stage in STAGES:
+        if stages.is_done(stage, fps[stage]) and all(p.exists() for p in pipeline.outputs(stage)):
+            _say(stage, f"finished earlier ({stages.path}), skipped")
+        else:
+            _say(stage, "running")
+            stages.start(stage, fps[stage])
+            info = getattr(pipeline, stage)()
+            stages.finish(stage, **info)
+            _say(stage, f"done in {stages.entry(stage)['seconds']:.1f} s")
+        try:
+            set_gauges({"lonas_pipeline_stage": stages.finished_count()}, run=out.name)
+        except Exception as exc:  # a view only
+            log.warning("could not publish the stage gauge: %s", exc)
+        if stage == stop_after:
+            print(f"stopped after stage '{stage}' as asked; re-run to continue", flush=True)
+            return None
+    return json.loads((out / SUMMARY_FILE).read_text())

@@ -1,0 +1,68 @@
+"""The merge stage: Ray tasks (their own resources) extract, merge and save each chosen sub-network.
+
+A task gets the super-network directory through the object store and returns the
+saved model directory as bytes (``transfer``), so it can run on any node; the
+driver writes ``models/<subnet_id>/`` and the model card. Tasks run in parallel
+as resources allow; a model already exported (its manifest names the same
+configuration) is not exported again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lonas_ray.merge.save import MANIFEST
+from lonas_ray.pipeline.config import ExportSpec
+from lonas_ray.transfer import read_tree, write_tree
+
+log = logging.getLogger(__name__)
+
+
+def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter: bool) -> dict[str, bytes]:
+    """Extract + merge + save ``config`` of the super-network; the model directory as bytes."""
+    from lonas_ray.merge.save import save_subnetwork
+    from lonas_ray.search.evaluator import load_supernet_files
+
+    supernet, tokenizer = load_supernet_files(supernet_files)
+    with tempfile.TemporaryDirectory(prefix="lonas-export-") as d:
+        save_subnetwork(supernet, config, Path(d) / "model", tokenizer=tokenizer, with_adapter=with_adapter)
+        return read_tree(Path(d) / "model")
+
+
+def already_exported(model_dir: Path, config: dict) -> bool:
+    manifest = model_dir / MANIFEST
+    if not manifest.is_file() or not (model_dir / "model.safetensors").is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text())["config"] == config
+    except (json.JSONDecodeError, KeyError):
+        return False
+
+
+def export_models(jobs: dict[str, tuple[Path, dict]], target: Path, spec: ExportSpec) -> dict[str, dict[str, Any]]:
+    """Export each ``name -> (supernet_dir, config)`` to ``target/<name>``; returns name -> manifest."""
+    import ray
+    from tqdm.auto import tqdm
+
+    task = ray.remote(merge_and_save).options(num_cpus=spec.cpus, num_gpus=spec.gpus,
+                                              resources=dict(spec.resources) or None, name="lonas-merge")
+    files_ref: dict[Path, Any] = {}
+    pending = {}
+    for name, (supernet_dir, config) in jobs.items():
+        if already_exported(target / name, config):
+            log.info("models/%s is already exported; kept", name)
+            continue
+        if supernet_dir not in files_ref:
+            files_ref[supernet_dir] = ray.put(read_tree(supernet_dir, recursive=False))
+        pending[task.remote(files_ref[supernet_dir], config, spec.with_adapter)] = name
+    with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="merge + export", unit="model") as bar:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            name = pending.pop(done[0])
+            write_tree(ray.get(done[0]), target / name)
+            bar.update(1)
+    return {name: json.loads((target / name / MANIFEST).read_text()) for name in jobs}

@@ -1,0 +1,113 @@
+"""The pipeline's figures, gathered from the stage outputs into one dict (``summary.json``).
+
+Pure functions over the output directory's tables: which sub-networks become
+models (``select_models``), and per model its quality, counts and latency on
+every pool next to the plain-LoRA baseline's (``collect``). The report, the model
+cards and ``summary.json`` are all rendered from this one dict, so they agree.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lonas_ray.search.driver import FINAL, RESULTS, SUMMARY, rows_by_pool
+
+BASELINE = "baseline"
+LATENCY_KEYS = ("latency_ms", "latency_p90_ms", "latency_runtime", "prefill_ms", "decode_ms")
+COUNT_KEYS = ("params", "nonzero_params", "macs")
+
+
+def select_models(pareto_rows: Sequence[Mapping[str, Any]], pools_summary: Mapping[str, Any], pools: Sequence[str],
+                  select: str) -> dict[str, dict]:
+    """subnet id -> {config, roles}: each pool's picks, or every member of every pool's latency front."""
+    by_id = {r["subnet_id"]: r for r in pareto_rows}
+    chosen: dict[str, dict] = {}
+
+    def add(sid: str | None, role: str) -> None:
+        if sid is None or sid not in by_id:
+            return
+        entry = chosen.setdefault(sid, {"config": _config(by_id[sid]), "roles": []})
+        if role not in entry["roles"]:
+            entry["roles"].append(role)
+
+    for pool in pools:
+        info = pools_summary.get(pool, {})
+        for front in ("latency", "params"):
+            add(info.get(front, {}).get("pick"), f"{front} pick on {pool}")
+        if select == "front":
+            for r in pareto_rows:
+                if r["pool"] == pool and r["front"] == "latency" and r["member"]:
+                    add(r["subnet_id"], f"latency front on {pool}")
+    return chosen
+
+
+def _config(row: Mapping[str, Any]) -> dict:
+    c = row["config"]
+    return json.loads(c) if isinstance(c, str) else dict(c)
+
+
+def latency_by_pool(rows: Mapping[str, Mapping[str, dict]], sid: str) -> dict[str, dict]:
+    """pool -> the latency figures of ``sid``'s row on that pool (pools without a row are left out)."""
+    return {pool: {k: by_id[sid].get(k) for k in LATENCY_KEYS} for pool, by_id in rows.items() if sid in by_id}
+
+
+def model_figures(sid: str, rows: Mapping[str, Mapping[str, dict]], finals: Mapping[str, Mapping[str, Any]],
+                  pools: Sequence[str]) -> dict[str, Any]:
+    """Quality (final, full-set figure when there is one), counts and latency per pool of one sub-network."""
+    first = next(by_id[sid] for pool, by_id in rows.items() if sid in by_id)
+    final = finals.get(sid)
+    figures = {
+        "subnet_id": sid,
+        "config": first["config"] if isinstance(first["config"], dict) else json.loads(first["config"]),
+        "quality": final["quality"] if final else first["quality"],
+        "quality_metric": first["quality_metric"],
+        "loss": final["loss"] if final else first["loss"],
+        "eval_examples": final["examples"] if final else first["eval_examples"],
+        **{k: first[k] for k in COUNT_KEYS},
+        "latency": latency_by_pool(rows, sid),
+    }
+    figures["missing_pools"] = [p for p in pools if p not in figures["latency"]]
+    return figures
+
+
+def compare(model: dict[str, Any], baseline: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Add the figures relative to the baseline: quality delta, params ratio, per-pool speed-up."""
+    if baseline is None:
+        return model
+    model = dict(model, quality_delta=model["quality"] - baseline["quality"],
+                 params_ratio=model["params"] / baseline["params"])
+    for pool, lat in model["latency"].items():
+        base = baseline["latency"].get(pool, {}).get("latency_ms")
+        lat["speedup"] = base / lat["latency_ms"] if base and lat.get("latency_ms") else None
+    return model
+
+
+def collect(out: Path, pools: Sequence[str], chosen: Mapping[str, dict], *, stages: Mapping[str, Any] = ()) -> dict:
+    """Everything report.md, the model cards and summary.json show."""
+    rows = {pool: rows_by_pool(out / RESULTS, pool) for pool in pools}
+    finals = json.loads((out / FINAL).read_text()) if (out / FINAL).exists() else {}
+    search = json.loads((out / SUMMARY).read_text())
+    baseline = None
+    base_results = out / BASELINE / RESULTS
+    if base_results.exists():
+        base_rows = {pool: rows_by_pool(base_results, pool) for pool in pools}
+        sid = next((s for by_id in base_rows.values() for s in by_id), None)
+        if sid is not None:
+            baseline = dict(model_figures(sid, base_rows, {}, pools), path=f"models/{BASELINE}",
+                            roles=["plain LoRA (maximal network, fixed-maximal training)"])
+    models = []
+    for sid, entry in chosen.items():
+        m = compare(model_figures(sid, rows, finals, pools), baseline)
+        models.append(dict(m, roles=entry["roles"], path=f"models/{sid}"))
+    return {
+        "output_dir": str(out),
+        "pools": list(pools),
+        "baseline": baseline,
+        "models": models,
+        "search": {"strategy": search["strategy"], "space_size": search["space_size"], "maximal": search["maximal"],
+                   "pools": search["pools"]},
+        "stages": {k: {"seconds": v.get("seconds"), "runs": v.get("runs")} for k, v in dict(stages).items()},
+    }

@@ -1,0 +1,150 @@
+"""Render the figures dict (``figures.collect``) as report.md, model cards and pareto.png."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _num(v: Any, fmt: str = ".4f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _millions(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f}M"
+
+
+def _latency_cells(model: Mapping[str, Any], pools: Sequence[str], with_speedup: bool) -> list[str]:
+    cells = []
+    for pool in pools:
+        lat = model["latency"].get(pool)
+        cells.append(_num(lat and lat.get("latency_ms"), ".2f"))
+        if with_speedup:
+            cells.append(f"{lat['speedup']:.2f}x" if lat and lat.get("speedup") else "-")
+    return cells
+
+
+def report_markdown(fig: Mapping[str, Any]) -> str:
+    pools, base = fig["pools"], fig["baseline"]
+    models = [m for m in ([base] if base else []) + fig["models"]]
+    metric = models[0]["quality_metric"] if models else "quality"
+    examples = models[0]["eval_examples"] if models else 0
+    head = ["model", "role", f"quality ({metric})", "vs baseline", "params", "params vs baseline"]
+    for pool in pools:
+        head += [f"latency {pool} (ms)", f"speed-up {pool}"]
+    lines = [
+        "# lonas-ray report", "",
+        f"Output directory: `{fig['output_dir']}`. Quality: `{metric}` on {examples} held-out examples. Latency: one "
+        "request (prefill + greedy decode, the pool's `latency` settings, median over repeats) measured on each "
+        "pool's own hardware; speed-up = baseline latency / model latency on that pool.", "",
+        "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+    ]
+    for m in models:
+        is_base = m is base
+        name = "baseline (plain LoRA)" if is_base else f"`{m['subnet_id']}`"
+        role = "reference" if is_base else "; ".join(m["roles"])
+        delta = "-" if is_base or "quality_delta" not in m else f"{m['quality_delta']:+.4f}"
+        ratio = "1.00" if is_base else (f"{m['params_ratio']:.2f}" if "params_ratio" in m else "-")
+        row = [name, role, _num(m["quality"]), delta, _millions(m["params"]), ratio]
+        row += _latency_cells(m, pools, with_speedup=True) if not is_base else [
+            c for pool in pools for c in (_num(m["latency"].get(pool, {}).get("latency_ms"), ".2f"), "1.00x")]
+        lines.append("| " + " | ".join(row) + " |")
+    if not base:
+        lines += ["", "No baseline was run (`baseline.enabled: false`)."]
+    lines += ["", "![quality vs latency per pool](pareto.png)", "", "## Search", "",
+              f"Strategy `{fig['search']['strategy']}` over {fig['search']['space_size']:.3g} sub-networks "
+              f"(maximal: `{fig['search']['maximal']}`).", "",
+              "| pool | evaluated | latency front | hypervolume | latency pick | params pick |", "|---|---|---|---|---|---|"]
+    for pool in pools:
+        info = fig["search"]["pools"].get(pool, {})
+        lat, par = info.get("latency", {}), info.get("params", {})
+        lines.append(f"| {pool} | {info.get('evaluated', 0)} | {lat.get('members', 0)} | "
+                     f"{_num(lat.get('hypervolume'), '.4g')} | `{lat.get('pick')}` | `{par.get('pick')}` |")
+    missing = [(m["subnet_id"], m["missing_pools"]) for m in fig["models"] if m.get("missing_pools")]
+    for sid, where in missing:
+        lines.append(f"\n`{sid}` has no latency on {', '.join(where)} (set `search.cross_evaluate: true`).")
+    lines += ["", "Every figure is also in `summary.json`; every evaluation in `results.parquet`.", ""]
+    return "\n".join(lines)
+
+
+def model_card(model: Mapping[str, Any], baseline: Mapping[str, Any] | None, pools: Sequence[str],
+               architecture: str) -> str:
+    """README.md of one exported model: what it is, its figures next to the baseline's, how to load it."""
+    custom = architecture.startswith("Lonas")
+    lines = [
+        "---", "library_name: transformers", "tags:", "- lonas-ray", "- neural-architecture-search", "- lora", "---", "",
+        f"# {model['subnet_id']}", "",
+        "A sub-network found by lonas-ray's search over elastic LoRA adapters: sliced out of the super-network "
+        "(heads, MLP width, depth, LoRA ranks as configured below) with its adapters merged into the base weights. "
+        "A plain Hugging Face causal LM: no adapter or lonas-ray code runs at inference"
+        + (" (its per-layer shapes need `import lonas_ray` once, which registers the architecture "
+           f"`{architecture}` with the Auto classes)." if custom else "."),
+        "", f"Role: {'; '.join(model.get('roles', [])) or 'baseline'}.", "",
+        "| | this model | baseline (plain LoRA) |", "|---|---|---|",
+    ]
+    b = baseline or {}
+
+    def row(label: str, key: str, fmt) -> None:
+        lines.append(f"| {label} | {fmt(model.get(key))} | {fmt(b.get(key)) if b else '-'} |")
+
+    row(f"quality ({model['quality_metric']}, {model['eval_examples']} examples)", "quality", _num)
+    row("held-out loss", "loss", _num)
+    row("params", "params", lambda v: "-" if v is None else f"{v:,}")
+    row("non-zero params", "nonzero_params", lambda v: "-" if v is None else f"{v:,}")
+    row("MACs per token", "macs", lambda v: "-" if v is None else f"{v:,}")
+    for pool in pools:
+        lat = model["latency"].get(pool, {})
+        base_lat = b.get("latency", {}).get(pool, {}) if b else {}
+        speed = f" ({lat['speedup']:.2f}x)" if lat.get("speedup") else ""
+        lines.append(f"| latency on {pool} (ms, {lat.get('latency_runtime') or '-'}) | "
+                     f"{_num(lat.get('latency_ms'), '.2f')}{speed} | {_num(base_lat.get('latency_ms'), '.2f')} |")
+    lines += ["", "## Sub-network configuration", "", "```json", json.dumps(model["config"], indent=1, sort_keys=True),
+              "```", "", "## Use", "", "```python",
+              *(["import lonas_ray  # registers the per-layer architecture"] if custom else []),
+              "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              "model = AutoModelForCausalLM.from_pretrained(PATH)",
+              "tokenizer = AutoTokenizer.from_pretrained(PATH)", "```", ""]
+    return "\n".join(lines)
+
+
+def plot_pareto(fig: Mapping[str, Any], pool_rows: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> None:
+    """quality vs latency per pool: every evaluation, the front, the exported models and the baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lonas_ray.search.front import front_rows
+
+    pools = fig["pools"]
+    figure, axes = plt.subplots(1, len(pools), figsize=(5.5 * len(pools), 4.2), squeeze=False)
+    exported = {m["subnet_id"]: m for m in fig["models"]}
+    for ax, pool in zip(axes[0], pools):
+        rows = [r for r in pool_rows.get(pool, []) if r.get("latency_ms") is not None]
+        ax.scatter([r["latency_ms"] for r in rows], [r["quality"] for r in rows], s=14, c="0.7",
+                   label="evaluated (search subset)")
+        front = front_rows(rows, "latency_ms")
+        ax.step([r["latency_ms"] for r in front], [r["quality"] for r in front], where="post", c="tab:blue")
+        ax.scatter([r["latency_ms"] for r in front], [r["quality"] for r in front], s=26, c="tab:blue",
+                   label="Pareto front")
+        pts = [(m["latency"][pool]["latency_ms"], m["quality"], sid) for sid, m in exported.items()
+               if m["latency"].get(pool, {}).get("latency_ms") is not None]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker="D", s=50, facecolors="none",
+                       edgecolors="tab:green", label="exported (full-set quality)")
+            for x, y, sid in pts:
+                ax.annotate(sid[:8], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        base = fig.get("baseline")
+        if base and base["latency"].get(pool, {}).get("latency_ms") is not None:
+            ax.scatter([base["latency"][pool]["latency_ms"]], [base["quality"]], marker="*", s=160, c="tab:red",
+                       label="baseline: plain LoRA (full set)")
+        ax.set_title(f"pool {pool}")
+        ax.set_xlabel("latency per request (ms)")
+        ax.set_ylabel("quality")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,31 @@
+"""Directories as ``{relative path: bytes}``: how super-networks and exported models travel through
+Ray's object store, so worker nodes need no shared file system with the driver."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+def read_tree(directory: str | Path, *, recursive: bool = True) -> dict[str, bytes]:
+    root = Path(directory)
+    files = root.rglob("*") if recursive else root.iterdir()
+    return {f.relative_to(root).as_posix(): f.read_bytes() for f in sorted(files) if f.is_file()}
+
+
+def write_tree(files: dict[str, bytes], directory: str | Path) -> Path:
+    """Write ``files`` under ``directory``, which appears whole or not at all (sibling temp dir + rename)."""
+    target = Path(directory)
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel, content in files.items():
+        path = tmp / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise ValueError(f"refusing to write {rel!r} outside {target}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    tmp.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target

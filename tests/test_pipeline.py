@@ -1,0 +1,250 @@
+"""The pipeline as users run it: a real head (``ray start --head``), ``ray job submit``, resume, the output contract.
+
+One module-scoped run does what a user would: submit ``jobs/configs/tiny.yaml``
+stopped after training, submit it again and stop the job mid-search, submit it a
+third time to the end, watching the node's metrics endpoint meanwhile. The tests
+then check what each step must have left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from conftest import ROOT
+
+from lonas_ray.search.results import SCHEMA
+
+pytestmark = pytest.mark.timeout(900)
+
+TINY = ROOT / "jobs" / "configs" / "tiny.yaml"
+ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+EXCLUDES = [".git", ".venv", ".whl", ".gguf1", ".gguf2", "out", "__pycache__"]
+
+
+def free_port(low: int = 20000) -> int:
+    """A free port outside Ray's worker range (10002-19999)."""
+    for port in range(low, low + 2000):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise RuntimeError("no free port")
+
+
+class Head:
+    def __init__(self, tmp: Path):
+        self.env = {**os.environ, **ENV}
+        self.gcs, self.dashboard = free_port(26379), free_port(28265)
+        self.metrics = free_port(self.dashboard + 1)
+        self.address = f"http://127.0.0.1:{self.dashboard}"
+        self.tmp = tmp
+
+    def ray(self, *args: str, timeout: int = 120, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([str(Path(sys.executable).parent / "ray"), *args], env=self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout, check=check)
+
+    def start(self) -> None:
+        self.ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.gcs}",
+                 "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}",
+                 f"--metrics-export-port={self.metrics}", "--num-cpus=2", "--object-store-memory=400000000",
+                 "--labels=lonas/pool=cpu_a", '--resources={"pool_cpu_a": 1, "pool_cpu_b": 1}',
+                 "--disable-usage-stats")
+
+    def submit(self, out: Path, *extra: str) -> str:
+        """``ray job submit --no-wait`` of the tiny pipeline; returns the submission id."""
+        proc = self.ray("job", "submit", f"--address={self.address}", "--no-wait", f"--working-dir={ROOT}",
+                        f"--runtime-env-json={json.dumps({'excludes': EXCLUDES})}", "--",
+                        "python", "jobs/pipeline.py", "--config", str(TINY), "--output", str(out), *extra)
+        found = re.search(r"(raysubmit_\w+)", proc.stdout + proc.stderr)
+        assert found, proc.stdout + proc.stderr
+        return found.group(1)
+
+    def client(self):
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.address)
+
+    def wait(self, job: str, timeout: float = 400) -> str:
+        client, end = self.client(), time.time() + timeout
+        while time.time() < end:
+            status = str(client.get_job_status(job).value)
+            if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                return status
+            time.sleep(1)
+        raise TimeoutError(f"job {job} still running after {timeout} s:\n{client.get_job_logs(job)[-3000:]}")
+
+    def scrape(self) -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5) as r:
+                return r.read().decode()
+        except OSError:
+            return ""
+
+
+def stages(out: Path) -> dict:
+    return json.loads((out / "stages.json").read_text())
+
+
+def result_rows(out: Path) -> list[dict]:
+    path = out / "results.parquet"
+    return pq.read_table(path).to_pylist() if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Three submissions into one output directory; what was seen on the way."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    out = tmp / "out"
+    head = Head(tmp)
+    head.ray("stop", "--force", check=False)
+    head.start()
+    seen: dict = {"metrics": set()}
+    try:
+        job = head.submit(out, "--stop-after", "train")
+        status = head.wait(job)
+        assert status == "SUCCEEDED", head.client().get_job_logs(job)[-4000:]
+        seen["after_train"] = stages(out)
+        seen["adapter_mtime"] = (out / "supernet" / "adapter.safetensors").stat().st_mtime_ns
+
+        job = head.submit(out)  # stopped as soon as the search has written a row
+        client, end = head.client(), time.time() + 400
+        while not result_rows(out) and time.time() < end:
+            assert str(client.get_job_status(job).value) in ("PENDING", "RUNNING"), client.get_job_logs(job)[-4000:]
+            time.sleep(0.2)
+        client.stop_job(job)
+        assert head.wait(job, timeout=120) == "STOPPED"
+        seen["killed_rows"] = result_rows(out)
+        seen["after_kill"] = stages(out)
+
+        stop = threading.Event()
+
+        def watch():
+            while not stop.is_set():
+                seen["metrics"].update(re.findall(r"^(ray_lonas_\w+)\{", head.scrape(), re.M))
+                stop.wait(2)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        job = head.submit(out)
+        status = head.wait(job)
+        logs = head.client().get_job_logs(job)
+        time.sleep(12)  # metrics reach the endpoint within about 10 s of being set
+        stop.set()
+        watcher.join(10)
+        assert status == "SUCCEEDED", logs[-4000:]
+        seen["logs"] = logs
+        seen["out"] = out
+        yield seen
+    finally:
+        head.ray("stop", "--force", check=False)
+
+
+def test_stopping_after_training_then_resuming_does_not_retrain(run):
+    out, final = run["out"], stages(run["out"])
+    first = run["after_train"]["train"]
+    assert set(run["after_train"]) == {"train"} and "finished" in first
+    assert final["train"]["runs"] == 1 and final["train"]["finished"] == first["finished"]
+    assert (out / "supernet" / "adapter.safetensors").stat().st_mtime_ns == run["adapter_mtime"]
+    assert "[1/5] train: finished earlier" in run["logs"]
+
+
+def test_a_job_stopped_mid_search_resumes_keeping_every_evaluation(run):
+    out, final = run["out"], stages(run["out"])
+    killed = run["killed_rows"]
+    assert killed, "the job was stopped before the search wrote a row"
+    assert "finished" not in run["after_kill"]["search"] and "finished" in run["after_kill"]["baseline"]
+    assert final["baseline"]["runs"] == 1 and final["search"]["runs"] == 2
+    rows = {(r["subnet_id"], r["pool"]): r for r in result_rows(out)}
+    for r in killed:  # kept as they were, not evaluated again
+        assert rows[(r["subnet_id"], r["pool"])]["timestamp"] == r["timestamp"]
+    assert sum(final["search"]["new_evaluations"].values()) == len(rows) - len(killed)
+    cfg = yaml.safe_load(TINY.read_text())
+    for pool in cfg["pools"]:
+        assert sum(r["pool"] == pool for r in rows.values()) >= cfg["search"]["budget"]
+
+
+def test_the_output_directory_holds_the_whole_contract(run):
+    out = run["out"]
+    assert (out / "supernet" / "adapter.safetensors").is_file()
+    assert set(SCHEMA.names) <= set(pq.read_schema(out / "results.parquet").names)
+    pareto = pq.read_table(out / "pareto.parquet").to_pylist()
+    assert {"front", "member", "picked"} <= set(pareto[0])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["baseline"] and summary["models"]
+    picks = {r["subnet_id"] for r in pareto if r["picked"]}
+    assert picks <= {m["subnet_id"] for m in summary["models"]}  # every pick is exported
+    report = (out / "report.md").read_text()
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "baseline (plain LoRA)" in report
+    for m in [summary["baseline"], *summary["models"]]:
+        d = out / m["path"]
+        for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md"):
+            assert (d / name).is_file(), d / name
+        assert set(m["latency"]) == set(summary["pools"])  # a latency on every pool
+        card = (d / "README.md").read_text()
+        assert f"{m['quality']:.4f}" in card and f"{m['params']:,}" in card
+        if m is not summary["baseline"]:
+            assert f"`{m['subnet_id']}`" in report and f"{m['quality']:.4f}" in report
+            assert f"{summary['baseline']['quality']:.4f}" in card  # the baseline's figures beside its own
+            for pool, lat in m["latency"].items():
+                base = summary["baseline"]["latency"][pool]["latency_ms"]
+                assert lat["speedup"] == pytest.approx(base / lat["latency_ms"])
+                assert f"{lat['speedup']:.2f}x" in report
+
+
+def test_every_exported_model_loads_and_reproduces_the_reported_params_and_quality(run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lonas_ray.config_io import from_dict
+    from lonas_ray.data.load import load_examples
+    from lonas_ray.data.spec import DataSpec
+    from lonas_ray.search.config import QualitySpec
+    from lonas_ray.search.quality import build_eval_set, evaluate_quality, subset, subset_indices
+
+    out = run["out"]
+    cfg = yaml.safe_load(TINY.read_text())
+    data = from_dict(DataSpec, cfg["data"])
+    quality = from_dict(QualitySpec, cfg["quality"])
+    summary = json.loads((out / "summary.json").read_text())
+    for m in [summary["baseline"], *summary["models"]]:
+        model = AutoModelForCausalLM.from_pretrained(out / m["path"]).eval()
+        tokenizer = AutoTokenizer.from_pretrained(out / m["path"])
+        assert sum(p.numel() for p in model.parameters()) == m["params"]
+        full = build_eval_set(load_examples(data, "eval"), tokenizer, data.cutoff_len)
+        evalset = subset(full, subset_indices(len(full), quality.final_examples, quality.seed))
+        with torch.no_grad():
+            q = evaluate_quality(model, evalset)
+        assert q.examples == m["eval_examples"] == quality.final_examples
+        assert q.quality == pytest.approx(m["quality"], abs=1e-9), m["path"]
+        assert q.loss == pytest.approx(m["loss"], rel=1e-5), m["path"]
+
+
+def test_the_custom_metrics_reach_the_nodes_metrics_endpoint(run):
+    assert {"ray_lonas_search_evaluations_done", "ray_lonas_search_evaluations_total", "ray_lonas_pareto_size",
+            "ray_lonas_search_best_quality", "ray_lonas_pipeline_stage"} <= run["metrics"], run["metrics"]
+
+
+def test_a_changed_training_config_is_refused_before_any_work(run, tmp_path):
+    raw = yaml.safe_load(TINY.read_text())
+    raw["train"]["optim"]["steps"] = 7
+    cfg = tmp_path / "changed.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    before = (run["out"] / "stages.json").read_text()
+    proc = subprocess.run([sys.executable, "-m", "lonas_ray.cli", "run", "--config", str(cfg), "--output",
+                           str(run["out"])], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, **ENV})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "stage 'train' finished" in proc.stderr and "different config" in proc.stderr
+    assert (run["out"] / "stages.json").read_text() == before
