@@ -75,8 +75,6 @@ class PipelineConfig:
     export: ExportSpec = help_field(default_factory=ExportSpec, help="merge tasks and what they export")
 
     def __post_init__(self):
-        if self.data.train is None:
-            raise ConfigError("data.train is not set: the pipeline trains the super-adapter on it")
         self.train_config(".")  # the stage configs' own checks, now
         self.search_config(".", ".")
 

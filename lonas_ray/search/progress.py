@@ -40,11 +40,16 @@ class SearchProgress:
         self.bar = tqdm(total=self.total, initial=len(self.rows), desc=f"search {pool}", unit="eval")
         self.publish()
 
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks with the experiment state; a bar (an open stream) does not pickle
+        return {k: v for k, v in self.__dict__.items() if k != "bar"} | {"bar": None}
+
     def add(self, row: Mapping[str, Any]) -> None:
         self.rows.append(row)
         self.total = max(self.total, len(self.rows))
-        self.bar.total = self.total
-        self.bar.update(1)
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.update(1)
         self.publish()
 
     def publish(self) -> None:
@@ -62,4 +67,5 @@ class SearchProgress:
             log.warning("could not publish search metrics: %s", exc)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()

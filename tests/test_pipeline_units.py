@@ -1,0 +1,160 @@
+"""The pipeline's pure parts: its config, stage bookkeeping, model selection, figures and their rendering."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from lonas_ray.config_io import ConfigError
+from lonas_ray.pipeline.config import PipelineConfig
+from lonas_ray.pipeline.figures import compare, select_models
+from lonas_ray.pipeline.report import model_card, report_markdown
+from lonas_ray.pipeline.stages import STAGES, StageLog
+from lonas_ray.search.progress import best_quality_per_band
+from lonas_ray.transfer import read_tree, write_tree
+
+TINY = ROOT / "jobs" / "configs" / "tiny.yaml"
+
+
+def raw() -> dict:
+    return yaml.safe_load(TINY.read_text())
+
+
+def test_the_pipeline_config_derives_the_stage_configs():
+    cfg = PipelineConfig.from_dict(raw())
+    train = cfg.train_config("/o")
+    assert train.output_dir == "/o" and train.sampling.strategy == "sandwich" and train.optim.steps == 6
+    base = cfg.train_config("/o/baseline", baseline=True)
+    assert base.sampling.strategy == "fixed:maximal" and base.optim.steps == 6
+    r = raw()
+    r["baseline"] = {"steps": 3}
+    assert PipelineConfig.from_dict(r).train_config("/o", baseline=True).optim.steps == 3
+    search = cfg.search_config("/o/supernet", "/o")
+    assert search.supernet_dir == "/o/supernet" and search.search.pools == ["cpu_a", "cpu_b"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r["data"].pop("train"), r"data: missing required key\(s\) train"),
+    (lambda r: r["data"].pop("eval"), "data.eval is not set"),
+    (lambda r: r["train"]["optim"].update(batch_size=7), "not divisible"),
+    (lambda r: r["train"].update(sampling={"strategy": "greedy"}), "sampling.strategy 'greedy' is unknown"),
+    (lambda r: r["search"].update(pools=["cpu_c"]), "unknown pool 'cpu_c'"),
+    (lambda r: r.update(export={"select": "all"}), "export.select 'all' is unknown"),
+    (lambda r: r["train"].update(epochs=3), "unknown key"),
+    (lambda r: r.update(baseline={"steps": 0}), "baseline.steps must be >= 1"),
+])
+def test_bad_pipeline_configs_are_refused_with_the_problem_named(change, message):
+    r = raw()
+    change(r)
+    with pytest.raises(ConfigError, match=message):
+        PipelineConfig.from_dict(r)
+
+
+def test_a_stage_that_runs_again_invalidates_the_later_ones(tmp_path):
+    log = StageLog(tmp_path)
+    for stage in STAGES:
+        log.start(stage, "f")
+        log.finish(stage)
+    assert log.finished_count() == len(STAGES)
+    log.start("search", "g")
+    again = StageLog(tmp_path)  # what is on disk
+    assert [again.is_done(s, "f") for s in ("train", "baseline")] == [True, True]
+    assert all("finished" not in again.entry(s) for s in ("search", "export", "report"))
+    assert again.entry("search")["runs"] == 2
+
+
+def test_a_changed_config_reruns_incremental_stages_but_is_refused_for_training(tmp_path):
+    log = StageLog(tmp_path)
+    for stage in ("train", "search"):
+        log.start(stage, "f")
+        log.finish(stage)
+    assert log.is_done("search", "other") is False
+    with pytest.raises(ConfigError, match="stage 'train' finished .* under a different config"):
+        log.is_done("train", "other")
+
+
+def test_a_corrupt_stage_log_is_reported_and_kept(tmp_path):
+    (tmp_path / "stages.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="stages.json is not valid JSON"):
+        StageLog(tmp_path)
+    assert (tmp_path / "stages.json").read_text() == "{not json"
+
+
+def _row(sid, pool, front="latency", member=True):
+    return {"subnet_id": sid, "pool": pool, "front": front, "member": member, "config": json.dumps({"d": sid})}
+
+
+def test_select_models_takes_each_pools_picks_or_the_whole_latency_front():
+    rows = [_row("a", "p"), _row("b", "p"), _row("c", "p", member=False), _row("a", "p", "params"),
+            _row("d", "q"), _row("a", "q")]
+    summary = {"p": {"latency": {"pick": "a"}, "params": {"pick": "a"}}, "q": {"latency": {"pick": "d"},
+                                                                                "params": {"pick": None}}}
+    picks = select_models(rows, summary, ["p", "q"], "picks")
+    assert picks == {"a": {"config": {"d": "a"}, "roles": ["latency pick on p", "params pick on p"]},
+                     "d": {"config": {"d": "d"}, "roles": ["latency pick on q"]}}
+    front = select_models(rows, summary, ["p", "q"], "front")
+    assert list(front) == ["a", "b", "d"]  # c is listed but dominated
+    assert front["a"]["roles"][-1] == "latency front on q"
+
+
+def test_speedup_is_the_baselines_latency_over_the_models_on_each_pool():
+    base = {"quality": 0.5, "params": 200, "latency": {"p": {"latency_ms": 30.0}}}
+    m = {"quality": 0.45, "params": 100, "latency": {"p": {"latency_ms": 10.0}, "q": {"latency_ms": 5.0}}}
+    got = compare(m, base)
+    assert got["quality_delta"] == pytest.approx(-0.05) and got["params_ratio"] == 0.5
+    assert got["latency"]["p"]["speedup"] == 3.0 and got["latency"]["q"]["speedup"] is None
+
+
+def test_best_quality_per_latency_band():
+    rows = [{"quality": 0.3, "latency_ms": 4}, {"quality": 0.5, "latency_ms": 7}, {"quality": 0.6, "latency_ms": 10},
+            {"quality": 0.9, "latency_ms": None}]
+    assert best_quality_per_band(rows, 10.0) == {"<=0.5x": 0.3, "<=0.75x": 0.5, "<=1x": 0.6}
+    assert best_quality_per_band(rows, 2.0) == {}
+
+
+def _fig():
+    lat = {"latency_ms": 20.0, "latency_p90_ms": 21.0, "latency_runtime": "static", "prefill_ms": 5.0,
+           "decode_ms": 2.0}
+    base = {"subnet_id": "base", "config": {}, "quality": 0.5, "quality_metric": "mc_accuracy", "loss": 1.0,
+            "eval_examples": 48, "params": 1000, "nonzero_params": 1000, "macs": 900, "latency": {"p": lat},
+            "roles": ["plain LoRA"], "path": "models/baseline"}
+    m = compare({**base, "subnet_id": "abc", "quality": 0.48, "params": 600,
+                 "latency": {"p": dict(lat, latency_ms=8.0)}}, base)
+    m.update(roles=["latency pick on p"], path="models/abc", missing_pools=[])
+    return {"output_dir": "/o", "pools": ["p"], "baseline": base, "models": [m],
+            "search": {"strategy": "nsga2", "space_size": 12, "maximal": "base",
+                       "pools": {"p": {"evaluated": 6, "latency": {"members": 2, "hypervolume": 1.5, "pick": "abc"},
+                                       "params": {"pick": "abc"}}}}}
+
+
+def test_the_report_has_a_row_per_model_with_its_speedup_and_the_baseline():
+    text = report_markdown(_fig())
+    assert "| baseline (plain LoRA) | reference | 0.5000 | - | 0.00M | 1.00 | 20.00 | 1.00x |" in text
+    assert "| `abc` | latency pick on p | 0.4800 | -0.0200 | 0.00M | 0.60 | 8.00 | 2.50x |" in text
+    assert "![quality vs latency per pool](pareto.png)" in text
+
+
+def test_the_model_card_shows_its_figures_beside_the_baselines_and_how_to_load_it():
+    fig = _fig()
+    card = model_card(fig["models"][0], fig["baseline"], ["p"], "LonasLlamaForCausalLM")
+    assert card.startswith("---\nlibrary_name: transformers")
+    assert "| quality (mc_accuracy, 48 examples) | 0.4800 | 0.5000 |" in card
+    assert "| latency on p (ms, static) | 8.00 (2.50x) | 20.00 |" in card
+    assert "import lonas_ray" in card
+    assert "import lonas_ray" not in model_card(fig["models"][0], fig["baseline"], ["p"], "LlamaForCausalLM")
+
+
+def test_directories_travel_as_bytes_and_land_whole(tmp_path):
+    (tmp_path / "src" / "sub").mkdir(parents=True)
+    (tmp_path / "src" / "a.bin").write_bytes(b"\x00\x01")
+    (tmp_path / "src" / "sub" / "b.txt").write_text("b")
+    files = read_tree(tmp_path / "src")
+    assert files == {"a.bin": b"\x00\x01", "sub/b.txt": b"b"}
+    write_tree(files, tmp_path / "dst")
+    assert read_tree(tmp_path / "dst") == files
+    with pytest.raises(ValueError, match="outside"):
+        write_tree({"../evil": b""}, tmp_path / "x")
+    assert not (tmp_path / "evil").exists()
