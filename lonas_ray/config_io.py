@@ -95,6 +95,20 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "config
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+class YamlConfig:
+    """Mixin of the top-level config dataclasses: built from a YAML file or a dict, validated on the way."""
+
+    CONFIG_NAME: typing.ClassVar[str] = "config"  # how error messages name a config given as a dict
+
+    @classmethod
+    def from_yaml(cls, path: str | Path):
+        return from_dict(cls, load_yaml(path), where=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return from_dict(cls, data, where=cls.CONFIG_NAME)
+
+
 def to_dict(obj: Any) -> Any:
     """Plain, YAML/JSON-serialisable data for a config dataclass."""
     if dataclasses.is_dataclass(obj):

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 
 from lonas_ray.build import SupernetSpec, build_supernet
 from lonas_ray.calibration import calibration_batch
-from lonas_ray.config_io import ConfigError, from_dict, help_field, load_yaml, to_dict
+from lonas_ray.config_io import ConfigError, YamlConfig, help_field, to_dict
 from lonas_ray.merge.save import save_subnetwork
 from lonas_ray.space import SearchSpace, SubnetConfig
 
@@ -29,7 +29,7 @@ NAMED = ("maximal", "heuristic", "minimal")
 
 
 @dataclass
-class ExportJobConfig:
+class ExportJobConfig(YamlConfig):
     supernet: SupernetSpec = help_field(help="how to build the super-network")
     subnets: list[str] = help_field(
         default_factory=lambda: ["maximal", "heuristic", "minimal"],
@@ -46,10 +46,6 @@ class ExportJobConfig:
             kind, _, n = s.partition(":")
             if kind != "random" or not n.isdigit() or int(n) < 1:
                 raise ConfigError(f"subnets entry '{s}' is not one of {', '.join(NAMED)} or random:N")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "ExportJobConfig":
-        return from_dict(cls, load_yaml(path), where=str(path))
 
 
 def chosen_subnets(space: SearchSpace, names: list[str], seed: int) -> dict[str, SubnetConfig]:

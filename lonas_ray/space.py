@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from lonas_ray.config_io import ConfigError, from_dict, help_field, load_yaml, to_dict
+from lonas_ray.config_io import ConfigError, YamlConfig, help_field, to_dict
 from lonas_ray.families import FAMILIES
 from lonas_ray.shape import ModelShape
 
@@ -112,21 +112,15 @@ class DepthSpec:
 
 
 @dataclass
-class SpaceSpec:
+class SpaceSpec(YamlConfig):
+    CONFIG_NAME = "space"
+
     """A search space as a user writes it; ``resolve`` sizes it against a model."""
 
     lora: LoraSpec = help_field(default_factory=LoraSpec, help="elastic LoRA adapters (LoNAS mode A / Shears NLS)")
     mlp: WidthSpec = help_field(default_factory=WidthSpec, help="elastic MLP intermediate width (LoNAS mode B)")
     heads: WidthSpec = help_field(default_factory=WidthSpec, help="elastic attention heads, whole GQA groups")
     depth: DepthSpec = help_field(default_factory=DepthSpec, help="skippable decoder blocks")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "SpaceSpec":
-        return from_dict(cls, load_yaml(path), where=str(path))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SpaceSpec":
-        return from_dict(cls, data, where="space")
 
     def to_dict(self) -> dict:
         return to_dict(self)

@@ -6,6 +6,7 @@ own local Ray), so a hung or crashed Ray never takes pytest down with it.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,7 +89,8 @@ def last_per_step(records: list[dict]) -> dict[int, dict]:
 def uninterrupted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
     config = make_config(tmp, "run")
-    finish(start_train(config))
+    log = finish(start_train(config))
+    (tmp / "run" / "driver.log").write_text(log)
     return tmp / "run", config
 
 
@@ -109,6 +111,16 @@ def test_training_lowers_the_loss_and_the_super_adapter_reloads(uninterrupted):
     with torch.no_grad():
         logits = supernet(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits
     torch.testing.assert_close(logits, probe["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_the_driver_log_closes_the_training_bar_and_has_no_library_noise(uninterrupted):
+    out, _ = uninterrupted
+    log = (out / "driver.log").read_text()
+    training, _, after = log.partition("trained super-network")
+    assert re.search(r"super-adapter training \(loss [\d.]+\): 100%", training), training[-2000:]
+    # a bar the driver never saw closed is redrawn under every later line and again at exit
+    assert "super-adapter training" not in after, after[-2000:]
+    assert "LOAD_GLOBAL" not in log  # dill's bytecode dump from datasets' fingerprinting
 
 
 def test_all_ranks_train_the_same_subnetworks_on_each_step(uninterrupted):

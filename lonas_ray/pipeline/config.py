@@ -11,26 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lonas_ray.build import SupernetSpec
-from lonas_ray.config_io import ConfigError, from_dict, help_field, load_yaml, to_dict
+from lonas_ray.config_io import ConfigError, YamlConfig, from_dict, help_field, to_dict
 from lonas_ray.data.spec import DataSpec
 from lonas_ray.search.config import ParetoSpec, PoolSpec, QualitySpec, SearchConfig, StrategySpec
-from lonas_ray.train.config import (CheckpointSpec, DeepSpeedSpec, OptimSpec, SamplingSpec, ScalingSpec,
-                                    TrainConfig)
+from lonas_ray.train.config import TrainConfig, TrainSettings
 
 EXPORT_SELECTIONS = ("picks", "front")
-
-
-@dataclass
-class TrainStageSpec:
-    """TrainConfig without the parts the pipeline holds once (model, data, output directory)."""
-
-    sampling: SamplingSpec = help_field(default_factory=SamplingSpec, help="sub-network sampling per step")
-    optim: OptimSpec = help_field(default_factory=OptimSpec, help="optimizer and batch sizes")
-    deepspeed: DeepSpeedSpec = help_field(default_factory=DeepSpeedSpec, help="DeepSpeed settings")
-    scaling: ScalingSpec = help_field(default_factory=ScalingSpec, help="Ray Train workers and resources")
-    checkpoint: CheckpointSpec = help_field(default_factory=CheckpointSpec, help="checkpoints and recovery")
-    seed: int = help_field(0, help="seed of the sub-network and data schedule")
-    log_every: int = help_field(1, help="report metrics every this many steps")
 
 
 @dataclass
@@ -62,12 +48,14 @@ class ExportSpec:
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(YamlConfig):
+    CONFIG_NAME = "pipeline config"
+
     supernet: SupernetSpec = help_field(help="model, search space, importance reordering")
     data: DataSpec = help_field(help="training data (data.train) and held-out evaluation data (data.eval)")
     pools: dict[str, PoolSpec] = help_field(help="hardware pools by name (see the search stage)")
     output_dir: str = help_field("out/pipeline", help="where every stage writes (see README: output contract)")
-    train: TrainStageSpec = help_field(default_factory=TrainStageSpec, help="super-adapter training")
+    train: TrainSettings = help_field(default_factory=TrainSettings, help="super-adapter training")
     baseline: BaselineSpec = help_field(default_factory=BaselineSpec, help="the plain-LoRA baseline")
     search: StrategySpec = help_field(default_factory=StrategySpec, help="strategy, pools and budget")
     quality: QualitySpec = help_field(default_factory=QualitySpec, help="task quality")
@@ -91,11 +79,3 @@ class PipelineConfig:
                "output_dir": str(output_dir), "search": to_dict(self.search), "quality": to_dict(self.quality),
                "pareto": to_dict(self.pareto)}
         return from_dict(SearchConfig, raw, where="pipeline config (search)")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "PipelineConfig":
-        return from_dict(cls, load_yaml(path), where=str(path))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "PipelineConfig":
-        return from_dict(cls, data, where="pipeline config")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from pathlib import Path
 
 from lonas_ray.build import SupernetSpec
-from lonas_ray.config_io import ConfigError, from_dict, help_field, load_yaml
+from lonas_ray.config_io import ConfigError, YamlConfig, help_field
 from lonas_ray.data.spec import DataSpec
 from lonas_ray.model_source import DTYPES
 from lonas_ray.search.latency import RUNTIMES
@@ -64,7 +63,7 @@ class PoolSpec:
     """One hardware pool: which nodes it is, what an evaluator takes there, how latency is measured."""
 
     placement: str = help_field(
-        "auto", help=f"how trials reach the pool's nodes: label (label_selector), resource (custom resource), "
+        "auto", help="how trials reach the pool's nodes: label (label_selector), resource (custom resource), "
         "or auto (label when some node carries it, else the resource)"
     )
     label_selector: dict[str, str] = help_field(
@@ -159,7 +158,9 @@ class ParetoSpec:
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(YamlConfig):
+    CONFIG_NAME = "search config"
+
     data: DataSpec = help_field(help="evaluation data (data.eval)")
     pools: dict[str, PoolSpec] = help_field(help="hardware pools by name")
     supernet_dir: str | None = help_field(None, help="a trained super-network (lonas-ray train's supernet/)")
@@ -187,14 +188,6 @@ class SearchConfig:
                 raise ConfigError(f"search.pools: unknown pool '{name}'{hint}; pools: {', '.join(self.pools)}")
         if not self.search.pools:
             self.search.pools = list(self.pools)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "SearchConfig":
-        return from_dict(cls, load_yaml(path), where=str(path))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SearchConfig":
-        return from_dict(cls, data, where="search config")
 
 
 def pool_label(name: str, pool: PoolSpec) -> dict[str, str]:

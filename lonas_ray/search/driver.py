@@ -118,6 +118,7 @@ def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, 
           out: Path, param_space: dict | None = None):
     """One Tune run of ``num_samples`` evaluator trials on ``pool``; returns (results grid, failed trials)."""
     from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from lonas_ray.search.evaluator import EvalJob
     from lonas_ray.search.trainable import SubnetTrainable
@@ -125,18 +126,20 @@ def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, 
     job = EvalJob.from_config(cfg, pool, source)
     trainable = tune.with_resources(tune.with_parameters(SubnetTrainable, job=job, mode=mode),
                                     placement.trial_resources())
+    # a fixed list's generator limits its own concurrency; a Searcher gets Tune's limiter
+    limit = None if isinstance(search_alg, BasicVariantGenerator) else cfg.pools[pool].evaluators
     tuner = tune.Tuner(
         trainable,
         param_space=param_space or {},
         tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=num_samples, reuse_actors=True,
-                                    max_concurrent_trials=cfg.pools[pool].evaluators),
+                                    max_concurrent_trials=limit),
         run_config=tune.RunConfig(
             name=f"{mode}-{pool}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(out / "ray_results"),
             stop={"training_iteration": 1},
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),  # a trial has nothing to resume
             callbacks=[callback],
-            verbose=1,
+            verbose=0,  # progress is our bar and gauges: Tune's tables of ~150 config columns are unreadable
         ),
     )
     grid = tuner.fit()

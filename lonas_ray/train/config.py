@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from lonas_ray.build import SupernetSpec
-from lonas_ray.config_io import ConfigError, from_dict, help_field, load_yaml
+from lonas_ray.config_io import ConfigError, YamlConfig, help_field
 from lonas_ray.data.spec import DataSpec
 from lonas_ray.train.schedule import STRATEGIES
 
@@ -78,10 +77,12 @@ class CheckpointSpec:
 
 
 @dataclass
-class TrainConfig:
-    supernet: SupernetSpec = help_field(help="model, search space, importance reordering")
-    data: DataSpec = help_field(help="training data")
-    output_dir: str = help_field("out/train", help="where the run, its checkpoints and supernet/ go")
+class TrainSettings:
+    """How the super-adapter trains: a training run less its model, data and output directory.
+
+    The pipeline config holds these under ``train:`` and the model and data once for every stage.
+    """
+
     sampling: SamplingSpec = help_field(default_factory=SamplingSpec, help="sub-network sampling per step")
     optim: OptimSpec = help_field(default_factory=OptimSpec, help="optimizer and batch sizes")
     deepspeed: DeepSpeedSpec = help_field(default_factory=DeepSpeedSpec, help="DeepSpeed settings")
@@ -105,10 +106,13 @@ class TrainConfig:
         """Micro-batches per worker per optimizer step (before sandwich multiplies it)."""
         return self.optim.batch_size // (self.optim.micro_batch_size * self.scaling.num_workers)
 
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        return from_dict(cls, load_yaml(path), where=str(path))
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        return from_dict(cls, data, where="train config")
+@dataclass(kw_only=True)
+class TrainConfig(TrainSettings, YamlConfig):
+    """A training run: its settings plus the model, the data and where it writes."""
+
+    CONFIG_NAME = "train config"
+
+    supernet: SupernetSpec = help_field(help="model, search space, importance reordering")
+    data: DataSpec = help_field(help="training data")
+    output_dir: str = help_field("out/train", help="where the run, its checkpoints and supernet/ go")

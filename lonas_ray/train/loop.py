@@ -31,6 +31,35 @@ from lonas_ray.train.state import read_checkpoint, write_checkpoint
 log = logging.getLogger(__name__)
 
 
+def _stdout_print(*objects, sep=" ", end="\n", file=None, flush=False) -> None:
+    sys.stdout.write(sep.join(map(str, objects)) + end)
+
+
+def _progress_bar(total: int, done: int):
+    """Rank 0's ``tqdm_ray`` bar, drawn by the driver, whose state lines bypass Ray Train's print patch.
+
+    Ray Train patches ``print`` in its workers to tee into stdout *and* its logger
+    (stderr), so each bar state reaches the driver twice, and the second copy of the
+    closing state re-opens a bar that never closes: the driver then redraws a
+    finished training bar under every later log line.
+    """
+    import builtins
+
+    from ray.experimental.tqdm_ray import tqdm
+
+    class WorkerBar(tqdm):
+        def _dump_state(self, force_flush=False) -> None:
+            patched, builtins.print = builtins.print, _stdout_print
+            try:
+                super()._dump_state(force_flush)
+            finally:
+                builtins.print = patched
+
+    bar = WorkerBar(total=total, desc="super-adapter training")
+    bar.update(done)
+    return bar
+
+
 def deepspeed_config(cfg: TrainConfig, n_subnets: int, use_bf16: bool) -> dict:
     """The DeepSpeed config of a run: each (sub-network, micro-batch) pair is one accumulation micro-step."""
     return {
@@ -138,12 +167,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank_log = out / "ranks" / f"rank{rank}.jsonl"
     rank_log.parent.mkdir(parents=True, exist_ok=True)
     (out / "ranks" / f"rank{rank}.pid").write_text(str(os.getpid()))
-    bar = None
-    if rank == 0:
-        from ray.experimental.tqdm_ray import tqdm
-
-        bar = tqdm(total=cfg.optim.steps, desc="super-adapter training")
-        bar.update(start)
+    bar = _progress_bar(cfg.optim.steps, start) if rank == 0 else None
 
     params_of: dict[str, int] = {}
     for step in range(start, cfg.optim.steps):
@@ -193,5 +217,5 @@ def train_loop_per_worker(loop_config: dict) -> None:
         elif done % cfg.log_every == 0:
             ray.train.report(metrics)
     if bar is not None:
-        bar.close()  # its final state goes out as a stdout line: flush it before Ray Train ends the worker
-        sys.stdout.flush()
+        bar.close()
+        sys.stdout.flush()  # the closing state is a stdout line: out before Ray Train ends the worker
