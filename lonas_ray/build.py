@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lonas_ray.atomic import atomic_dir
 from lonas_ray.calibration import calibration_batch
 from lonas_ray.config_io import ConfigError, from_dict, help_field, to_dict
 from lonas_ray.elastic.generate import generate_spec
@@ -151,8 +151,6 @@ def prepare_once(spec: SupernetSpec, prepared: str | Path) -> Path:
     if all((prepared / f).is_file() for f in PREPARED_FILES):
         log.info("reusing the prepared super-network in %s", prepared)
         return prepared
-    partial = prepared.with_name(prepared.name + ".partial")
-    save_prepared(build_supernet(spec), spec, partial)
-    shutil.rmtree(prepared, ignore_errors=True)
-    partial.rename(prepared)
+    with atomic_dir(prepared) as partial:
+        save_prepared(build_supernet(spec), spec, partial)
     return prepared

@@ -3,8 +3,9 @@ Ray's object store, so worker nodes need no shared file system with the driver."
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
+
+from lonas_ray.atomic import atomic_dir
 
 
 def read_tree(directory: str | Path, *, recursive: bool = True) -> dict[str, bytes]:
@@ -14,18 +15,13 @@ def read_tree(directory: str | Path, *, recursive: bool = True) -> dict[str, byt
 
 
 def write_tree(files: dict[str, bytes], directory: str | Path) -> Path:
-    """Write ``files`` under ``directory``, which appears whole or not at all (sibling temp dir + rename)."""
+    """Write ``files`` under ``directory``, which appears whole or not at all."""
     target = Path(directory)
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for rel, content in files.items():
-        path = tmp / rel
-        if ".." in Path(rel).parts or Path(rel).is_absolute():
-            raise ValueError(f"refusing to write {rel!r} outside {target}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-    tmp.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    with atomic_dir(target) as tmp:
+        for rel, content in files.items():
+            if ".." in Path(rel).parts or Path(rel).is_absolute():
+                raise ValueError(f"refusing to write {rel!r} outside {target}")
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
     return target

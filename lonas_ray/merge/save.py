@@ -13,9 +13,9 @@ temporary directory that is renamed into place at the end.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
+from lonas_ray.atomic import atomic_dir
 from lonas_ray.counting import count_subnet
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.merge.extract import extract
@@ -29,19 +29,8 @@ def save_subnetwork(supernet: SuperNetwork, config: SubnetConfig, out_dir: str |
                     tokenizer=None, with_adapter: bool = False) -> dict:
     """Extract, merge and save sub-network ``config``; returns the manifest written beside it."""
     supernet.space.validate(config)  # before anything is written
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        manifest = _write(supernet, config, tmp, tokenizer, with_adapter)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return manifest
+    with atomic_dir(out_dir) as tmp:
+        return _write(supernet, config, tmp, tokenizer, with_adapter)
 
 
 def _write(supernet: SuperNetwork, config: SubnetConfig, tmp: Path, tokenizer, with_adapter: bool) -> dict:

@@ -16,19 +16,19 @@ def _millions(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:.2f}M"
 
 
-def _latency_cells(model: Mapping[str, Any], pools: Sequence[str], with_speedup: bool) -> list[str]:
+def _latency_cells(model: Mapping[str, Any], pools: Sequence[str], *, reference: bool) -> list[str]:
+    """Latency and speed-up per pool; the reference (the baseline) is 1.00x by definition."""
     cells = []
     for pool in pools:
-        lat = model["latency"].get(pool)
-        cells.append(_num(lat and lat.get("latency_ms"), ".2f"))
-        if with_speedup:
-            cells.append(f"{lat['speedup']:.2f}x" if lat and lat.get("speedup") else "-")
+        lat = model["latency"].get(pool) or {}
+        cells.append(_num(lat.get("latency_ms"), ".2f"))
+        cells.append("1.00x" if reference else f"{lat['speedup']:.2f}x" if lat.get("speedup") else "-")
     return cells
 
 
 def report_markdown(fig: Mapping[str, Any]) -> str:
     pools, base = fig["pools"], fig["baseline"]
-    models = [m for m in ([base] if base else []) + fig["models"]]
+    models = ([base] if base else []) + fig["models"]
     metric = models[0]["quality_metric"] if models else "quality"
     examples = models[0]["eval_examples"] if models else 0
     head = ["model", "role", f"quality ({metric})", "vs baseline", "params", "params vs baseline"]
@@ -48,8 +48,7 @@ def report_markdown(fig: Mapping[str, Any]) -> str:
         delta = "-" if is_base or "quality_delta" not in m else f"{m['quality_delta']:+.4f}"
         ratio = "1.00" if is_base else (f"{m['params_ratio']:.2f}" if "params_ratio" in m else "-")
         row = [name, role, _num(m["quality"]), delta, _millions(m["params"]), ratio]
-        row += _latency_cells(m, pools, with_speedup=True) if not is_base else [
-            c for pool in pools for c in (_num(m["latency"].get(pool, {}).get("latency_ms"), ".2f"), "1.00x")]
+        row += _latency_cells(m, pools, reference=is_base)
         lines.append("| " + " | ".join(row) + " |")
     if not base:
         lines += ["", "No baseline was run (`baseline.enabled: false`)."]

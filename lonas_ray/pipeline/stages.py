@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from lonas_ray.atomic import write_json
 from lonas_ray.config_io import ConfigError
 
 STAGES = ("train", "baseline", "search", "export", "report")
@@ -40,9 +40,7 @@ class StageLog:
             self.data = {}
 
     def _save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)
+        write_json(self.path, self.data)
 
     def entry(self, stage: str) -> dict:
         return self.data.get(stage, {})

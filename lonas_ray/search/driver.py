@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lonas_ray.atomic import atomic_file, write_json
 from lonas_ray.build import load_prepared
 from lonas_ray.config_io import to_dict
 from lonas_ray.data.spec import check_data
@@ -51,13 +49,6 @@ class SearchResult:
     output_dir: Path
     evaluated: dict[str, int] = field(default_factory=dict)  # new evaluations this run, per pool
     summary: dict = field(default_factory=dict)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 def rows_by_pool(path: Path, pool: str) -> dict[str, dict]:
@@ -109,7 +100,7 @@ def _final_writer(path: Path):
             finals = json.loads(path.read_text()) if path.exists() else {}
             finals[row["subnet_id"]] = {"quality": row["quality"], "loss": row["loss"],
                                         "examples": row["eval_examples"], "metric": row["quality_metric"]}
-            _write_json(path, finals)
+            write_json(path, finals)
 
     return FinalWriter()
 
@@ -292,10 +283,8 @@ def write_pareto(cfg: SearchConfig, space: SearchSpace, out: Path, finals: dict[
         summary[pool] = info
     schema = pa.schema(list(SCHEMA) + PARETO_EXTRA)
     table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in all_rows], schema=schema)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{PARETO}.", suffix=".tmp")
-    os.close(fd)
-    pq.write_table(table, tmp)
-    os.replace(tmp, out / PARETO)
+    with atomic_file(out / PARETO) as tmp:
+        pq.write_table(table, tmp)
     return summary
 
 
@@ -337,5 +326,5 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
     result.summary = {"config": to_dict(cfg), "strategy": cfg.search.strategy, "space_size": space.size(),
                       "maximal": space.subnet_id(space.maximal()), "new_evaluations": result.evaluated,
                       "pools": pools}
-    _write_json(out / SUMMARY, result.summary)
+    write_json(out / SUMMARY, result.summary)
     return result

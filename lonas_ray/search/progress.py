@@ -53,7 +53,7 @@ class SearchProgress:
         self.publish()
 
     def publish(self) -> None:
-        from lonas_ray.metrics import gauge, set_gauges
+        from lonas_ray.metrics import set_gauges
 
         try:
             set_gauges({"lonas_search_evaluations_done": len(self.rows),
@@ -62,7 +62,7 @@ class SearchProgress:
             maximal = next((r for r in self.rows if r["subnet_id"] == self.maximal_id), None)
             if maximal is not None and maximal.get("latency_ms"):
                 for band, q in best_quality_per_band(self.rows, maximal["latency_ms"]).items():
-                    gauge("lonas_search_best_quality").set(q, tags={"run": self.run, "pool": self.pool, "band": band})
+                    set_gauges({"lonas_search_best_quality": q}, self.run, pool=self.pool, band=band)
         except Exception as exc:  # metrics are a view: never fail a search over them
             log.warning("could not publish search metrics: %s", exc)
 

@@ -18,7 +18,7 @@ are a contract (``SCHEMA``); nothing downstream reads a trial's internals.
 * The numeric measurements may be null (e.g. latency not measured on a pool);
   the identity columns may not.
 
-Appends are atomic (a temp file in the same directory, then ``os.replace``),
+Appends are atomic (``atomic.atomic_file``: written beside the table, then renamed over it),
 so a crash mid-write never leaves a half-written table. They are not locked:
 one writer (the search driver) appends, trials report to it.
 """
@@ -26,8 +26,6 @@ one writer (the search driver) appends, trials report to it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from lonas_ray.atomic import atomic_file
 
 SCHEMA = pa.schema([
     pa.field("subnet_id", pa.string(), nullable=False),
@@ -128,14 +128,8 @@ def append_results(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
         seen.add(key)
     table = pa.concat_tables([old, new])
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def evaluated_ids(path: str | Path, pool: str) -> set[str]:

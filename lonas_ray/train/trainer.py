@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from lonas_ray.atomic import atomic_dir
 from lonas_ray.build import PREPARED_FILES, load_prepared, prepare_once, restore_supernet
 from lonas_ray.config_io import to_dict
 from lonas_ray.data.spec import check_data
@@ -74,14 +75,10 @@ def train(cfg: TrainConfig, address: str | None = None) -> TrainResult:
 
 def publish(checkpoint_dir: Path, supernet_dir: Path) -> None:
     """Copy the adapter and what rebuilds the super-network out of a checkpoint (no optimizer state)."""
-    tmp = supernet_dir.with_name(supernet_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in (*PREPARED_FILES, ADAPTER_FILE, STATE_FILE, PROBE_FILE):
-        if (checkpoint_dir / name).is_file() or name != PROBE_FILE:
-            shutil.copy(checkpoint_dir / name, tmp / name)
-    shutil.rmtree(supernet_dir, ignore_errors=True)
-    tmp.rename(supernet_dir)
+    with atomic_dir(supernet_dir) as tmp:
+        for name in (*PREPARED_FILES, ADAPTER_FILE, STATE_FILE, PROBE_FILE):
+            if (checkpoint_dir / name).is_file() or name != PROBE_FILE:
+                shutil.copy(checkpoint_dir / name, tmp / name)
 
 
 def load_trained_supernet(supernet_dir: str | Path) -> tuple[SuperNetwork, object]:
