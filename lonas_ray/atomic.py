@@ -2,7 +2,8 @@
 
 A resumed run, another process or a user reading the output directory never sees
 half a result, and a crash mid-write leaves the previous version in place: the
-new one is written beside its target and then renamed over it.
+new one is written beside its target and then renamed over it. Readers of a file
+that may be replaced while they read take one snapshot of it (``read_parquet``).
 """
 
 from __future__ import annotations
@@ -50,3 +51,16 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 def write_json(path: str | Path, data: Any) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1))
+
+
+def read_parquet(path: str | Path):
+    """A Parquet table read from one snapshot of the file's bytes.
+
+    ``pq.read_table(path)`` opens the path more than once (footer, then pages), so a
+    reader racing an atomic replace can pair one version's footer with the next's
+    pages and fail to deserialize them.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pq.read_table(pa.BufferReader(Path(path).read_bytes()))

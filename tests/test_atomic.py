@@ -1,6 +1,7 @@
 """Atomic files and directories: a failed write leaves the previous version and no debris."""
 
 import json
+import threading
 
 import pytest
 
@@ -38,3 +39,35 @@ def test_a_failed_file_write_keeps_the_old_file_and_removes_the_temporary(tmp_pa
             raise RuntimeError("boom")
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["stages.json"]
+
+
+def test_results_read_while_the_search_appends_are_always_whole_tables(tmp_path):
+    """A reader (a test, a user, a dashboard script) racing the driver's appends never sees a mixed file."""
+    from lonas_ray.search.results import SCHEMA, append_results, read_results
+
+    path = tmp_path / "results.parquet"
+    row = {name: None for name in SCHEMA.names}
+    row.update(subnet_id="s0", config="{}", pool="p", quality_metric="mc_accuracy", timestamp=0.0)
+    append_results(path, [row])
+    done = threading.Event()
+    errors: list[Exception] = []
+    counts: list[int] = []
+
+    def read_until_done():
+        while not done.is_set():
+            try:
+                counts.append(read_results(path).num_rows)
+            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                errors.append(exc)
+
+    reader = threading.Thread(target=read_until_done)
+    reader.start()
+    try:
+        for i in range(1, 150):
+            append_results(path, [dict(row, subnet_id=f"s{i}")])
+    finally:
+        done.set()
+        reader.join(timeout=60)
+    assert not errors, errors[:3]
+    assert len(counts) > 10 and counts == sorted(counts)
+    assert read_results(path).num_rows == 150

@@ -25,7 +25,7 @@ import torch
 import yaml
 from conftest import ROOT
 
-from lonas_ray.search.results import SCHEMA
+from lonas_ray.search.results import SCHEMA, read_results
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -98,8 +98,7 @@ def stages(out: Path) -> dict:
 
 
 def result_rows(out: Path) -> list[dict]:
-    path = out / "results.parquet"
-    return pq.read_table(path).to_pylist() if path.exists() else []
+    return read_results(out / "results.parquet").to_pylist()  # read while the job appends to it
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
+from lonas_ray.atomic import read_parquet
 from lonas_ray.build import load_prepared
 from lonas_ray.config_io import ConfigError, to_dict
 from lonas_ray.data.spec import check_data
@@ -77,7 +76,7 @@ class Pipeline:
         return {"new_evaluations": result.evaluated}
 
     def chosen(self) -> dict[str, dict]:
-        rows = pq.read_table(self.out / PARETO).to_pylist()
+        rows = read_parquet(self.out / PARETO).to_pylist()
         summary = json.loads((self.out / SUMMARY).read_text())
         return select_models(rows, summary["pools"], self.search_cfg.search.pools, self.cfg.export.select)
 

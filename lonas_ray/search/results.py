@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lonas_ray.atomic import atomic_file
+from lonas_ray.atomic import atomic_file, read_parquet
 
 SCHEMA = pa.schema([
     pa.field("subnet_id", pa.string(), nullable=False),
@@ -95,7 +95,7 @@ def read_results(path: str | Path) -> pa.Table:
     if not path.exists():
         return SCHEMA.empty_table()
     try:
-        table = pq.read_table(path)
+        table = read_parquet(path)
     except (pa.ArrowException, OSError) as exc:
         raise ResultsError(
             f"{path}: not a readable Parquet results file ({exc}); move it aside or restore it from a backup"
