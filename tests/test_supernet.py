@@ -9,6 +9,7 @@ from peft import LoraConfig, get_peft_model
 from conftest import input_ids, logits_of, randomize_adapters, tiny_model
 from lonas_ray.elastic.linear import ElasticLinear
 from lonas_ray.elastic.supernet import SuperNetwork
+from lonas_ray.hf_compat import output_cache, with_cache
 from lonas_ray.space import SpaceSpec, SubnetError
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -237,7 +238,7 @@ def test_cached_decoding_with_a_skipped_layer_matches_a_full_forward(skipped):
     with torch.no_grad():
         full = base(input_ids=ids).logits
         prefix = base(input_ids=ids[:, :6], use_cache=True)
-        step = base(input_ids=ids[:, 6:7], past_key_values=prefix.past_key_values, use_cache=True).logits
+        step = base(input_ids=ids[:, 6:7], use_cache=True, **with_cache(base, output_cache(prefix))).logits
     torch.testing.assert_close(step[0, -1], full[0, 6], rtol=1e-5, atol=1e-5)
 
 

@@ -5,11 +5,15 @@ skipped block is the identity. Wrapping keeps the model's own layer loop and the
 block keeps its ``layer_idx``. A skipped block still records its tokens in a KV
 cache (as zeros, one head wide): caches read the sequence length from layer 0,
 so a skipped first block would otherwise restart positions at 0 on every step.
+The model's loop names that cache ``cache`` from transformers 5.24 on and
+``past_key_values`` before: ``hf_compat.layer_cache`` reads either.
 """
 
 from __future__ import annotations
 
 from torch import nn
+
+from lonas_ray.hf_compat import layer_cache
 
 
 class SkipState:
@@ -34,7 +38,7 @@ class SkippableBlock(nn.Module):
 
     def forward(self, hidden_states, *args, **kwargs):
         if self.state.skip:
-            cache = kwargs.get("past_key_values")
+            cache = layer_cache(kwargs)
             if cache is not None:
                 layer_idx, head_dim = self._cache_slot
                 b, t = hidden_states.shape[:2]

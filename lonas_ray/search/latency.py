@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import torch
 from transformers import StaticCache
 
+from lonas_ray.hf_compat import cache_kwarg, output_cache
+
 RUNTIMES = ("cuda_graph", "compiled", "static", "eager")
 GPU_ONLY = ("cuda_graph",)
 
@@ -47,6 +49,8 @@ class LatencyStats:
     prefill_ms: float  # median
     decode_ms: float  # median per decoded token
     repeats: int
+    prefill_p90_ms: float
+    decode_p90_ms: float
 
 
 def _sync(device: torch.device) -> None:
@@ -71,6 +75,7 @@ class _Decoder:
         self.static = runtime != "eager"
         self.cache = StaticCache(config=model.config, max_cache_len=max_len) if self.static else None
         self.forward: Callable = model.forward
+        self.cache_kw = cache_kwarg(model)  # once: a signature read per decode step would be timed
         if runtime == "compiled":
             torch._dynamo.reset()  # new shapes every sub-network: never hit the recompile limit and fall back
             mode = "reduce-overhead" if device.type == "cuda" else None
@@ -90,15 +95,15 @@ class _Decoder:
         n = ids.shape[1]
         if self.static:
             pos = torch.arange(n, device=self.device)
-            out = self.forward(input_ids=ids, past_key_values=self.cache, cache_position=pos, use_cache=True)
+            out = self.forward(input_ids=ids, cache_position=pos, use_cache=True, **{self.cache_kw: self.cache})
         else:
             out = self.model(input_ids=ids, use_cache=True)
-            self.past = out.past_key_values
+            self.past = output_cache(out)
         return out.logits[:, -1:].argmax(-1)
 
     def _static_step(self) -> torch.Tensor:
-        return self.forward(input_ids=self.tok, past_key_values=self.cache, cache_position=self.pos,
-                            use_cache=True).logits
+        return self.forward(input_ids=self.tok, cache_position=self.pos, use_cache=True,
+                            **{self.cache_kw: self.cache}).logits
 
     def capture(self, ids: torch.Tensor) -> None:
         """Record the decode step in a CUDA graph, after warm-up steps on a side stream (as PyTorch requires)."""
@@ -125,8 +130,8 @@ class _Decoder:
             self.tok.copy_(token)
             self.pos.fill_(position)
             return self._static_step()[:, -1:].argmax(-1)
-        out = self.model(input_ids=token, past_key_values=self.past, use_cache=True)
-        self.past = out.past_key_values
+        out = self.model(input_ids=token, use_cache=True, **{self.cache_kw: self.past})
+        self.past = output_cache(out)
         return out.logits[:, -1:].argmax(-1)
 
 
@@ -184,4 +189,6 @@ def measure(model, runtime: str, *, batch_size: int, prompt_len: int, new_tokens
         prefill_ms=statistics.median(prefills),
         decode_ms=statistics.median(decodes),
         repeats=repeats,
+        prefill_p90_ms=percentile(prefills, 0.9),
+        decode_p90_ms=percentile(decodes, 0.9),
     )

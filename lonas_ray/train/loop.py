@@ -23,6 +23,7 @@ from lonas_ray.build import load_prepared, restore_supernet
 from lonas_ray.counting import count_subnet
 from lonas_ray.data.byte_tokenizer import byte_tokenizer
 from lonas_ray.data.tokenize import build_train_dataset, collate
+from lonas_ray.hf_compat import enable_activation_checkpointing
 from lonas_ray.space import SearchSpace
 from lonas_ray.train.config import TrainConfig
 from lonas_ray.train.schedule import batch_indices, rank_micro_batches, subnets_for_step
@@ -134,7 +135,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         supernet.model.to(torch.bfloat16)  # frozen base in bf16; DeepSpeed handles the adapters
     supernet.to(device)
     if cfg.optim.gradient_checkpointing:
-        supernet.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(supernet.model, {"use_reentrant": False})
     supernet.train()
 
     if device.type == "cpu":
