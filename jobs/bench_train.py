@@ -38,12 +38,17 @@ log = logging.getLogger("bench_train")
 SMOLLM2_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                      num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
                      max_position_embeddings=2048)
+# Llama-3.2-1B's shape: large enough that compute, not launch overhead, dominates a GPU step
+LLAMA1B_SHAPE = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
+                     max_position_embeddings=2048)
 QUICK_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                    num_key_value_heads=2, head_dim=32, vocab_size=1024, max_position_embeddings=512)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SPACE = {"lora": {"target_modules": TARGETS, "r_max": 16, "alpha": 32, "rank_choices": [16, 12, 8],
                   "groups": {"qkv": ["q_proj", "k_proj", "v_proj"], "gate_up": ["gate_proj", "up_proj"]}},
          "mlp": {"choices": [1.0, 0.75, 0.5], "align": 64}, "heads": {"choices": [1.0, 0.667, 0.334]}}
+SHAPES = {"smollm2": SMOLLM2_SHAPE, "llama1b": LLAMA1B_SHAPE, "quick": QUICK_SHAPE}
 
 
 def machine(device: str) -> dict:
@@ -193,9 +198,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small model, few repeats (for tests)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--scaling", type=int, default=0, help="also run the Ray Train job with 1 and N workers")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default=None,
+                    help="model shape of part A (default: smollm2, quick with --quick)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
-    shape = QUICK_SHAPE if args.quick else SMOLLM2_SHAPE
+    shape = SHAPES[args.shape or ("quick" if args.quick else "smollm2")]
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     batch, seq = (2, 32) if args.quick else ((16, 256) if args.device == "cuda" else (4, 128))
     repeats = args.repeats or (3 if args.quick else 10)
