@@ -68,20 +68,47 @@ def bos_tokenizer():
 
 # --- the shipped split -------------------------------------------------------------------------
 
-def test_recorded_split_is_a_fresh_computation_and_a_partition():
-    examples = json.loads(SOCIAL_IQA.read_text())["examples"]
-    recorded = json.loads(shipped.split_path("social_iqa").read_text())
+@pytest.mark.parametrize("task", shipped.TASKS)
+def test_recorded_split_is_a_fresh_computation_and_a_partition(task):
+    data = json.loads(shipped.task_path(task).read_text())
+    examples = data["examples"]
+    recorded = json.loads(shipped.split_path(task).read_text())
     assert recorded == shipped.compute_split(examples)
     train, test = set(recorded["train"]), set(recorded["test"])
     assert not train & test
-    assert train | test == set(range(len(examples))) == set(range(1954))
+    assert train | test == set(range(len(examples)))
     assert len(recorded["train"]) == len(train) and len(recorded["test"]) == len(test)
     assert 0.75 < len(train) / len(examples) < 0.85
     # equal questions never straddle the split
     side = {}
     for i, ex in enumerate(examples):
         assert side.setdefault(ex["input"], i in train) == (i in train)
-    assert "canary" in json.loads(SOCIAL_IQA.read_text())
+    assert "canary" in data  # BIG-bench's canary string travels with every copy
+    assert len(examples) == {"social_iqa": 1954, "intent_recognition": 693}.get(task, 1000)
+
+
+def test_shipped_generation_task_loads_prompts_answers_and_accepted_targets():
+    s = spec(train="shipped:arithmetic_3_digit_addition", eval="shipped:arithmetic_3_digit_addition",
+             format="generation")
+    train, test = load_examples(s, "train"), load_examples(s, "eval")
+    split = shipped.read_split("arithmetic_3_digit_addition")
+    assert len(train) == len(split["train"]) and len(test) == len(split["test"])
+    assert train.column_names == ["prompt", "answer"] and test.column_names == ["prompt", "answer", "targets"]
+    record = shipped.read_task("arithmetic_3_digit_addition")[split["test"][0]]
+    assert test[0]["prompt"] == DEFAULT_TEMPLATES["generation"].format(input=record["input"])
+    assert test[0]["targets"] == [record["target"]] and test[0]["answer"] == record["target"]
+    a, b = (int(x) for x in record["input"].removeprefix("What is ").rstrip("?").split(" plus "))
+    assert int(test[0]["answer"]) == a + b
+
+
+def test_generation_files_accept_one_answer_or_a_list(tmp_path):
+    path = write_jsonl(tmp_path / "gen.jsonl", [{"input": "How many legs has a cat?", "target": ["four", "4"]},
+                                               {"input": "2+2?", "target": 4}])
+    s = spec(train=str(path), eval=str(path), format="generation")
+    check_data(s)
+    train, test = load_examples(s, "train"), load_examples(s, "eval")
+    assert train["answer"] == ["four", "4"]
+    assert test["targets"] == [["four", "4"], ["4"]]
 
 
 def test_make_split_script_checks_the_recorded_split(capsys):
@@ -293,6 +320,10 @@ def _bad_spec_cases(tmp_path):
         (dict(train="shipped:social_iqa", format="multiple_choice", template="{instruction}\n"), "lacks {input}"),
         (dict(train="shipped:nope", format="multiple_choice"), "not a shipped task; use one of shipped:social_iqa"),
         (dict(train="shipped:social_iqa"), "set format: multiple_choice"),
+        (dict(train="shipped:arithmetic_3_digit_addition", format="multiple_choice"),
+         "is a generation task but data.format is 'multiple_choice': set format: generation"),
+        (dict(train="shipped:intent_recognition", template="Q: {instruction}\n", format="multiple_choice"),
+         "lacks {input}"),
         (dict(train=str(good), cutoff_len=2), "cutoff_len must be an integer >= 4"),
         (dict(train=str(good), max_examples=0), "max_examples must be a positive integer"),
         (dict(train=str(good), answer_field=""), "answer_field must be a non-empty field name"),
@@ -320,6 +351,10 @@ BAD_RECORDS = [  # format, records, message, whether Parquet can hold the record
     ("multiple_choice", [{"input": "q", "target_scores": {"a": 0, "b": 0}}], "marks no choice correct", True),
     ("multiple_choice", [{"input": "q", "target_scores": ["a", "b"]}], "must map each choice to a score", False),
     ("multiple_choice", [{"input": "q", "target_scores": {}}], "has no choices", False),
+    ("generation", [{"input": "q", "target": "a"}, {"input": "q"}], "record 1 (counting from 0) has no 'target'", True),
+    ("generation", [{"question": "q", "target": "a"}], "record 0 (counting from 0) has no 'input'", True),
+    ("generation", [{"input": "q", "target": []}], "'target' is an empty list", False),
+    ("generation", [{"input": "q", "target": [{"a": 1}]}], "'target' must be text or a list of texts", False),
 ]
 
 

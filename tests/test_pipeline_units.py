@@ -119,9 +119,9 @@ def _fig():
     lat = {"latency_ms": 20.0, "latency_p90_ms": 21.0, "latency_runtime": "static", "prefill_ms": 5.0,
            "decode_ms": 2.0}
     base = {"subnet_id": "base", "config": {}, "quality": 0.5, "quality_metric": "mc_accuracy", "loss": 1.0,
-            "eval_examples": 48, "params": 1000, "nonzero_params": 1000, "macs": 900, "latency": {"p": lat},
+            "task_loss": 0.69, "quality_ci95": [0.3639, 0.6361], "eval_examples": 48, "params": 1000, "nonzero_params": 1000, "macs": 900, "latency": {"p": lat},
             "roles": ["plain LoRA"], "path": "models/baseline"}
-    m = compare({**base, "subnet_id": "abc", "quality": 0.48, "params": 600,
+    m = compare({**base, "subnet_id": "abc", "quality": 0.48, "quality_ci95": [0.3447, 0.6167], "params": 600,
                  "latency": {"p": dict(lat, latency_ms=8.0)}}, base)
     m.update(roles=["latency pick on p"], path="models/abc", missing_pools=[])
     return {"output_dir": "/o", "pools": ["p"], "baseline": base, "models": [m],
@@ -132,8 +132,8 @@ def _fig():
 
 def test_the_report_has_a_row_per_model_with_its_speedup_and_the_baseline():
     text = report_markdown(_fig())
-    assert "| baseline (plain LoRA) | reference | 0.5000 | - | 0.00M | 1.00 | 20.00 | 1.00x |" in text
-    assert "| `abc` | latency pick on p | 0.4800 | -0.0200 | 0.00M | 0.60 | 8.00 | 2.50x |" in text
+    assert "| baseline (plain LoRA) | reference | 0.5000 | [0.364, 0.636] | - | 0.00M | 1.00 | 20.00 | 1.00x |" in text
+    assert "| `abc` | latency pick on p | 0.4800 | [0.345, 0.617] | -0.0200 | 0.00M | 0.60 | 8.00 | 2.50x |" in text
     assert "![quality vs latency per pool](pareto.png)" in text
 
 
@@ -142,6 +142,8 @@ def test_the_model_card_shows_its_figures_beside_the_baselines_and_how_to_load_i
     card = model_card(fig["models"][0], fig["baseline"], ["p"], "LonasLlamaForCausalLM")
     assert card.startswith("---\nlibrary_name: transformers")
     assert "| quality (mc_accuracy, 48 examples) | 0.4800 | 0.5000 |" in card
+    assert "| 95 % interval (Wilson) | [0.345, 0.617] | [0.364, 0.636] |" in card
+    assert "| task loss (choice cross-entropy for multiple choice) | 0.6900 | 0.6900 |" in card
     assert "| latency on p (ms, static) | 8.00 (2.50x) | 20.00 |" in card
     assert "import lonas_ray" in card
     assert "import lonas_ray" not in model_card(fig["models"][0], fig["baseline"], ["p"], "LlamaForCausalLM")
@@ -158,3 +160,19 @@ def test_directories_travel_as_bytes_and_land_whole(tmp_path):
     with pytest.raises(ValueError, match="outside"):
         write_tree({"../evil": b""}, tmp_path / "x")
     assert not (tmp_path / "evil").exists()
+
+
+def test_model_figures_carry_the_task_loss_and_the_wilson_interval_of_the_full_set_quality():
+    from lonas_ray.pipeline.figures import model_figures
+
+    row = {"subnet_id": "s", "config": "{}", "quality": 0.5, "quality_metric": "mc_accuracy", "loss": 1.0,
+           "task_loss": 0.8, "eval_examples": 24, "params": 10, "nonzero_params": 10, "macs": 5,
+           "latency_ms": 2.0, "latency_p90_ms": 2.0, "latency_runtime": "static", "prefill_ms": 1.0, "decode_ms": 0.5}
+    finals = {"s": {"quality": 0.25, "loss": 1.5, "task_loss": 1.1, "examples": 100, "metric": "mc_accuracy"}}
+    fig = model_figures("s", {"p": {"s": row}}, finals, ["p"])
+    assert (fig["quality"], fig["task_loss"], fig["eval_examples"]) == (0.25, 1.1, 100)  # the full set's figures
+    assert fig["quality_ci95"] == pytest.approx([0.1754, 0.3430], abs=1e-4)
+    subset_only = model_figures("s", {"p": {"s": row}}, {}, ["p"])
+    assert subset_only["task_loss"] == 0.8 and subset_only["quality_ci95"] == pytest.approx([0.3143, 0.6857], abs=1e-4)
+    token = model_figures("s", {"p": {"s": dict(row, quality_metric="answer_token_accuracy")}}, {}, ["p"])
+    assert token["quality_ci95"] is None

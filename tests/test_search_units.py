@@ -430,3 +430,39 @@ def test_seed_configs_per_strategy():
     two = resolve({"lora": {"target_modules": ["q_proj"], "r_max": 4, "rank_choices": [4, 2], "groups": {}}})
     assert two.heuristic() == two.minimal()
     assert seed_configs(two, "heuristic") == [two.maximal(), two.minimal()]
+
+
+def test_objective_values_are_higher_is_better_for_every_objective():
+    from lonas_ray.search.searchers import OBJECTIVES, objective_value, objectives
+
+    row = {"quality": 0.75, "loss": 0.4, "task_loss": 0.9, "latency_ms": 3.0}
+    assert objective_value(row, "quality") == 0.75
+    assert objective_value(row, "loss") == -0.4
+    assert objective_value(row, "task_loss") == -0.9
+    assert objectives(row, "task_loss") == {"neg_task_loss": -0.9, "latency_ms": 3.0}
+    assert set(OBJECTIVES) == {"quality", "loss", "task_loss"}
+    no_objective = {k: v for k, v in TINY["search"].items() if k != "objective"}
+    assert SearchConfig.from_dict(raw(search=no_objective)).search.objective == "task_loss"  # tracks correctness
+
+
+def test_a_task_loss_study_is_seeded_with_negated_task_losses():
+    space = resolve(MEDIUM)
+    configs = [space.maximal(), *[space.sample(s) for s in range(5)]]
+    known = {space.subnet_id(c): {"config": c, **fake_result(space, c), "task_loss": 0.1 * k}
+             for k, c in enumerate(configs)}
+    inner = optuna_search(space, "nsga2", population=4, seed=0, known=known, study_name="tl", objective="task_loss")
+    values = sorted(t.values[0] for t in inner._ot_study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert values == pytest.approx(sorted(-0.1 * k for k in range(len(configs))))
+
+
+def test_pareto_rows_carry_full_set_task_loss_and_wilson_intervals():
+    finals = {"m": {"quality": 0.5, "loss": 1.0, "task_loss": 0.7, "examples": 10, "metric": "mc_accuracy"},
+              "a": {"quality": 0.4, "loss": 2.0, "task_loss": 0.9, "examples": 10, "metric": "answer_token_accuracy"}}
+    out, _ = pool_fronts(hand_rows(), "m", finals, delta=0.02, reference_quality=0.0, reference_cost=1.1)
+    m = next(r for r in out if r["subnet_id"] == "m" and r["front"] == "latency")
+    assert m["task_loss_full"] == 0.7 and m["eval_examples_full"] == 10
+    assert (m["quality_full_ci95_low"], m["quality_full_ci95_high"]) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    a = next(r for r in out if r["subnet_id"] == "a" and r["front"] == "latency")
+    assert a["quality_full_ci95_low"] is None  # a per-token accuracy is not a share of examples
+    b = next(r for r in out if r["subnet_id"] == "b" and r["front"] == "latency")
+    assert b["quality_full"] is None and b["quality_full_ci95_high"] is None  # not re-scored

@@ -13,7 +13,9 @@ What comes out (``load_examples``):
   correct choice's text), the rows a trainer tokenizes.
 * ``split="eval"``: ``prompt``, ``answer`` for instruction data; ``prompt``,
   ``choices`` (list, the record's order) and ``label`` (index of the correct
-  choice) for multiple choice, for log-likelihood scoring.
+  choice) for multiple choice, for log-likelihood scoring; ``prompt``,
+  ``answer`` (the first target) and ``targets`` (every accepted answer) for
+  generation, for exact match.
 
 Nothing is written to the datasets cache beyond what ``load_dataset`` itself
 keeps: the mapped datasets stay in memory (fine-tuning sets are small).
@@ -30,7 +32,8 @@ import datasets
 
 from lonas_ray.config_io import ConfigError
 from lonas_ray.data import shipped
-from lonas_ray.data.records import SCORES_FIELD, choices_and_label, iter_file_records, read_bigbench
+from lonas_ray.data.records import (SCORES_FIELD, TARGET_FIELD, choices_and_label, iter_file_records, read_bigbench,
+                                    targets_of)
 from lonas_ray.data.spec import DataSpec
 from lonas_ray.data.templates import render
 
@@ -53,7 +56,8 @@ def _from_records(examples: list[dict], fields: list[str]) -> datasets.Dataset:
 
 def read_source(source: str, spec: DataSpec, split: str = "train") -> datasets.Dataset:
     """The raw records of one source; ``shipped:<task>`` gives its recorded train or test side."""
-    fields = list(dict.fromkeys([spec.instruction_field, spec.input_field, spec.answer_field, SCORES_FIELD]))
+    fields = list(dict.fromkeys([spec.instruction_field, spec.input_field, spec.answer_field, SCORES_FIELD,
+                                 TARGET_FIELD]))
     if shipped.is_shipped(source):
         name = shipped.task_name(source)
         examples = shipped.read_task(name)
@@ -108,6 +112,12 @@ def load_examples(spec: DataSpec, split: str = "train") -> datasets.Dataset:
             if keep_choices:
                 return {"prompt": prompt, "choices": choices, "label": label}
             return {"prompt": prompt, "answer": choices[label]}
+        if spec.format == "generation":
+            targets = targets_of(record[TARGET_FIELD])
+            prompt = render(template, instruction=instruction, input=record[spec.input_field])
+            if split == "eval":
+                return {"prompt": prompt, "answer": targets[0], "targets": targets}
+            return {"prompt": prompt, "answer": targets[0]}
         prompt = render(template, instruction=instruction, input=record.get(spec.input_field))
         return {"prompt": prompt, "answer": str(record[spec.answer_field])}
 

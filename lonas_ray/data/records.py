@@ -1,12 +1,14 @@
 """Data records: what a valid one is, how multiple-choice scores become choices, and cheap file reading.
 
-Two record forms are understood:
+Three record forms are understood:
 
 * instruction: ``{instruction, input, output}`` (field names configurable, as
   in Alpaca); the answer is ``output``, instruction and input fill the prompt.
 * multiple choice, the BIG-bench form: ``{input, target_scores: {choice: score}}``;
   the choices keep the mapping's order and the answer is the first choice
   with the highest score.
+* generation, the BIG-bench form: ``{input, target}``, ``target`` one answer
+  or a list of accepted answers; training uses the first, exact match accepts any.
 
 The readers here use only ``json`` and ``pyarrow`` (no Arrow conversion of
 whole records), so checking a file on the driver costs a parse and nothing more.
@@ -24,6 +26,7 @@ from lonas_ray.config_io import ConfigError
 
 SUFFIXES = (".json", ".jsonl", ".parquet")
 SCORES_FIELD = "target_scores"
+TARGET_FIELD = "target"
 
 
 def choice_scores(value: Any) -> list[tuple[str, float]]:
@@ -55,6 +58,17 @@ def choices_and_label(value: Any) -> tuple[list[str], int]:
     return [c for c, _ in pairs], scores.index(max(scores))
 
 
+def targets_of(value: Any) -> list[str]:
+    """The accepted answers of a generation record's ``target``: one text (or number) or a list of them."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items:
+        raise ValueError("is an empty list; give at least one answer")
+    for item in items:
+        if not _is_text(item):
+            raise ValueError(f"must be text or a list of texts; got {item!r:.80}")
+    return [str(item) for item in items]
+
+
 def _present(record: Mapping, name: str) -> bool:
     return record.get(name) is not None
 
@@ -78,6 +92,16 @@ def record_problem(
             choice_scores(record[SCORES_FIELD])
         except ValueError as exc:
             return f"'{SCORES_FIELD}' {exc}"
+        return None
+    if fmt == "generation":
+        if not _present(record, input_field):
+            return f"has no '{input_field}' field (the question)"
+        if not _present(record, TARGET_FIELD):
+            return f"has no '{TARGET_FIELD}' field (the answer, or a list of accepted answers)"
+        try:
+            targets_of(record[TARGET_FIELD])
+        except ValueError as exc:
+            return f"'{TARGET_FIELD}' {exc}"
         return None
     if not _present(record, answer_field):
         return f"has no '{answer_field}' field (the answer); set data.answer_field if it is named otherwise"

@@ -15,7 +15,15 @@ from pathlib import Path
 
 PREFIX = "shipped:"
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "bigbench"
-TASKS = ("social_iqa",)  # all multiple choice, BIG-bench form: input, target_scores
+# name -> the data.format its records take: multiple_choice (BIG-bench input, target_scores) or
+# generation (BIG-bench input, target: scored by exact match of greedy generations)
+FORMATS = {
+    "social_iqa": "multiple_choice",
+    "intent_recognition": "multiple_choice",
+    "arithmetic_3_digit_addition": "generation",
+    "arithmetic_2_digit_multiplication": "generation",
+}
+TASKS = tuple(FORMATS)
 TRAIN_PERCENT = 80
 SPLIT_METHOD = (
     f"int(sha1(input.encode('utf-8')).hexdigest(), 16) % 100 < {TRAIN_PERCENT} -> train, else test; "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lonas_ray.config_io import ConfigError, help_field
 from lonas_ray.data import shipped
-from lonas_ray.data.records import SCORES_FIELD, SUFFIXES, iter_file_records, record_problem
+from lonas_ray.data.records import SCORES_FIELD, SUFFIXES, TARGET_FIELD, iter_file_records, record_problem
 from lonas_ray.data.templates import DEFAULT_TEMPLATES, FORMATS, template_problem
 
 
@@ -30,8 +30,8 @@ class DataSpec:
     )
     format: str = help_field(
         "instruction",
-        help="record form: instruction ({instruction, input, output}) or multiple_choice "
-        "(BIG-bench {input, target_scores})",
+        help="record form: instruction ({instruction, input, output}), multiple_choice "
+        "(BIG-bench {input, target_scores}) or generation (BIG-bench {input, target}, scored by exact match)",
     )
     instruction_field: str = help_field("instruction", help="record field shown as {instruction} in the template")
     input_field: str = help_field("input", help="record field shown as {input} (the question, for multiple choice)")
@@ -80,10 +80,11 @@ class DataSpec:
                     f"data.{key} '{source}' is not a shipped task; use one of "
                     + ", ".join(shipped.PREFIX + t for t in shipped.TASKS)
                 )
-            if self.format != "multiple_choice":
+            wanted = shipped.FORMATS[name]
+            if self.format != wanted:
                 raise ConfigError(
-                    f"data.{key} '{source}' is a multiple-choice task but data.format is '{self.format}': "
-                    "set format: multiple_choice"
+                    f"data.{key} '{source}' is a {wanted.replace('_', '-')} task but data.format is "
+                    f"'{self.format}': set format: {wanted}"
                 )
             return source
         path = Path(source).expanduser().resolve()
@@ -108,7 +109,7 @@ class DataSpec:
 
 def check_data(spec: DataSpec) -> None:
     """Read every file of ``spec`` once; ``ConfigError`` naming the file and the first bad record."""
-    columns = [spec.instruction_field, spec.input_field, spec.answer_field, SCORES_FIELD]
+    columns = [spec.instruction_field, spec.input_field, spec.answer_field, SCORES_FIELD, TARGET_FIELD]
     for key, source in (("train", spec.train), ("eval", spec.eval)):
         if source is None:
             continue

@@ -17,14 +17,16 @@ from __future__ import annotations
 import string
 from collections.abc import Sequence
 
-FORMATS = ("instruction", "multiple_choice")
+FORMATS = ("instruction", "multiple_choice", "generation")
 PLACEHOLDERS = {
     "instruction": ("instruction", "input"),
     "multiple_choice": ("instruction", "input", "choices"),
+    "generation": ("instruction", "input"),
 }
 DEFAULT_TEMPLATES = {
     "instruction": "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
     "multiple_choice": "Question: {input}\nChoices:\n{choices}\nAnswer:\n",
+    "generation": "Question: {input}\nAnswer:\n",
 }
 
 
@@ -53,8 +55,8 @@ def template_problem(template: str, fmt: str) -> str | None:
         return f"has unknown placeholder(s) {shown}; format '{fmt}' allows " + ", ".join(
             "{" + n + "}" for n in allowed
         )
-    if fmt == "multiple_choice" and "input" not in names:
-        return "lacks {input}: a multiple-choice prompt must show the question"
+    if fmt in ("multiple_choice", "generation") and "input" not in names:
+        return "lacks {input}: the prompt must show the question"
     if "input" not in names and "instruction" not in names:
         return "has neither {instruction} nor {input}: every prompt would be the same"
     return None

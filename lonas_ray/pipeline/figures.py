@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lonas_ray.search.driver import FINAL, RESULTS, SUMMARY, rows_by_pool
+from lonas_ray.search.quality import accuracy_interval
 
 BASELINE = "baseline"
 LATENCY_KEYS = ("latency_ms", "latency_p90_ms", "latency_runtime", "prefill_ms", "decode_ms")
@@ -65,10 +66,13 @@ def model_figures(sid: str, rows: Mapping[str, Mapping[str, dict]], finals: Mapp
         "quality": final["quality"] if final else first["quality"],
         "quality_metric": first["quality_metric"],
         "loss": final["loss"] if final else first["loss"],
+        "task_loss": final.get("task_loss") if final else first.get("task_loss"),
         "eval_examples": final["examples"] if final else first["eval_examples"],
         **{k: first[k] for k in COUNT_KEYS},
         "latency": latency_by_pool(rows, sid),
     }
+    interval = accuracy_interval(figures["quality_metric"], figures["quality"], figures["eval_examples"])
+    figures["quality_ci95"] = list(interval) if interval else None
     figures["missing_pools"] = [p for p in pools if p not in figures["latency"]]
     return figures
 

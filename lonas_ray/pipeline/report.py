@@ -12,6 +12,10 @@ def _num(v: Any, fmt: str = ".4f") -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _interval(ci: Sequence[float] | None) -> str:
+    return "-" if not ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 def _millions(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:.2f}M"
 
@@ -31,12 +35,13 @@ def report_markdown(fig: Mapping[str, Any]) -> str:
     models = ([base] if base else []) + fig["models"]
     metric = models[0]["quality_metric"] if models else "quality"
     examples = models[0]["eval_examples"] if models else 0
-    head = ["model", "role", f"quality ({metric})", "vs baseline", "params", "params vs baseline"]
+    head = ["model", "role", f"quality ({metric})", "95 % interval", "vs baseline", "params", "params vs baseline"]
     for pool in pools:
         head += [f"latency {pool} (ms)", f"speed-up {pool}"]
     lines = [
         "# lonas-ray report", "",
-        f"Output directory: `{fig['output_dir']}`. Quality: `{metric}` on {examples} held-out examples. Latency: one "
+        f"Output directory: `{fig['output_dir']}`. Quality: `{metric}` on {examples} held-out examples, with its "
+        "95 % Wilson interval (a difference inside both intervals may be noise). Latency: one "
         "request (prefill + greedy decode, the pool's `latency` settings, median over repeats) measured on each "
         "pool's own hardware; speed-up = baseline latency / model latency on that pool.", "",
         "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
@@ -47,7 +52,7 @@ def report_markdown(fig: Mapping[str, Any]) -> str:
         role = "reference" if is_base else "; ".join(m["roles"])
         delta = "-" if is_base or "quality_delta" not in m else f"{m['quality_delta']:+.4f}"
         ratio = "1.00" if is_base else (f"{m['params_ratio']:.2f}" if "params_ratio" in m else "-")
-        row = [name, role, _num(m["quality"]), delta, _millions(m["params"]), ratio]
+        row = [name, role, _num(m["quality"]), _interval(m.get("quality_ci95")), delta, _millions(m["params"]), ratio]
         row += _latency_cells(m, pools, reference=is_base)
         lines.append("| " + " | ".join(row) + " |")
     if not base:
@@ -89,7 +94,9 @@ def model_card(model: Mapping[str, Any], baseline: Mapping[str, Any] | None, poo
         lines.append(f"| {label} | {fmt(model.get(key))} | {fmt(b.get(key)) if b else '-'} |")
 
     row(f"quality ({model['quality_metric']}, {model['eval_examples']} examples)", "quality", _num)
-    row("held-out loss", "loss", _num)
+    row("95 % interval (Wilson)", "quality_ci95", _interval)
+    row("task loss (choice cross-entropy for multiple choice)", "task_loss", _num)
+    row("answer loss (held-out, per token)", "loss", _num)
     row("params", "params", lambda v: "-" if v is None else f"{v:,}")
     row("non-zero params", "nonzero_params", lambda v: "-" if v is None else f"{v:,}")
     row("MACs per token", "macs", lambda v: "-" if v is None else f"{v:,}")

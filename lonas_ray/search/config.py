@@ -120,8 +120,10 @@ class StrategySpec:
     strategy: str = help_field("nsga2", help=f"how configurations are proposed: {', '.join(STRATEGIES)}")
     pools: list[str] = help_field(default_factory=list, help="pools to search on (default: every pool)")
     objective: str = help_field(
-        "quality", help="what the searcher maximises besides speed: quality (accuracy) or loss (held-out loss, "
-        "lower is better; smoother on small subsets)"
+        "task_loss", help="what the searcher optimises besides speed: task_loss (lower is better: the choice "
+        "decision's cross-entropy for multiple choice, the answer loss otherwise; smooth on small subsets and "
+        "tracks accuracy), quality (accuracy itself: steps of 1/n on n examples) or loss (the answer loss: for "
+        "multiple choice it mostly measures copying *a* listed choice)"
     )
     budget: int = help_field(32, help="evaluations per pool, counting those of earlier runs in output_dir")
     population: int = help_field(8, help="NSGA-II population size")
@@ -134,8 +136,8 @@ class StrategySpec:
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"search.strategy '{self.strategy}' is unknown; use one of {', '.join(STRATEGIES)}")
-        if self.objective not in ("quality", "loss"):
-            raise ConfigError(f"search.objective '{self.objective}' is unknown; use quality or loss")
+        if self.objective not in ("task_loss", "quality", "loss"):
+            raise ConfigError(f"search.objective '{self.objective}' is unknown; use task_loss, quality or loss")
         if not isinstance(self.budget, int) or self.budget < 1:
             raise ConfigError(f"search.budget must be an integer >= 1 (evaluations per pool), got {self.budget!r}")
         if not isinstance(self.population, int) or self.population < 2:

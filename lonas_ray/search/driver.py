@@ -98,7 +98,7 @@ def _final_writer(path: Path):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             row = json.loads(result["row_json"])
             finals = json.loads(path.read_text()) if path.exists() else {}
-            finals[row["subnet_id"]] = {"quality": row["quality"], "loss": row["loss"],
+            finals[row["subnet_id"]] = {"quality": row["quality"], "loss": row["loss"], "task_loss": row["task_loss"],
                                         "examples": row["eval_examples"], "metric": row["quality_metric"]}
             write_json(path, finals)
 
@@ -266,7 +266,8 @@ def final_evaluation(cfg: SearchConfig, space: SearchSpace, source: Path, out: P
 
 PARETO_EXTRA = [pa.field("front", pa.string()), pa.field("member", pa.bool_()), pa.field("picked", pa.bool_()),
                 pa.field("quality_full", pa.float64()), pa.field("loss_full", pa.float64()),
-                pa.field("eval_examples_full", pa.int64())]
+                pa.field("task_loss_full", pa.float64()), pa.field("eval_examples_full", pa.int64()),
+                pa.field("quality_full_ci95_low", pa.float64()), pa.field("quality_full_ci95_high", pa.float64())]
 
 
 def write_pareto(cfg: SearchConfig, space: SearchSpace, out: Path, finals: dict[str, dict]) -> dict:

@@ -115,7 +115,7 @@ class Evaluator:
         with torch.no_grad():
             model = extract(self.supernet, config).to(self.dtype)
         evalset = self._examples(examples)
-        q = evaluate_quality(model, evalset, self.quality_spec.batch_size)
+        q = evaluate_quality(model, evalset, self.quality_spec.batch_size, decode=self.tokenizer.decode)
         lat = {}
         if with_latency:
             ls = self.latency
@@ -133,6 +133,7 @@ class Evaluator:
             "quality": q.quality,
             "quality_metric": q.metric,
             "loss": q.loss,
+            "task_loss": q.task_loss,
             "latency_ms": primary.latency_ms if primary else None,
             "latency_p90_ms": primary.latency_p90_ms if primary else None,
             "latency_runtime": primary.runtime if primary else None,

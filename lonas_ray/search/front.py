@@ -17,9 +17,22 @@ from typing import Any
 import numpy as np
 
 from lonas_ray.search.pareto import hypervolume_2d, pareto_mask, pick
+from lonas_ray.search.quality import accuracy_interval
 
 FRONTS = {"latency": "latency_ms", "params": "params"}
-FINAL_COLUMNS = ("quality_full", "loss_full", "eval_examples_full")
+FINAL_COLUMNS = ("quality_full", "loss_full", "task_loss_full", "eval_examples_full", "quality_full_ci95_low",
+                 "quality_full_ci95_high")
+
+
+def final_columns(final: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The full-set figures of a row, with the 95 % Wilson interval where the quality is a share of examples."""
+    f = final or {}
+    out = {"quality_full": f.get("quality"), "loss_full": f.get("loss"), "task_loss_full": f.get("task_loss"),
+           "eval_examples_full": f.get("examples"), "quality_full_ci95_low": None, "quality_full_ci95_high": None}
+    interval = accuracy_interval(f.get("metric"), f.get("quality"), f.get("examples"))
+    if interval is not None:
+        out["quality_full_ci95_low"], out["quality_full_ci95_high"] = interval
+    return out
 
 
 def front_rows(rows: Sequence[Mapping[str, Any]], cost: str) -> list[Mapping[str, Any]]:
@@ -63,9 +76,7 @@ def pool_fronts(rows: Sequence[Mapping[str, Any]], maximal_id: str, finals: Mapp
         if maximal is not None and all(r["subnet_id"] != maximal_id for r in members):
             listed.append(maximal)  # the reference (and possibly the pick) even when dominated
         for r in listed:
-            f = finals.get(r["subnet_id"], {})
             out.append(dict(r, front=front, member=r in members, picked=r["subnet_id"] == info.get("pick"),
-                            quality_full=f.get("quality"), loss_full=f.get("loss"),
-                            eval_examples_full=f.get("examples")))
+                            **final_columns(finals.get(r["subnet_id"]))))
         summary[front] = info
     return out, summary

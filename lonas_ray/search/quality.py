@@ -1,13 +1,22 @@
-"""Task quality of a model on held-out examples: multiple-choice accuracy by log-likelihood, and loss.
+"""Task quality of a model on held-out examples: accuracy, a task loss that tracks it, and the answer loss.
 
-Multiple choice (the LoNAS / Shears commonsense tasks) is scored the way
-lm-evaluation-harness scores ``acc``: each choice is appended to the prompt,
-the model's log-probabilities of the choice's tokens are summed, and the
-highest sum is the model's answer. The held-out loss is the mean
-per-token negative log-likelihood of the *correct* choices, so it moves
-smoothly where accuracy moves in steps. Instruction data has no choices; its
-quality is the teacher-forced accuracy of the answer tokens
-(``answer_token_accuracy``) and its loss that of training (answer + eos).
+* Multiple choice (the LoNAS / Shears commonsense tasks) is scored the way
+  lm-evaluation-harness scores ``acc``: each choice is appended to the prompt,
+  the model's log-probabilities of the choice's tokens are summed, and the
+  highest sum is the model's answer. Its **task loss** is the cross-entropy of
+  that decision (softmax over the choices' summed log-likelihoods, the right
+  one's negative log-probability): it falls only when the right choice gains on
+  the wrong ones, so it tracks accuracy smoothly, where the answer loss also
+  falls when the model merely learns to copy *a* listed choice.
+* Generation (BIG-bench ``target`` tasks such as arithmetic) is scored by
+  **exact match** of the greedy continuation, cut at the first newline and
+  stripped, against any accepted answer (lm-eval's ``exact_match`` with
+  ``until: ["\n"]``); its task loss is the answer loss.
+* Instruction data without accepted answers is scored by the teacher-forced
+  accuracy of the answer tokens (``answer_token_accuracy``).
+
+The **answer loss** (``loss``) is always the mean per-token negative
+log-likelihood of the correct answer (+ eos where training has it).
 
 Everything is a pure function of (model, tokenized set), so the search's
 evaluator and an independent check on an exported model compute the same thing.
@@ -16,26 +25,37 @@ evaluator and an independent check on an exported model compute the same thing.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from lonas_ray.data.tokenize import IGNORE_INDEX, collate, encode, special_prefix
+from lonas_ray.stats import wilson_interval
 
 MC_METRIC = "mc_accuracy"
 TOKEN_METRIC = "answer_token_accuracy"
+EXACT_METRIC = "exact_match"
+BINOMIAL_METRICS = (MC_METRIC, EXACT_METRIC)  # a share of examples right: Wilson intervals apply
 
 
 @dataclass(frozen=True)
 class EvalSet:
-    """Tokenized rows; ``groups[k]`` are example k's rows (its choices), ``labels[k]`` the correct one."""
+    """Tokenized rows; ``groups[k]`` are example k's rows (its choices), ``labels[k]`` the correct one.
+
+    Generation sets also hold each example's prompt ids (special prefix included)
+    and accepted answers, and the ids that end a generation.
+    """
 
     rows: list[dict[str, list[int]]]
     groups: list[list[int]]
     labels: list[int]
     metric: str
     pad_id: int
+    prompts: list[list[int]] = field(default_factory=list)
+    targets: list[list[str]] = field(default_factory=list)
+    eos_id: int | None = None
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -45,8 +65,17 @@ class EvalSet:
 class Quality:
     quality: float
     metric: str
-    loss: float
+    loss: float  # answer loss: per-token NLL of the correct answer
     examples: int
+    task_loss: float  # multiple choice: choice cross-entropy; otherwise the answer loss
+    hits: int | None = None  # examples right (accuracy metrics), for binomial intervals
+
+
+def accuracy_interval(metric: str, quality: float | None, examples: int | None) -> tuple[float, float] | None:
+    """The 95 % Wilson interval of a quality that is a share of examples right; None for other metrics."""
+    if metric not in BINOMIAL_METRICS or quality is None or not examples:
+        return None
+    return wilson_interval(round(quality * examples), int(examples))
 
 
 def subset_indices(n_total: int, n: int | None, seed: int = 0) -> list[int]:
@@ -63,6 +92,8 @@ def build_eval_set(examples: Any, tokenizer: Any, cutoff_len: int) -> EvalSet:
     columns = examples.column_names
     rows, groups, labels = [], [], []
     mc = "choices" in columns
+    generation = "targets" in columns
+    prompts, targets = [], []
     for ex in examples:
         prompt = tokenizer(ex["prompt"], add_special_tokens=False)["input_ids"]
         if mc:
@@ -80,6 +111,11 @@ def build_eval_set(examples: Any, tokenizer: Any, cutoff_len: int) -> EvalSet:
             groups.append([len(rows)])
             rows.append(row)
             labels.append(0)
+            if generation:
+                prompts.append(list(prefix) + prompt)
+                targets.append(list(ex["targets"]))
+    if generation:
+        return EvalSet(rows, groups, labels, EXACT_METRIC, pad_id, prompts, targets, tokenizer.eos_token_id)
     return EvalSet(rows, groups, labels, MC_METRIC if mc else TOKEN_METRIC, pad_id)
 
 
@@ -89,7 +125,9 @@ def subset(evalset: EvalSet, indices: list[int]) -> EvalSet:
     for k in indices:
         groups.append(list(range(len(rows), len(rows) + len(evalset.groups[k]))))
         rows.extend(evalset.rows[i] for i in evalset.groups[k])
-    return EvalSet(rows, groups, [evalset.labels[k] for k in indices], evalset.metric, evalset.pad_id)
+    return EvalSet(rows, groups, [evalset.labels[k] for k in indices], evalset.metric, evalset.pad_id,
+                   [evalset.prompts[k] for k in indices] if evalset.prompts else [],
+                   [evalset.targets[k] for k in indices] if evalset.targets else [], evalset.eos_id)
 
 
 @torch.inference_mode()
@@ -117,16 +155,62 @@ def score_rows(model, rows: list[dict], pad_id: int, batch_size: int = 8) -> tor
     return out
 
 
-def evaluate_quality(model, evalset: EvalSet, batch_size: int = 8) -> Quality:
-    """Quality (accuracy), its metric and the held-out loss of ``model`` on ``evalset`` (see module doc)."""
+def choice_cross_entropy(choice_scores: Sequence[torch.Tensor], labels: Sequence[int]) -> float:
+    """Mean over examples of -log softmax(choice log-likelihoods)[right choice] (see the module doc)."""
+    losses = [-torch.log_softmax(scores, dim=0)[label] for scores, label in zip(choice_scores, labels)]
+    return float(torch.stack(losses).mean())
+
+
+def answer_matches(text: str, targets: Sequence[str]) -> bool:
+    """Exact match of a generation: its first line, stripped, equals an accepted answer, stripped."""
+    first = text.split("\n", 1)[0].strip()
+    return any(first == str(t).strip() for t in targets)
+
+
+@torch.inference_mode()
+def greedy_continuations(model, prompts: list[list[int]], max_new_tokens: int, pad_id: int,
+                         eos_id: int | None, batch_size: int = 8) -> list[list[int]]:
+    """Greedy new tokens per prompt (``model.generate``, left-padded batches, stopping at eos)."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[int]] = [[] for _ in prompts]
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.tensor([[pad_id] * (width - len(prompts[i])) + prompts[i] for i in idx], device=device)
+        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx], device=device)
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=eos_id, pad_token_id=pad_id, min_new_tokens=0)
+        for row, i in zip(gen[:, width:].tolist(), idx):
+            if eos_id is not None and eos_id in row:
+                row = row[: row.index(eos_id)]
+            out[i] = row
+    return out
+
+
+def evaluate_quality(model, evalset: EvalSet, batch_size: int = 8,
+                     decode: Callable[[list[int]], str] | None = None) -> Quality:
+    """Quality, its metric, the answer loss and the task loss of ``model`` on ``evalset`` (see module doc).
+
+    Exact match needs ``decode`` (token ids -> text, e.g. ``tokenizer.decode``) to compare answers as text.
+    """
     if len(evalset) == 0:
         raise ValueError("the evaluation set is empty")
     scores = score_rows(model, evalset.rows, evalset.pad_id, batch_size)
     correct = [g[label] for g, label in zip(evalset.groups, evalset.labels)]
-    nll = -scores[correct, 0].sum() / scores[correct, 1].sum()
+    nll = float(-scores[correct, 0].sum() / scores[correct, 1].sum())
     if evalset.metric == MC_METRIC:
-        hits = sum(int(scores[g, 0].argmax()) == label for g, label in zip(evalset.groups, evalset.labels))
-        quality = hits / len(evalset)
-    else:
-        quality = float(scores[correct, 2].sum() / scores[correct, 1].sum())
-    return Quality(float(quality), evalset.metric, float(nll), len(evalset))
+        per_choice = [scores[g, 0] for g in evalset.groups]
+        hits = sum(int(c.argmax()) == label for c, label in zip(per_choice, evalset.labels))
+        return Quality(hits / len(evalset), MC_METRIC, nll, len(evalset),
+                       choice_cross_entropy(per_choice, evalset.labels), hits)
+    if evalset.metric == EXACT_METRIC:
+        if decode is None:
+            raise ValueError("exact match compares text: pass decode= (e.g. tokenizer.decode)")
+        longest = max(int(scores[r, 1]) for r in correct)  # answer + eos tokens
+        continuations = greedy_continuations(model, evalset.prompts, longest + 2, evalset.pad_id, evalset.eos_id,
+                                             batch_size)
+        hits = sum(answer_matches(decode(c), t) for c, t in zip(continuations, evalset.targets))
+        return Quality(hits / len(evalset), EXACT_METRIC, nll, len(evalset), nll, hits)
+    quality = float(scores[correct, 2].sum() / scores[correct, 1].sum())
+    return Quality(quality, evalset.metric, nll, len(evalset), nll)

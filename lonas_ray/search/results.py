@@ -14,6 +14,9 @@ are a contract (``SCHEMA``); nothing downstream reads a trial's internals.
   the pool's first runtime (``latency_runtime``); ``prefill_ms`` and
   ``decode_ms`` (per token) are its medians; ``latencies`` (JSON) holds every
   runtime measured, e.g. the eager figure next to the static-cache one.
+* ``loss`` is the answer loss (per-token NLL of the right answer); ``task_loss``
+  the loss that tracks correctness (multiple choice: the cross-entropy of the
+  choice decision; otherwise the answer loss), see ``lonas_ray.search.quality``.
 * ``node_id`` is the Ray node that measured the row (placement is auditable).
 * The numeric measurements may be null (e.g. latency not measured on a pool);
   the identity columns may not.
@@ -43,6 +46,7 @@ SCHEMA = pa.schema([
     pa.field("quality", pa.float64()),
     pa.field("quality_metric", pa.string(), nullable=False),
     pa.field("loss", pa.float64()),
+    pa.field("task_loss", pa.float64()),
     pa.field("latency_ms", pa.float64()),
     pa.field("latency_p90_ms", pa.float64()),
     pa.field("latency_runtime", pa.string()),

@@ -36,7 +36,15 @@ log = logging.getLogger(__name__)
 
 MODES = ["max", "min"]
 DIRECTIONS = ["maximize", "minimize"]
-OBJECTIVES = {"quality": "quality", "loss": "neg_loss"}  # search.objective -> the trial metric maximised
+# search.objective -> (the trial metric maximised, the results column, its sign)
+OBJECTIVES = {"quality": "quality", "loss": "neg_loss", "task_loss": "neg_task_loss"}
+_COLUMN = {"quality": ("quality", 1.0), "loss": ("loss", -1.0), "task_loss": ("task_loss", -1.0)}
+
+
+def objective_value(row: Mapping[str, Any], objective: str) -> float:
+    """The searcher's quality objective of a results row, higher is better (losses negated)."""
+    column, sign = _COLUMN[objective]
+    return sign * row[column]
 
 
 def metrics(objective: str) -> list[str]:
@@ -46,8 +54,7 @@ def metrics(objective: str) -> list[str]:
 
 def objectives(row: Mapping[str, Any], objective: str) -> dict[str, float]:
     """A results row's values of the searcher's metrics."""
-    first = row["quality"] if objective == "quality" else -row["loss"]
-    return {OBJECTIVES[objective]: first, "latency_ms": row["latency_ms"]}
+    return {OBJECTIVES[objective]: objective_value(row, objective), "latency_ms": row["latency_ms"]}
 
 
 def distributions(space: SearchSpace) -> dict[str, optuna.distributions.CategoricalDistribution]:

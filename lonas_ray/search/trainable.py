@@ -32,7 +32,8 @@ class SubnetTrainable(tune.Trainable):
         else:  # the final, full-set quality of chosen sub-networks; their latency is already known
             row = ev.evaluate(dict(self.config), examples=ev.quality_spec.final_examples, with_latency=False)
         # Tune reserves "timestamp" and other keys, so the row travels as JSON; the objectives also flat.
-        return {"quality": row["quality"], "neg_loss": -row["loss"], "latency_ms": row["latency_ms"] or 0.0, "params": row["params"],
+        return {"quality": row["quality"], "neg_loss": -row["loss"], "neg_task_loss": -row["task_loss"],
+                "latency_ms": row["latency_ms"] or 0.0, "params": row["params"],
                 "subnet_id": row["subnet_id"], "evaluator_id": self.evaluator_id, "row_json": json.dumps(row)}
 
     def reset_config(self, new_config: dict) -> bool:

@@ -23,6 +23,20 @@ class SamplingSpec:
 
 
 @dataclass
+class DistillSpec:
+    """In-place distillation in sandwich steps: the maximal sub-network's logits teach the smaller ones."""
+
+    weight: float = help_field(0.0, help="share of the soft (teacher) term in a student's loss, 0 (off) to 1")
+    temperature: float = help_field(1.0, help="softmax temperature of teacher and student (> 0)")
+
+    def __post_init__(self):
+        if not 0.0 <= self.weight <= 1.0:
+            raise ConfigError(f"distill.weight must lie in [0, 1], got {self.weight}")
+        if not self.temperature > 0:
+            raise ConfigError(f"distill.temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
 class OptimSpec:
     steps: int = help_field(100, help="optimizer steps")
     batch_size: int = help_field(8, help="global batch size (examples per optimizer step, all workers)")
@@ -84,6 +98,7 @@ class TrainSettings:
     """
 
     sampling: SamplingSpec = help_field(default_factory=SamplingSpec, help="sub-network sampling per step")
+    distill: DistillSpec = help_field(default_factory=DistillSpec, help="in-place distillation (sandwich only)")
     optim: OptimSpec = help_field(default_factory=OptimSpec, help="optimizer and batch sizes")
     deepspeed: DeepSpeedSpec = help_field(default_factory=DeepSpeedSpec, help="DeepSpeed settings")
     scaling: ScalingSpec = help_field(default_factory=ScalingSpec, help="Ray Train workers and resources")
@@ -100,6 +115,11 @@ class TrainSettings:
             )
         if self.log_every < 1:
             raise ConfigError("log_every must be >= 1")
+        if self.distill.weight > 0 and self.sampling.strategy != "sandwich":
+            raise ConfigError(
+                f"distill.weight > 0 needs sampling.strategy: sandwich (the maximal sub-network, first in each "
+                f"sandwich step, is the teacher); got '{self.sampling.strategy}'. Set distill.weight: 0 or use sandwich"
+            )
 
     @property
     def accumulation(self) -> int:

@@ -28,6 +28,7 @@ from lonas_ray.space import SearchSpace
 from lonas_ray.train.config import TrainConfig
 from lonas_ray.train.schedule import batch_indices, rank_micro_batches, subnets_for_step
 from lonas_ray.train.state import read_checkpoint, write_checkpoint
+from lonas_ray.train.step import train_step
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     (out / "ranks" / f"rank{rank}.pid").write_text(str(os.getpid()))
     bar = _progress_bar(cfg.optim.steps, start) if rank == 0 else None
 
+    def backward_and_step(loss):  # DeepSpeed steps the optimizer itself at the accumulation boundary
+        engine.backward(loss)
+        engine.step()
+
     params_of: dict[str, int] = {}
     for step in range(start, cfg.optim.steps):
         t0 = time.perf_counter()
@@ -178,18 +183,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
         _check_same_subnets(ids, step)
         indices = batch_indices(len(dataset), step, cfg.optim.batch_size, cfg.seed)
         micro = rank_micro_batches(indices, rank, world, cfg.optim.micro_batch_size)
-        loss_sum, tokens = 0.0, 0
-        for sub in subnets:
-            supernet.activate(sub)
-            for mb in micro:
-                batch = {k: v.to(device) for k, v in collate(dataset.select(mb), pad_id).items()}
-                loss = engine(**batch).loss
-                engine.backward(loss)
-                engine.step()
-                loss_sum += float(loss.detach())
-                tokens += int(batch["attention_mask"].sum())
+        batches = [{k: v.to(device) for k, v in collate(dataset.select(mb), pad_id).items()} for mb in micro]
+        stats = train_step(subnets, batches, activate=supernet.activate, forward=lambda b: engine(**b),
+                           backward=backward_and_step,
+                           distill_weight=cfg.distill.weight, temperature=cfg.distill.temperature)
+        loss_sum, tokens = stats.ce_sum, stats.tokens
         step_s = time.perf_counter() - t0
-        loss_mean = _mean_across_ranks(loss_sum / (len(subnets) * len(micro)), device)
+        loss_mean = _mean_across_ranks(loss_sum / stats.passes, device)
         tokens_per_s = _sum_across_ranks(tokens, device) / step_s
         for sid, sub in zip(ids, subnets):  # counting reads every tensor: once per sub-network, not per step
             if sid not in params_of:

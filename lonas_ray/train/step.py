@@ -1,0 +1,57 @@
+"""One optimizer step of the super-adapter: every sub-network of the step on every micro-batch.
+
+Kept apart from the Ray Train worker loop (``loop.py``) so the step's maths,
+distillation included, runs and is tested on a plain model: ``forward`` and
+``backward`` are whatever the caller trains with (a DeepSpeed engine's forward
+and ``backward`` + ``step``, or a bare module and ``loss.backward``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lonas_ray.space import SubnetConfig
+from lonas_ray.train.distill import answer_logits, distillation_loss, mixed_loss
+
+
+@dataclass
+class StepStats:
+    loss_sum: float = 0.0  # sum over passes of the loss that was back-propagated
+    ce_sum: float = 0.0  # sum over passes of the plain cross-entropy
+    passes: int = 0  # (sub-network, micro-batch) forwards
+    tokens: int = 0  # attention-mask tokens through a forward
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.passes, 1)
+
+
+def train_step(subnets: Sequence[SubnetConfig], micro_batches: Sequence[dict[str, torch.Tensor]], *,
+               activate: Callable[[SubnetConfig], None], forward: Callable[[dict], Any],
+               backward: Callable[[torch.Tensor], None], distill_weight: float = 0.0,
+               temperature: float = 1.0) -> StepStats:
+    """Run the step; with ``distill_weight`` > 0 the first sub-network (the maximal) teaches the others."""
+    stats = StepStats()
+    teacher: dict[int, torch.Tensor] = {}
+    for k, sub in enumerate(subnets):
+        activate(sub)
+        for j, batch in enumerate(micro_batches):
+            out = forward(batch)
+            ce = out.loss
+            loss = ce
+            if distill_weight > 0:
+                if k == 0:  # the teacher: its own loss is plain CE; keep its answer logits, without graph
+                    teacher[j] = answer_logits(out.logits, batch["labels"]).detach()
+                else:
+                    kd = distillation_loss(answer_logits(out.logits, batch["labels"]), teacher[j], temperature)
+                    loss = mixed_loss(ce, kd, distill_weight)
+            backward(loss)
+            stats.loss_sum += float(loss.detach())
+            stats.ce_sum += float(ce.detach())
+            stats.passes += 1
+            stats.tokens += int(batch["attention_mask"].sum())
+    return stats

@@ -1,0 +1,122 @@
+"""In-place distillation in the sandwich step: the loss by hand, the teacher's forward reused, the config rule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import randomize_adapters, tiny_model
+from lonas_ray.config_io import ConfigError
+from lonas_ray.elastic.supernet import SuperNetwork
+from lonas_ray.space import SpaceSpec
+from lonas_ray.train.config import DistillSpec, SamplingSpec, TrainSettings
+from lonas_ray.train.distill import answer_logits, distillation_loss, mixed_loss
+from lonas_ray.train.step import train_step
+
+SPACE = {"lora": {"r_max": 4, "rank_choices": [4, 2]}, "mlp": {"choices": [1.0, 0.5]}, "heads": {"choices": [1.0, 0.5]}}
+
+
+def test_distillation_loss_by_hand():
+    student = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    teacher = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    t = 2.0
+    expected = 0.0
+    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
+        ps = [math.exp(v / t) for v in s_row]
+        pt = [math.exp(v / t) for v in t_row]
+        ps = [v / sum(ps) for v in ps]
+        pt = [v / sum(pt) for v in pt]
+        expected += sum(q * math.log(q / p) for p, q in zip(ps, pt))
+    assert float(distillation_loss(student, teacher, t)) == pytest.approx(expected / 2 * t * t, rel=1e-5)  # float32
+    assert float(distillation_loss(teacher, teacher, 3.0)) == pytest.approx(0.0, abs=1e-7)
+    assert float(mixed_loss(torch.tensor(2.0), torch.tensor(4.0), 0.25)) == 2.5
+    with pytest.raises(ValueError, match="differ in shape"):
+        distillation_loss(student, teacher[:1], 1.0)
+
+
+def test_answer_logits_are_the_positions_that_predict_answer_tokens():
+    logits = torch.arange(2 * 4 * 3, dtype=torch.float).reshape(2, 4, 3)
+    labels = torch.tensor([[-100, -100, 5, 6], [-100, 7, -100, -100]])
+    got = answer_logits(logits, labels)
+    # row 0: positions 1 and 2 predict labels 2 and 3; row 1: position 0 predicts label 1
+    assert torch.equal(got, torch.stack([logits[0, 1], logits[0, 2], logits[1, 0]]))
+
+
+def batches():
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(2):
+        ids = torch.randint(0, 256, (2, 10), generator=g)
+        labels = ids.clone()
+        labels[:, :5] = -100  # the prompt
+        out.append({"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)})
+    return out
+
+
+def test_the_sandwich_step_distils_from_the_maximal_without_a_second_teacher_forward():
+    supernet = SuperNetwork(tiny_model(), SpaceSpec.from_dict(SPACE))
+    randomize_adapters(supernet, seed=2)
+    subnets = [supernet.space.maximal(), supernet.space.minimal(), supernet.space.sample(1)]
+    data = batches()
+    weight, temperature = 0.7, 2.0
+
+    # by hand: the maximal's logits first, then each student's mixed loss, no gradient anywhere
+    with torch.no_grad():
+        supernet.activate(subnets[0])
+        teacher = [answer_logits(supernet(**b).logits, b["labels"]) for b in data]
+        expected = [float(supernet(**b).loss) for b in data]
+        for sub in subnets[1:]:
+            supernet.activate(sub)
+            for b, t in zip(data, teacher):
+                out = supernet(**b)
+                kd = distillation_loss(answer_logits(out.logits, b["labels"]), t, temperature)
+                expected.append(float(mixed_loss(out.loss, kd, weight)))
+
+    forwards, losses = [], []
+
+    def forward(batch):
+        forwards.append(supernet.active_config)
+        return supernet(**batch)
+
+    def backward(loss):
+        losses.append(float(loss.detach()))
+        loss.backward()
+
+    stats = train_step(subnets, data, activate=supernet.activate, forward=forward, backward=backward,
+                       distill_weight=weight, temperature=temperature)
+    assert len(forwards) == stats.passes == len(subnets) * len(data)  # the teacher ran once per micro-batch
+    assert losses == pytest.approx(expected, rel=1e-5)
+    assert stats.loss == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+    assert stats.tokens == sum(int(b["attention_mask"].sum()) for b in data) * len(subnets)
+    # the soft targets carry no graph: every adapter gradient comes from a backward above, none is left dangling
+    assert all(p.grad is not None for p in supernet.adapter_parameters())
+
+
+def test_without_distillation_every_pass_is_plain_cross_entropy():
+    supernet = SuperNetwork(tiny_model(), SpaceSpec.from_dict(SPACE))
+    randomize_adapters(supernet, seed=2)
+    subnets = [supernet.space.maximal(), supernet.space.minimal()]
+    data = batches()
+    with torch.no_grad():
+        expected = []
+        for sub in subnets:
+            supernet.activate(sub)
+            expected += [float(supernet(**b).loss) for b in data]
+    losses = []
+    stats = train_step(subnets, data, activate=supernet.activate, forward=lambda b: supernet(**b),
+                       backward=lambda loss: losses.append(float(loss.detach())))
+    assert losses == pytest.approx(expected, rel=1e-6)
+    assert stats.ce_sum == pytest.approx(sum(expected), rel=1e-6)
+
+
+def test_distillation_needs_the_sandwich_rule_and_sane_settings():
+    with pytest.raises(ConfigError, match="needs sampling.strategy: sandwich"):
+        TrainSettings(sampling=SamplingSpec(strategy="random"), distill=DistillSpec(weight=0.5))
+    TrainSettings(sampling=SamplingSpec(strategy="sandwich"), distill=DistillSpec(weight=0.5))
+    with pytest.raises(ConfigError, match=r"distill.weight must lie in \[0, 1\]"):
+        DistillSpec(weight=1.5)
+    with pytest.raises(ConfigError, match="distill.temperature must be > 0"):
+        DistillSpec(temperature=0)
+    assert TrainSettings().distill.weight == 0.0  # off unless asked for
