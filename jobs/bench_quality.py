@@ -2,20 +2,34 @@
 
     python jobs/bench_quality.py --out jobs/results/bench_quality_cpu.json                  # every shipped task
     python jobs/bench_quality.py --tasks arithmetic_3_digit_addition --steps 200 --out ...
+    python jobs/bench_quality.py --device cuda --out jobs/results/bench_quality_gpu_h200.json
     python jobs/bench_quality.py --quick --out /tmp/q.json                                # tiny model, seconds
 
 Rows per task, each scored by lonas-ray's own scorer (``lonas_ray.search.quality``)
-on the task's recorded test split, with the 95 % Wilson interval and the number
-of examples:
+with the 95 % Wilson interval and the number of examples:
 
 * ``zero_shot``: the base model as it is.
 * ``peft_lora``: plain LoRA with the ``peft`` library itself (not lonas-ray's
   training loop): same data, template, steps, batch and learning rate as the
-  rows that follow will get.
+  super-adapter.
+* ``supernet:<name>`` (part ``supernet``): the super-network of
+  ``--space-config``'s ``supernet`` section (importance reordering, the space it
+  generates) trained with lonas-ray's own step (``lonas_ray.train.step``: sandwich,
+  optional in-place distillation), then the maximal, the heuristic and searched
+  picks at ``--targets`` fractions of the maximal's params, extracted and merged.
+  The search here is in-process: ``--candidates`` seeded random sub-networks, and
+  per target the best task loss on the *selection* examples among those within
+  the params budget.
+* ``prune_lora:<name>`` (part ``prune_lora``): each pick's exact shape cut from
+  the base model by the same importance order, then plain peft LoRA on it alone
+  for as many sub-network passes as the super-adapter's training made (equal
+  training compute per pass).
 
-(The super-network's picks and prune-then-LoRA at the picks' shapes are the
-next rows this job grows; see the README's benchmark section.) Training runs in
-this process on this machine's CPU threads; ``wall_s`` says how long each row took.
+Evaluation: the task's recorded test split, seeded into a *selection* part
+(``--select-share``, used only to choose the picks) and a *report* part that every
+row is scored on. Latency: one request (``--latency-*`` settings) on this
+machine, ``static`` on CPU and ``cuda_graph`` on GPU, against ``peft_lora``'s
+merged model. Training runs in this process; ``wall_s`` says how long each row took.
 """
 
 from __future__ import annotations
@@ -35,18 +49,28 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import yaml  # noqa: E402
+
+from lonas_ray.build import SupernetSpec, build_supernet  # noqa: E402
+from lonas_ray.config_io import from_dict  # noqa: E402
+from lonas_ray.counting import count_model, count_subnet  # noqa: E402
 from lonas_ray.data import shipped  # noqa: E402
 from lonas_ray.data.byte_tokenizer import byte_tokenizer  # noqa: E402
 from lonas_ray.data.load import load_examples  # noqa: E402
 from lonas_ray.data.spec import DataSpec  # noqa: E402
 from lonas_ray.data.tokenize import build_train_dataset, collate  # noqa: E402
 from lonas_ray.model_source import ModelSource, load_model  # noqa: E402
-from lonas_ray.search.quality import Quality, build_eval_set, evaluate_quality  # noqa: E402
+from lonas_ray.merge.extract import extract  # noqa: E402
+from lonas_ray.search.latency import measure  # noqa: E402
+from lonas_ray.search.quality import Quality, build_eval_set, evaluate_quality, subset, subset_indices  # noqa: E402
+from lonas_ray.train.schedule import subnets_for_step  # noqa: E402
+from lonas_ray.train.step import train_step  # noqa: E402
 from lonas_ray.stats import wilson_interval  # noqa: E402
 
 log = logging.getLogger("bench_quality")
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PARTS = ("zero_shot", "peft_lora", "supernet", "prune_lora")
 
 
 def data_spec(task: str, cutoff_len: int) -> DataSpec:
@@ -54,105 +78,252 @@ def data_spec(task: str, cutoff_len: int) -> DataSpec:
     return DataSpec(train=source, eval=source, format=shipped.FORMATS[task], cutoff_len=cutoff_len)
 
 
-def row(name: str, q: Quality, wall_s: float, **extra) -> dict:
-    out = {"model": name, **asdict(q), "wall_s": round(wall_s, 1), **extra}
-    if q.hits is not None:
-        out["ci95"] = list(wilson_interval(q.hits, q.examples))
-    log.info("%-12s %s %.3f  %s  task loss %.3f  answer loss %.3f  (%d examples, %.0f s)", name, q.metric, q.quality,
-             out.get("ci95"), q.task_loss, q.loss, q.examples, wall_s)
-    return out
+class Scorer:
+    """Quality on the report examples, latency on this device, each row's figures in one dict."""
+
+    def __init__(self, report, tokenizer, args, device: torch.device):
+        self.report, self.tokenizer, self.args, self.device = report, tokenizer, args, device
+        self.runtime = "cuda_graph" if device.type == "cuda" else "static"
+        self.reference_ms: float | None = None
+
+    def row(self, name: str, model, wall_s: float, **extra) -> dict:
+        t0 = time.perf_counter()
+        model.eval()
+        q = evaluate_quality(model, self.report, self.args.eval_batch, decode=self.tokenizer.decode)
+        out = {"model": name, **asdict(q), "params": count_model(model).params, "train_s": round(wall_s, 1),
+               "eval_s": round(time.perf_counter() - t0, 1), **extra}
+        if q.hits is not None:
+            out["ci95"] = list(wilson_interval(q.hits, q.examples))
+        if self.args.latency_repeats and hasattr(model, "config"):
+            a = self.args
+            stats = measure(model, self.runtime, batch_size=1, prompt_len=a.latency_prompt, new_tokens=a.latency_new,
+                            warmup=2, repeats=a.latency_repeats)
+            out.update(latency_ms=stats.latency_ms, latency_p90_ms=stats.latency_p90_ms, latency_runtime=self.runtime)
+        log.info("%-26s %s %.3f %s  task loss %.3f  params %.1fM  latency %s ms", name, q.metric, q.quality,
+                 out.get("ci95"), q.task_loss, out["params"] / 1e6, f"{out.get('latency_ms', float('nan')):.1f}")
+        return out
 
 
-def train_peft_lora(model, dataset, pad_id: int, steps: int, batch: int, lr: float, rank: int, seed: int):
-    """Plain LoRA on every linear with peft, AdamW, constant learning rate after a 10 % warm-up."""
+def lr_schedule(opt, steps: int):
+    """Linear warm-up over the first 10 % of steps, then constant: the same for every trained row."""
+    warm = max(1, steps // 10)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+
+
+class Batches:
+    """Seeded epochs of the training rows, ``batch`` at a time: every method sees the same examples in order."""
+
+    def __init__(self, dataset, batch: int, pad_id: int, seed: int, device: torch.device):
+        self.dataset, self.batch, self.pad_id, self.device = dataset, batch, pad_id, device
+        self.rng, self.queue = random.Random(seed), []
+
+    def next(self) -> dict:
+        while len(self.queue) < self.batch:
+            epoch = list(range(len(self.dataset)))
+            self.rng.shuffle(epoch)
+            self.queue += epoch
+        take, self.queue = self.queue[: self.batch], self.queue[self.batch:]
+        return {k: v.to(self.device) for k, v in collate(self.dataset.select(take), self.pad_id).items()}
+
+
+def train_peft_lora(model, dataset, pad_id: int, steps: int, args, device: torch.device):
+    """Plain LoRA on every linear with peft, AdamW, the shared learning-rate schedule."""
     from peft import LoraConfig, get_peft_model
 
-    torch.manual_seed(seed)
-    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS,
+    torch.manual_seed(args.seed)
+    peft_model = get_peft_model(model, LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=TARGETS,
                                                   lora_dropout=0.0))
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-    order = random.Random(seed)
-    indices: list[int] = []
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    sched = lr_schedule(opt, steps)
+    batches = Batches(dataset, args.batch, pad_id, args.seed, device)
     peft_model.train()
-    losses = []
     for step in range(steps):
-        while len(indices) < batch:  # epochs of seeded shuffles
-            epoch = list(range(len(dataset)))
-            order.shuffle(epoch)
-            indices += epoch
-        take, indices = indices[:batch], indices[batch:]
-        loss = peft_model(**collate(dataset.select(take), pad_id)).loss
+        loss = peft_model(**batches.next()).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        if step % 25 == 0 or step == steps - 1:
-            log.info("peft lora step %d/%d loss %.3f", step + 1, steps, losses[-1])
+        if step % 50 == 0 or step == steps - 1:
+            log.info("peft lora step %d/%d loss %.3f", step + 1, steps, float(loss.detach()))
     peft_model.eval()
-    return peft_model, losses
+    return peft_model.merge_and_unload()
 
 
-def bench_task(task: str, args, source: ModelSource) -> dict:
+def train_supernet(supernet, dataset, pad_id: int, args, device: torch.device) -> int:
+    """Sandwich steps with lonas-ray's own step function (distillation per --distill); returns the passes made."""
+    params = supernet.adapter_parameters()
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    sched = lr_schedule(opt, args.steps)
+    batches = Batches(dataset, args.batch, pad_id, args.seed, device)
+    supernet.train()
+    passes = 0
+    for step in range(args.steps):
+        subnets = subnets_for_step(supernet.space, "sandwich", args.seed, step)
+        stats = train_step(subnets, [batches.next()], activate=supernet.activate, forward=lambda b: supernet(**b),
+                           backward=lambda loss: (loss / len(subnets)).backward(),
+                           distill_weight=args.distill, temperature=args.distill_temperature)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        passes += stats.passes
+        if step % 50 == 0 or step == args.steps - 1:
+            log.info("super-adapter step %d/%d loss %.3f", step + 1, args.steps, stats.ce_sum / stats.passes)
+    supernet.eval()
+    return passes
+
+
+def search_picks(supernet, select, tokenizer, args) -> dict[str, dict]:
+    """maximal, heuristic and, per params target, the best task loss on the selection examples within budget."""
+    space = supernet.space
+    full = count_subnet(supernet, space.maximal()).params
+    picks = {"maximal": {"config": space.maximal()}, "heuristic": {"config": space.heuristic()}}
+    seen, pool = set(), []
+    for seed in range(args.candidates * 4):
+        cfg = space.sample(seed)
+        sid = space.subnet_id(cfg)
+        if sid not in seen:
+            seen.add(sid)
+            pool.append((cfg, count_subnet(supernet, cfg).params / full))
+        if len(pool) >= args.candidates:
+            break
+    scored: dict[str, float] = {}
+    for target in args.targets:
+        band = sorted((c for c in pool if target - args.band <= c[1] <= target), key=lambda c: -c[1])[: args.per_target]
+        best = None
+        for cfg, ratio in band:
+            sid = space.subnet_id(cfg)
+            if sid not in scored:
+                with torch.no_grad():
+                    model = extract(supernet, cfg)
+                scored[sid] = evaluate_quality(model, select, args.eval_batch, decode=tokenizer.decode).task_loss
+                del model
+            if best is None or scored[sid] < best[2]:
+                best = (cfg, ratio, scored[sid])
+        if best is None:
+            log.warning("no candidate within %.2f of params target %.2f: widen --band or raise --candidates",
+                        args.band, target)
+            continue
+        picks[f"pick_{target:.2f}"] = {"config": best[0], "select_task_loss": best[2], "candidates": len(band)}
+    for entry in picks.values():
+        entry["params_ratio"] = count_subnet(supernet, entry["config"]).params / full
+        entry["subnet_id"] = space.subnet_id(entry["config"])
+    return picks
+
+
+def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: torch.device) -> dict:
     spec = data_spec(task, args.cutoff_len)
     model, tokenizer = load_model(source)
     tokenizer = tokenizer or byte_tokenizer()
-    model.eval()
-    examples = load_examples(spec, "eval")
-    evalset = build_eval_set(examples, tokenizer, spec.cutoff_len)
-    pad_id = evalset.pad_id
-    rows = []
-    t0 = time.perf_counter()
-    rows.append(row("zero_shot", evaluate_quality(model, evalset, args.eval_batch, decode=tokenizer.decode),
-                    time.perf_counter() - t0))
+    full_eval = build_eval_set(load_examples(spec, "eval"), tokenizer, spec.cutoff_len)
+    chosen = set(subset_indices(len(full_eval), round(len(full_eval) * args.select_share), seed=args.seed))
+    select = subset(full_eval, sorted(chosen))
+    report = subset(full_eval, [i for i in range(len(full_eval)) if i not in chosen])
+    scorer = Scorer(report, tokenizer, args, device)
+    dataset = build_train_dataset(spec, tokenizer)
+    pad_id = full_eval.pad_id
+    result = {"task": task, "format": spec.format, "test_examples": len(full_eval), "select_examples": len(select),
+              "report_examples": len(report), "train_examples": len(dataset),
+              "epochs": round(args.steps * args.batch / len(dataset), 2), "rows": []}
+    rows = result["rows"]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if "zero_shot" in args.parts:
+        rows.append(scorer.row("zero_shot", model.to(device, dtype), 0.0))
     if "peft_lora" in args.parts:
-        dataset = build_train_dataset(spec, tokenizer)
         t0 = time.perf_counter()
-        tuned, losses = train_peft_lora(model, dataset, pad_id, args.steps, args.batch, args.lr, args.rank, args.seed)
-        train_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        q = evaluate_quality(tuned, evalset, args.eval_batch, decode=tokenizer.decode)
-        rows.append(row("peft_lora", q, time.perf_counter() - t0, train_s=round(train_s, 1),
-                        train_examples=len(dataset), epochs=round(args.steps * args.batch / len(dataset), 2),
-                        final_train_loss=sum(losses[-10:]) / len(losses[-10:])))
-    return {"task": task, "format": spec.format, "test_examples": len(evalset), "rows": rows}
+        tuned = train_peft_lora(model.to(device, dtype), dataset, pad_id, args.steps, args, device)
+        rows.append(scorer.row("peft_lora", tuned, time.perf_counter() - t0, steps=args.steps))
+        del tuned
+    if "supernet" not in args.parts:
+        return result
+    built = build_supernet(from_dict(SupernetSpec, {**space_spec, "model": vars(source)}, where="supernet"))
+    supernet = built.supernet.to(device, dtype)
+    t0 = time.perf_counter()
+    passes = train_supernet(supernet, dataset, pad_id, args, device)
+    train_s = time.perf_counter() - t0
+    picks = search_picks(supernet, select, tokenizer, args)
+    result["supernet"] = {"space_size": supernet.space.size(), "passes": passes, "train_s": round(train_s, 1),
+                          "distill": args.distill, "picks": picks}
+    for name, entry in picks.items():
+        with torch.no_grad():
+            merged = extract(supernet, entry["config"])
+        rows.append(scorer.row(f"supernet:{name}", merged, train_s, subnet_id=entry["subnet_id"],
+                               params_ratio=entry["params_ratio"]))
+        del merged
+    if "prune_lora" in args.parts:
+        for name, entry in picks.items():
+            if name == "maximal":
+                continue  # the maximal's shape is the base model: peft_lora above is its prune-then-LoRA
+            with torch.no_grad():
+                pruned = extract(supernet, entry["config"], merge=False)  # the base, cut in the same order
+            t0 = time.perf_counter()
+            tuned = train_peft_lora(pruned, dataset, pad_id, passes, args, device)
+            rows.append(scorer.row(f"prune_lora:{name}", tuned, time.perf_counter() - t0, steps=passes,
+                                   subnet_id=entry["subnet_id"], params_ratio=entry["params_ratio"]))
+            del tuned, pruned
+    reference = next((r for r in rows if r["model"] == "peft_lora"), None)
+    for r in rows:
+        if reference and r.get("latency_ms") and reference.get("latency_ms"):
+            r["speedup_vs_peft_lora"] = reference["latency_ms"] / r["latency_ms"]
+        if reference:
+            r["quality_vs_peft_lora"] = r["quality"] / reference["quality"] if reference["quality"] else None
+    return result
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", default=",".join(t for t in shipped.TASKS if t != "social_iqa"))
-    p.add_argument("--parts", default="zero_shot,peft_lora")
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--parts", default="zero_shot,peft_lora", help=f"comma list of {', '.join(PARTS)}")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps of peft_lora and of the super-adapter")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--rank", type=int, default=16, help="plain LoRA rank (the super-adapter's r_max is its config's)")
     p.add_argument("--cutoff-len", type=int, default=128)
     p.add_argument("--eval-batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--space-config", default="jobs/configs/quickstart.yaml", help="a config with a supernet section")
+    p.add_argument("--distill", type=float, default=0.5, help="in-place distillation weight (0: off)")
+    p.add_argument("--distill-temperature", type=float, default=1.0)
+    p.add_argument("--targets", type=lambda v: [float(x) for x in v.split(",")], default=[0.9, 0.75, 0.6])
+    p.add_argument("--band", type=float, default=0.08, help="a pick's params ratio lies in [target - band, target]")
+    p.add_argument("--candidates", type=int, default=48, help="sampled sub-networks the in-process search weighs")
+    p.add_argument("--per-target", type=int, default=6, help="candidates scored on the selection set per target")
+    p.add_argument("--select-share", type=float, default=0.25, help="share of the test split used to choose picks")
+    p.add_argument("--latency-prompt", type=int, default=64)
+    p.add_argument("--latency-new", type=int, default=16)
+    p.add_argument("--latency-repeats", type=int, default=5, help="0: no latency")
+    p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny random model, a few steps: checks the job runs")
     p.add_argument("--out", required=True)
     args = p.parse_args()
+    args.parts = args.parts.split(",")
+    unknown = [x for x in args.parts if x not in PARTS]
+    if unknown:
+        p.error(f"unknown part(s) {unknown}; use {', '.join(PARTS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    space_spec = yaml.safe_load(Path(args.space_config).read_text())["supernet"]
+    space_spec.pop("model", None)
     if args.quick:
         source = ModelSource(kind="tiny")
-        args.steps, args.batch = min(args.steps, 3), min(args.batch, 4)
+        args.steps, args.batch, args.candidates = min(args.steps, 3), min(args.batch, 4), min(args.candidates, 8)
     else:
         source = ModelSource(kind="smollm2")
+    device = torch.device(args.device)
     out = {
-        "what": "base zero-shot vs plain PEFT LoRA per task, lonas-ray's scorer, recorded test splits",
-        "model": source.kind, "machine": {"platform": platform.platform(), "cpu": platform.processor(),
-                                          "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "what": "per task: base zero-shot, plain PEFT LoRA, lonas-ray's super-network picks, prune-then-LoRA; "
+                "lonas-ray's scorer on the report part of the recorded test split",
+        "model": source.kind, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "machine": {"platform": platform.platform(), "cpu": platform.processor(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__},
         "date": datetime.date.today().isoformat(),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "tasks": [],
     }
     for task in args.tasks.split(","):
         t0 = time.perf_counter()
-        result = bench_task(task, args, source)
+        result = bench_task(task, args, source, space_spec, device)
         result["wall_s"] = round(time.perf_counter() - t0, 1)
         out["tasks"].append(result)
         Path(args.out).write_text(json.dumps(out, indent=1))  # after every task: a later failure keeps these

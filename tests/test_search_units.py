@@ -433,7 +433,8 @@ def test_seed_configs_per_strategy():
 
 
 def test_objective_values_are_higher_is_better_for_every_objective():
-    from lonas_ray.search.searchers import OBJECTIVES, objective_value, objectives
+    from lonas_ray.search.objective import OBJECTIVES, objective_value
+    from lonas_ray.search.searchers import objectives
 
     row = {"quality": 0.75, "loss": 0.4, "task_loss": 0.9, "latency_ms": 3.0}
     assert objective_value(row, "quality") == 0.75
@@ -466,3 +467,27 @@ def test_pareto_rows_carry_full_set_task_loss_and_wilson_intervals():
     assert a["quality_full_ci95_low"] is None  # a per-token accuracy is not a share of examples
     b = next(r for r in out if r["subnet_id"] == "b" and r["front"] == "latency")
     assert b["quality_full"] is None and b["quality_full_ci95_high"] is None  # not re-scored
+
+
+def test_the_front_is_formed_on_the_searchers_objective_so_a_lucky_guess_does_not_dominate_the_maximal():
+    """The quick-start case: maximal at task loss 0.89 and 10/24 right; a sub-network at 4.7 that guessed 11/24."""
+    rows = [dict(row("m", 10 / 24, 10.0, 100.0), task_loss=0.89), dict(row("x", 11 / 24, 7.0, 70.0), task_loss=4.7),
+            dict(row("min", 0.25, 5.0, 50.0), task_loss=6.0)]
+    by_quality = {r["subnet_id"] for r in front_rows(rows, "latency_ms", "quality")}
+    assert "m" not in by_quality  # on subset accuracy the maximal looks dominated ...
+    by_loss = [r["subnet_id"] for r in front_rows(rows, "latency_ms", "task_loss")]
+    assert by_loss == ["min", "x", "m"]  # ... on what the searcher optimised it is not
+    out, summary = pool_fronts(rows, "m", {}, delta=0.0, reference_quality=0.0, reference_cost=1.1,
+                               objective="task_loss", minimal_id="min")
+    assert summary["objective"] == "task_loss"
+    listed = {r["subnet_id"]: r for r in out if r["front"] == "latency"}
+    assert listed["m"]["member"] and listed["x"]["member"]
+    # hypervolume over (-task loss, latency) against the minimal's -6.0 and 1.1 x the maximal's 10 ms:
+    #   [5, 7) adds nothing (the minimal is the reference), [7, 10) x (6.0 - 4.7), [10, 11) x (6.0 - 0.89)
+    assert summary["latency"]["reference"] == pytest.approx([-6.0, 11.0])
+    assert summary["latency"]["hypervolume"] == pytest.approx(3 * 1.3 + 1 * 5.11)
+
+
+def test_rows_without_the_objective_stay_off_the_front():
+    rows = [dict(row("m", 0.5, 10.0, 100.0), task_loss=1.0), dict(row("y", 0.9, 1.0, 10.0), task_loss=None)]
+    assert [r["subnet_id"] for r in front_rows(rows, "latency_ms", "task_loss")] == ["m"]

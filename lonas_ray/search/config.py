@@ -10,6 +10,7 @@ from lonas_ray.config_io import ConfigError, YamlConfig, help_field
 from lonas_ray.data.spec import DataSpec
 from lonas_ray.model_source import DTYPES
 from lonas_ray.search.latency import RUNTIMES
+from lonas_ray.search.objective import OBJECTIVES
 
 POOL_LABEL = "lonas/pool"
 PLACEMENTS = ("auto", "label", "resource")
@@ -136,7 +137,7 @@ class StrategySpec:
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"search.strategy '{self.strategy}' is unknown; use one of {', '.join(STRATEGIES)}")
-        if self.objective not in ("task_loss", "quality", "loss"):
+        if self.objective not in OBJECTIVES:
             raise ConfigError(f"search.objective '{self.objective}' is unknown; use task_loss, quality or loss")
         if not isinstance(self.budget, int) or self.budget < 1:
             raise ConfigError(f"search.budget must be an integer >= 1 (evaluations per pool), got {self.budget!r}")

@@ -231,7 +231,7 @@ def cross_evaluate(cfg: SearchConfig, space: SearchSpace, source: Path, out: Pat
     for pool in cfg.search.pools:
         rows = list(rows_by_pool(out / RESULTS, pool).values())
         for cost in FRONTS.values():
-            for r in front_rows(rows, cost):
+            for r in front_rows(rows, cost, cfg.search.objective):
                 members.setdefault(r["subnet_id"], r["config"])
     return {pool: evaluate_configs(cfg, pool, space, source, out, list(members.values()))
             for pool in cfg.search.pools}
@@ -253,7 +253,7 @@ def final_evaluation(cfg: SearchConfig, space: SearchSpace, source: Path, out: P
     for pool in cfg.search.pools:
         rows = list(rows_by_pool(out / RESULTS, pool).values())
         for cost in FRONTS.values():
-            for r in front_rows(rows, cost):
+            for r in front_rows(rows, cost, cfg.search.objective):
                 wanted[r["subnet_id"]] = r["config"]
     todo = [c for sid, c in wanted.items() if sid not in finals]
     if todo:
@@ -279,7 +279,8 @@ def write_pareto(cfg: SearchConfig, space: SearchSpace, out: Path, finals: dict[
                 for r in rows_by_pool(out / RESULTS, pool).values()]
         p = cfg.pareto
         front, info = pool_fronts(rows, maximal_id, finals, delta=p.delta, reference_quality=p.reference_quality,
-                                  reference_cost=p.reference_cost)
+                                  reference_cost=p.reference_cost, objective=cfg.search.objective,
+                                  minimal_id=space.subnet_id(space.minimal()))
         all_rows.extend(front)
         summary[pool] = info
     schema = pa.schema(list(SCHEMA) + PARETO_EXTRA)

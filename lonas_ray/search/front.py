@@ -1,12 +1,18 @@
 """From the results table to the Pareto table: fronts per pool, hypervolume, the picked sub-network.
 
 Pure functions over rows (dicts), so the stage is testable without Ray. Two
-fronts per pool: quality (up) against latency (down), and quality against
-params (down). Hypervolume is measured on the search quality (what the
-searcher optimised) against (``reference_quality``, ``reference_cost`` x the
-maximal sub-network's cost). The pick uses the final, full-set quality when
-there is one: the fastest (or smallest) front member whose quality is at
-least the maximal sub-network's minus ``delta``.
+fronts per pool: the searcher's objective (up) against latency (down), and
+against params (down). The objective is what the searcher optimised
+(``search.objective``: the task loss by default, negated so that higher is
+better, or accuracy): forming the front on subset accuracy when the searcher
+steered by a loss would let one lucky guess on 24 questions mark the maximal
+"dominated". Hypervolume is measured on that objective against
+(reference, ``reference_cost`` x the maximal sub-network's cost); the
+reference is ``reference_quality`` for accuracy and the minimal sub-network's
+objective (always evaluated first, so every strategy shares it) for losses.
+The pick uses the final, full-set accuracy when there is one: the fastest (or
+smallest) front member whose quality is at least the maximal sub-network's
+minus ``delta``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import numpy as np
 
 from lonas_ray.search.pareto import hypervolume_2d, pareto_mask, pick
 from lonas_ray.search.quality import accuracy_interval
+from lonas_ray.search.objective import objective_value
 
 FRONTS = {"latency": "latency_ms", "params": "params"}
 FINAL_COLUMNS = ("quality_full", "loss_full", "task_loss_full", "eval_examples_full", "quality_full_ci95_low",
@@ -35,14 +42,31 @@ def final_columns(final: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def front_rows(rows: Sequence[Mapping[str, Any]], cost: str) -> list[Mapping[str, Any]]:
-    """The non-dominated rows over (quality max, ``cost`` min); rows missing either are left out."""
-    usable = [r for r in rows if r.get("quality") is not None and r.get(cost) is not None]
+def _score(row: Mapping[str, Any], objective: str) -> float | None:
+    try:
+        value = objective_value(row, objective)
+    except (KeyError, TypeError):  # the column is missing or null
+        return None
+    return None if value is None or value != value else float(value)
+
+
+def front_rows(rows: Sequence[Mapping[str, Any]], cost: str, objective: str = "quality") -> list[Mapping[str, Any]]:
+    """The non-dominated rows over (``objective`` max, ``cost`` min); rows missing either are left out."""
+    usable = [r for r in rows if _score(r, objective) is not None and r.get(cost) is not None]
     if not usable:
         return []
-    mask = pareto_mask(np.array([[r["quality"], r[cost]] for r in usable], dtype=float), [True, False])
+    mask = pareto_mask(np.array([[_score(r, objective), r[cost]] for r in usable], dtype=float), [True, False])
     members = [r for r, keep in zip(usable, mask) if keep]
-    return sorted(members, key=lambda r: (r[cost], -r["quality"]))
+    return sorted(members, key=lambda r: (r[cost], -_score(r, objective)))
+
+
+def _loss_reference(rows: Sequence[Mapping[str, Any]], objective: str, minimal_id: str | None) -> float | None:
+    """The worst objective that counts for a loss: the minimal sub-network's, else the worst row's."""
+    minimal = next((r for r in rows if r["subnet_id"] == minimal_id), None)
+    if minimal is not None and _score(minimal, objective) is not None:
+        return _score(minimal, objective)
+    scores = [s for s in (_score(r, objective) for r in rows) if s is not None]
+    return min(scores) if scores else None
 
 
 def final_quality(row: Mapping[str, Any], finals: Mapping[str, Mapping[str, Any]]) -> float:
@@ -51,7 +75,8 @@ def final_quality(row: Mapping[str, Any], finals: Mapping[str, Mapping[str, Any]
 
 
 def pool_fronts(rows: Sequence[Mapping[str, Any]], maximal_id: str, finals: Mapping[str, Mapping[str, Any]], *,
-                delta: float, reference_quality: float, reference_cost: float) -> tuple[list[dict], dict]:
+                delta: float, reference_quality: float, reference_cost: float, objective: str = "quality",
+                minimal_id: str | None = None) -> tuple[list[dict], dict]:
     """(Pareto rows, summary) for one pool's rows.
 
     Rows carry ``front``, ``member`` (non-dominated on that front), ``picked`` and the
@@ -60,13 +85,14 @@ def pool_fronts(rows: Sequence[Mapping[str, Any]], maximal_id: str, finals: Mapp
     may be the pick itself.
     """
     maximal = next((r for r in rows if r["subnet_id"] == maximal_id), None)
-    out, summary = [], {"evaluated": len(rows)}
+    out, summary = [], {"evaluated": len(rows), "objective": objective}
+    reference_score = reference_quality if objective == "quality" else _loss_reference(rows, objective, minimal_id)
     for front, cost in FRONTS.items():
-        members = front_rows(rows, cost)
+        members = front_rows(rows, cost, objective)
         info: dict[str, Any] = {"members": len(members)}
-        if maximal is not None and maximal.get(cost) is not None:
-            ref = [reference_quality, reference_cost * maximal[cost]]
-            pts = np.array([[r["quality"], r[cost]] for r in members], dtype=float).reshape(-1, 2)
+        if maximal is not None and maximal.get(cost) is not None and reference_score is not None:
+            ref = [reference_score, reference_cost * maximal[cost]]
+            pts = np.array([[_score(r, objective), r[cost]] for r in members], dtype=float).reshape(-1, 2)
             info["reference"] = ref
             info["hypervolume"] = hypervolume_2d(pts, ref, [True, False])
             candidates = [dict(r, quality_final=final_quality(r, finals)) for r in [*members, maximal]]

@@ -30,21 +30,13 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from lonas_ray.search.objective import OBJECTIVES, objective_value
 from lonas_ray.space import SearchSpace, SubnetConfig
 
 log = logging.getLogger(__name__)
 
 MODES = ["max", "min"]
 DIRECTIONS = ["maximize", "minimize"]
-# search.objective -> (the trial metric maximised, the results column, its sign)
-OBJECTIVES = {"quality": "quality", "loss": "neg_loss", "task_loss": "neg_task_loss"}
-_COLUMN = {"quality": ("quality", 1.0), "loss": ("loss", -1.0), "task_loss": ("task_loss", -1.0)}
-
-
-def objective_value(row: Mapping[str, Any], objective: str) -> float:
-    """The searcher's quality objective of a results row, higher is better (losses negated)."""
-    column, sign = _COLUMN[objective]
-    return sign * row[column]
 
 
 def metrics(objective: str) -> list[str]:

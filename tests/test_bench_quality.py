@@ -1,0 +1,58 @@
+"""jobs/bench_quality.py --quick: every row scored, prune-then-LoRA in exactly the pick's shape, honest splits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("quality") / "q.json"
+    cmd = [sys.executable, "jobs/bench_quality.py", "--quick", "--tasks", "intent_recognition",
+           "--parts", "zero_shot,peft_lora,supernet,prune_lora", "--space-config", "jobs/configs/tiny.yaml",
+           "--targets", "0.95,0.9", "--band", "0.1", "--latency-repeats", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_every_row_has_accuracy_with_its_interval_on_the_report_examples(result):
+    (task,) = result["tasks"]
+    assert task["select_examples"] + task["report_examples"] == task["test_examples"] == 140
+    assert task["select_examples"] == 35
+    names = [r["model"] for r in task["rows"]]
+    assert names[:2] == ["zero_shot", "peft_lora"]
+    assert {"supernet:maximal", "supernet:heuristic"} <= set(names)
+    assert any(n.startswith("prune_lora:") for n in names)
+    for r in task["rows"]:
+        assert r["examples"] == task["report_examples"] and r["metric"] == "mc_accuracy"
+        lo, hi = r["ci95"]
+        assert 0.0 <= lo <= r["quality"] <= hi <= 1.0
+        assert r["hits"] == round(r["quality"] * r["examples"])
+        assert r["latency_ms"] > 0 and r["speedup_vs_peft_lora"] > 0
+
+
+def test_prune_then_lora_has_exactly_the_shape_of_its_pick(result):
+    (task,) = result["tasks"]
+    rows = {r["model"]: r for r in task["rows"]}
+    picks = task["supernet"]["picks"]
+    pruned = [name for name in rows if name.startswith("prune_lora:")]
+    assert pruned and "prune_lora:maximal" not in rows  # the maximal's shape is the base: that is peft_lora
+    for name in pruned:
+        pick = name.split(":", 1)[1]
+        assert rows[name]["subnet_id"] == rows[f"supernet:{pick}"]["subnet_id"] == picks[pick]["subnet_id"]
+        assert rows[name]["params"] == rows[f"supernet:{pick}"]["params"]  # merged LoRA adds nothing
+        assert rows[name]["steps"] == task["supernet"]["passes"]  # equal training passes
+    assert rows["supernet:maximal"]["params"] == rows["peft_lora"]["params"] == rows["zero_shot"]["params"]
+    for name, pick in picks.items():
+        if name.startswith("pick_"):
+            target = float(name.removeprefix("pick_"))
+            assert target - 0.1 <= pick["params_ratio"] <= target  # the budget the pick was searched within
