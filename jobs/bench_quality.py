@@ -62,7 +62,7 @@ from lonas_ray.data.tokenize import build_train_dataset, collate  # noqa: E402
 from lonas_ray.model_source import ModelSource, load_model  # noqa: E402
 from lonas_ray.merge.extract import extract  # noqa: E402
 from lonas_ray.search.latency import measure  # noqa: E402
-from lonas_ray.search.quality import Quality, build_eval_set, evaluate_quality, subset, subset_indices  # noqa: E402
+from lonas_ray.search.quality import build_eval_set, evaluate_quality, subset, subset_indices  # noqa: E402
 from lonas_ray.train.schedule import subnets_for_step  # noqa: E402
 from lonas_ray.train.step import train_step  # noqa: E402
 from lonas_ray.stats import wilson_interval  # noqa: E402
