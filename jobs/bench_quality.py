@@ -39,7 +39,6 @@ import datetime
 import json
 import logging
 import platform
-import random
 import sys
 import time
 from dataclasses import asdict
@@ -63,7 +62,7 @@ from lonas_ray.model_source import ModelSource, load_model  # noqa: E402
 from lonas_ray.merge.extract import extract  # noqa: E402
 from lonas_ray.search.latency import measure  # noqa: E402
 from lonas_ray.search.quality import build_eval_set, evaluate_quality, subset, subset_indices  # noqa: E402
-from lonas_ray.train.schedule import subnets_for_step  # noqa: E402
+from lonas_ray.train.schedule import batch_indices, subnets_for_step  # noqa: E402
 from lonas_ray.train.step import train_step  # noqa: E402
 from lonas_ray.stats import wilson_interval  # noqa: E402
 
@@ -110,20 +109,10 @@ def lr_schedule(opt, steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
 
 
-class Batches:
-    """Seeded epochs of the training rows, ``batch`` at a time: every method sees the same examples in order."""
-
-    def __init__(self, dataset, batch: int, pad_id: int, seed: int, device: torch.device):
-        self.dataset, self.batch, self.pad_id, self.device = dataset, batch, pad_id, device
-        self.rng, self.queue = random.Random(seed), []
-
-    def next(self) -> dict:
-        while len(self.queue) < self.batch:
-            epoch = list(range(len(self.dataset)))
-            self.rng.shuffle(epoch)
-            self.queue += epoch
-        take, self.queue = self.queue[: self.batch], self.queue[self.batch:]
-        return {k: v.to(self.device) for k, v in collate(self.dataset.select(take), self.pad_id).items()}
+def step_batch(dataset, step: int, args, pad_id: int, device: torch.device) -> dict:
+    """The rows of optimizer step ``step``: the training loop's own seeded epochs, so every method sees the same."""
+    take = batch_indices(len(dataset), step, args.batch, args.seed)
+    return {k: v.to(device) for k, v in collate(dataset.select(take), pad_id).items()}
 
 
 def train_peft_lora(model, dataset, pad_id: int, steps: int, args, device: torch.device):
@@ -136,10 +125,9 @@ def train_peft_lora(model, dataset, pad_id: int, steps: int, args, device: torch
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     sched = lr_schedule(opt, steps)
-    batches = Batches(dataset, args.batch, pad_id, args.seed, device)
     peft_model.train()
     for step in range(steps):
-        loss = peft_model(**batches.next()).loss
+        loss = peft_model(**step_batch(dataset, step, args, pad_id, device)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -156,12 +144,12 @@ def train_supernet(supernet, dataset, pad_id: int, args, device: torch.device) -
     params = supernet.adapter_parameters()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     sched = lr_schedule(opt, args.steps)
-    batches = Batches(dataset, args.batch, pad_id, args.seed, device)
     supernet.train()
     passes = 0
     for step in range(args.steps):
         subnets = subnets_for_step(supernet.space, "sandwich", args.seed, step)
-        stats = train_step(subnets, [batches.next()], activate=supernet.activate, forward=lambda b: supernet(**b),
+        batch = step_batch(dataset, step, args, pad_id, device)
+        stats = train_step(subnets, [batch], activate=supernet.activate, forward=lambda b: supernet(**b),
                            backward=lambda loss: (loss / len(subnets)).backward(),
                            distill_weight=args.distill, temperature=args.distill_temperature)
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import numbers
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,20 @@ def _is_text(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, numbers.Real) and not isinstance(value, bool))
 
 
+def _bigbench_problem(record: Mapping, input_field: str, field: str, what: str,
+                      parse: Callable[[Any], Any]) -> str | None:
+    """A BIG-bench record's problem: the question missing, the answer field missing, or ``parse`` rejecting it."""
+    if not _present(record, input_field):
+        return f"has no '{input_field}' field (the question)"
+    if not _present(record, field):
+        return f"has no '{field}' field ({what})"
+    try:
+        parse(record[field])
+    except ValueError as exc:
+        return f"'{field}' {exc}"
+    return None
+
+
 def record_problem(
     record: Any, fmt: str, *, instruction_field: str, input_field: str, answer_field: str
 ) -> str | None:
@@ -84,25 +98,11 @@ def record_problem(
     if not isinstance(record, Mapping):
         return f"is a {type(record).__name__}, not an object with named fields"
     if fmt == "multiple_choice":
-        if not _present(record, input_field):
-            return f"has no '{input_field}' field (the question)"
-        if not _present(record, SCORES_FIELD):
-            return f"has no '{SCORES_FIELD}' field (each choice with its score, e.g. {{\"yes\": 1, \"no\": 0}})"
-        try:
-            choice_scores(record[SCORES_FIELD])
-        except ValueError as exc:
-            return f"'{SCORES_FIELD}' {exc}"
-        return None
+        return _bigbench_problem(record, input_field, SCORES_FIELD,
+                                 "each choice with its score, e.g. {\"yes\": 1, \"no\": 0}", choice_scores)
     if fmt == "generation":
-        if not _present(record, input_field):
-            return f"has no '{input_field}' field (the question)"
-        if not _present(record, TARGET_FIELD):
-            return f"has no '{TARGET_FIELD}' field (the answer, or a list of accepted answers)"
-        try:
-            targets_of(record[TARGET_FIELD])
-        except ValueError as exc:
-            return f"'{TARGET_FIELD}' {exc}"
-        return None
+        return _bigbench_problem(record, input_field, TARGET_FIELD, "the answer, or a list of accepted answers",
+                                 targets_of)
     if not _present(record, answer_field):
         return f"has no '{answer_field}' field (the answer); set data.answer_field if it is named otherwise"
     if not _is_text(record[answer_field]):

@@ -52,19 +52,21 @@ def _score(row: Mapping[str, Any], objective: str) -> float | None:
 
 def front_rows(rows: Sequence[Mapping[str, Any]], cost: str, objective: str = "quality") -> list[Mapping[str, Any]]:
     """The non-dominated rows over (``objective`` max, ``cost`` min); rows missing either are left out."""
-    usable = [r for r in rows if _score(r, objective) is not None and r.get(cost) is not None]
+    scored = [(r, _score(r, objective)) for r in rows]
+    usable = [(r, s) for r, s in scored if s is not None and r.get(cost) is not None]
     if not usable:
         return []
-    mask = pareto_mask(np.array([[_score(r, objective), r[cost]] for r in usable], dtype=float), [True, False])
-    members = [r for r, keep in zip(usable, mask) if keep]
-    return sorted(members, key=lambda r: (r[cost], -_score(r, objective)))
+    mask = pareto_mask(np.array([[s, r[cost]] for r, s in usable], dtype=float), [True, False])
+    members = [(r, s) for (r, s), keep in zip(usable, mask) if keep]
+    return [r for r, s in sorted(members, key=lambda m: (m[0][cost], -m[1]))]
 
 
 def _loss_reference(rows: Sequence[Mapping[str, Any]], objective: str, minimal_id: str | None) -> float | None:
     """The worst objective that counts for a loss: the minimal sub-network's, else the worst row's."""
     minimal = next((r for r in rows if r["subnet_id"] == minimal_id), None)
-    if minimal is not None and _score(minimal, objective) is not None:
-        return _score(minimal, objective)
+    own = _score(minimal, objective) if minimal is not None else None
+    if own is not None:
+        return own
     scores = [s for s in (_score(r, objective) for r in rows) if s is not None]
     return min(scores) if scores else None
 

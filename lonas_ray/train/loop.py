@@ -187,17 +187,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
         stats = train_step(subnets, batches, activate=supernet.activate, forward=lambda b: engine(**b),
                            backward=backward_and_step,
                            distill_weight=cfg.distill.weight, temperature=cfg.distill.temperature)
-        loss_sum, tokens = stats.ce_sum, stats.tokens
+        rank_loss = stats.ce_sum / stats.passes  # plain cross-entropy: comparable with distillation on or off
         step_s = time.perf_counter() - t0
-        loss_mean = _mean_across_ranks(loss_sum / stats.passes, device)
-        tokens_per_s = _sum_across_ranks(tokens, device) / step_s
+        loss_mean = _mean_across_ranks(rank_loss, device)
+        tokens_per_s = _sum_across_ranks(stats.tokens, device) / step_s
         for sid, sub in zip(ids, subnets):  # counting reads every tensor: once per sub-network, not per step
             if sid not in params_of:
                 params_of[sid] = count_subnet(supernet, sub).params
         params_mean = sum(params_of[sid] for sid in ids) / len(ids)
         with rank_log.open("a") as f:
-            f.write(json.dumps({"step": step, "subnets": ids, "indices": micro, "loss": loss_sum / (len(subnets) * len(micro)),
-                                "tokens": tokens, "step_s": step_s, "restart_from": start,
+            f.write(json.dumps({"step": step, "subnets": ids, "indices": micro, "loss": rank_loss,
+                                "tokens": stats.tokens, "step_s": step_s, "restart_from": start,
                                 "node": node_id}) + "\n")
         done = step + 1
         metrics = {"step": done, "loss": loss_mean, "tokens_per_s": tokens_per_s, "subnet_params": params_mean,
