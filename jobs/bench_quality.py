@@ -20,6 +20,11 @@ with the 95 % Wilson interval and the number of examples:
   The search here is in-process: ``--candidates`` seeded random sub-networks, and
   per target the best task loss on the *selection* examples among those within
   the params budget.
+* ``recover:<name>`` (part ``recover``): each smaller pick's recovery fine-tune
+  (LoNAS: extracted sub-networks can be tuned further): the super-adapter's
+  weights, that one sub-network active, ``--recover-steps`` more steps of plain
+  cross-entropy, then extracted and merged; the super-adapter is put back after
+  each, so every pick starts from the same weights.
 * ``prune_lora:<name>`` (part ``prune_lora``): each pick's exact shape cut from
   the base model by the same importance order, then plain peft LoRA on it alone
   for as many sub-network passes as the super-adapter's training made (equal
@@ -69,7 +74,7 @@ from lonas_ray.stats import wilson_interval  # noqa: E402
 log = logging.getLogger("bench_quality")
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-PARTS = ("zero_shot", "peft_lora", "supernet", "prune_lora")
+PARTS = ("zero_shot", "peft_lora", "supernet", "recover", "prune_lora")
 
 
 def data_spec(task: str, cutoff_len: int) -> DataSpec:
@@ -139,15 +144,20 @@ def train_peft_lora(model, dataset, pad_id: int, steps: int, args, device: torch
     return peft_model.merge_and_unload()
 
 
-def train_supernet(supernet, dataset, pad_id: int, args, device: torch.device) -> int:
-    """Sandwich steps with lonas-ray's own step function (distillation per --distill); returns the passes made."""
+def train_supernet(supernet, dataset, pad_id: int, args, device: torch.device, *, steps: int | None = None,
+                   fixed=None, first_step: int = 0) -> int:
+    """Sandwich steps with lonas-ray's own step function (distillation per --distill); returns the passes made.
+
+    ``fixed``: train that one sub-network instead (a recovery fine-tune), from batch ``first_step`` on.
+    """
+    steps = args.steps if steps is None else steps
     params = supernet.adapter_parameters()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    sched = lr_schedule(opt, args.steps)
+    sched = lr_schedule(opt, steps)
     supernet.train()
     passes = 0
-    for step in range(args.steps):
-        subnets = subnets_for_step(supernet.space, "sandwich", args.seed, step)
+    for step in range(first_step, first_step + steps):
+        subnets = [fixed] if fixed is not None else subnets_for_step(supernet.space, "sandwich", args.seed, step)
         batch = step_batch(dataset, step, args, pad_id, device)
         stats = train_step(subnets, [batch], activate=supernet.activate, forward=lambda b: supernet(**b),
                            backward=lambda loss: (loss / len(subnets)).backward(),
@@ -157,8 +167,9 @@ def train_supernet(supernet, dataset, pad_id: int, args, device: torch.device) -
         sched.step()
         opt.zero_grad(set_to_none=True)
         passes += stats.passes
-        if step % 50 == 0 or step == args.steps - 1:
-            log.info("super-adapter step %d/%d loss %.3f", step + 1, args.steps, stats.ce_sum / stats.passes)
+        if step % 50 == 0 or step == first_step + steps - 1:
+            log.info("%s step %d/%d loss %.3f", "recovery" if fixed else "super-adapter", step + 1 - first_step, steps,
+                     stats.ce_sum / stats.passes)
     supernet.eval()
     return passes
 
@@ -240,6 +251,22 @@ def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: t
         rows.append(scorer.row(f"supernet:{name}", merged, train_s, subnet_id=entry["subnet_id"],
                                params_ratio=entry["params_ratio"]))
         del merged
+    if "recover" in args.parts:
+        trained = {k: v.detach().clone() for k, v in supernet.adapter_state_dict().items()}
+        for name, entry in picks.items():
+            if name == "maximal":
+                continue
+            t0 = time.perf_counter()
+            train_supernet(supernet, dataset, pad_id, args, device, steps=args.recover_steps, fixed=entry["config"],
+                           first_step=args.steps)  # batches the super-adapter has not seen in this order
+            with torch.no_grad():
+                merged = extract(supernet, entry["config"])
+            rows.append(scorer.row(f"recover:{name}", merged, train_s + time.perf_counter() - t0,
+                                   steps=args.recover_steps, subnet_id=entry["subnet_id"],
+                                   params_ratio=entry["params_ratio"]))
+            del merged
+            supernet.load_adapter_state_dict(trained)
+        supernet.eval()
     if "prune_lora" in args.parts:
         for name, entry in picks.items():
             if name == "maximal":
@@ -274,6 +301,7 @@ def main() -> int:
     p.add_argument("--space-config", default="jobs/configs/quickstart.yaml", help="a config with a supernet section")
     p.add_argument("--distill", type=float, default=0.5, help="in-place distillation weight (0: off)")
     p.add_argument("--distill-temperature", type=float, default=1.0)
+    p.add_argument("--recover-steps", type=int, default=50, help="recovery fine-tune steps per pick (part recover)")
     p.add_argument("--targets", type=lambda v: [float(x) for x in v.split(",")], default=[0.9, 0.75, 0.6])
     p.add_argument("--band", type=float, default=0.08, help="a pick's params ratio lies in [target - band, target]")
     p.add_argument("--candidates", type=int, default=48, help="sampled sub-networks the in-process search weighs")
@@ -296,6 +324,7 @@ def main() -> int:
     if args.quick:
         source = ModelSource(kind="tiny")
         args.steps, args.batch, args.candidates = min(args.steps, 3), min(args.batch, 4), min(args.candidates, 8)
+        args.recover_steps = min(args.recover_steps, 2)
     else:
         source = ModelSource(kind="smollm2")
     device = torch.device(args.device)

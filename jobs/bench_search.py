@@ -1,4 +1,4 @@
-"""Search benchmark: evaluation throughput vs workers, NSGA-II vs random, latency runtimes. JSON out.
+"""Search benchmark: evaluation throughput vs workers, strategies (NSGA-II, TPE vs random), runtimes. JSON out.
 
     python jobs/bench_search.py --config jobs/configs/bench_search_cpu.yaml --parts strategies --out X.json
 
@@ -8,10 +8,10 @@ Parts (each runs the real search stage on an embedded Ray, its own output dirs):
   evaluation workers (``--workers``); evaluations per minute from the first
   to the last result (model loads excluded, reported apart) and the wall time
   of the whole Tune run; efficiency = rate(N) / (N x rate(1)).
-* ``strategies``: NSGA-II and random search at the same budget, several seeds;
-  hypervolume (quality up, latency down) after every evaluation against one
-  reference shared by all runs; how many evaluations NSGA-II needs to reach
-  random search's final hypervolume (mean over seeds).
+* ``strategies``: ``--strategies`` (NSGA-II, TPE, ...) and random search at the
+  same budget, several seeds; hypervolume (the search objective up, latency
+  down) after every evaluation against one reference shared by all runs; how
+  many evaluations each needs to reach random search's final hypervolume.
 * ``runtimes``: latency of the maximal, heuristic and minimal sub-networks
   under every runtime the device has; speed-up of each vs maximal per runtime
   (eager timing hides compression; see lonas_ray/search/latency.py).
@@ -92,23 +92,29 @@ def scaling(base: SearchConfig, work: Path, workers: list[int], evals: int) -> d
     return out
 
 
-def _objective(row: dict, objective: str) -> float:
-    return row["quality"] if objective == "quality" else -row["loss"]
-
-
 def _hv_curve(rows: list[dict], ref: list[float], objective: str) -> list[float]:
+    from lonas_ray.search.objective import objective_value
+
     curve = []
     for k in range(1, len(rows) + 1):
-        pts = np.array([[_objective(r, objective), r["latency_ms"]] for r in rows[:k]], dtype=float)
+        pts = np.array([[objective_value(r, objective), r["latency_ms"]] for r in rows[:k]], dtype=float)
         curve.append(hypervolume_2d(pts, ref, [True, False]))
     return curve
 
 
-def strategies(base: SearchConfig, work: Path, budget: int, seeds: list[int], population: int) -> dict:
-    from lonas_ray.search.driver import run_search
+def strategies(base: SearchConfig, work: Path, budget: int, seeds: list[int], population: int,
+               names: list[str]) -> dict:
+    """Each strategy at the same budget and seeds; hypervolume curves against one shared reference.
 
+    Random search is the yardstick: for every other strategy, how many evaluations it needs to
+    reach random's final hypervolume on the same seed.
+    """
+    from lonas_ray.search.driver import run_search
+    from lonas_ray.search.objective import objective_value
+
+    names = ["random", *[n for n in names if n != "random"]]
     runs = {}
-    for strategy in ("nsga2", "random"):
+    for strategy in names:
         for seed in seeds:
             cfg = _cfg(base, work / f"{strategy}-{seed}", strategy=strategy, budget=budget, seed=seed,
                        population=population)
@@ -117,23 +123,25 @@ def strategies(base: SearchConfig, work: Path, budget: int, seeds: list[int], po
     objective = base.search.objective
     everything = [r for rows in runs.values() for r in rows]
     # one reference for every run: the worst objective value seen by any run, 1.1 x the slowest latency
-    ref = [min(_objective(r, objective) for r in everything), 1.1 * max(r["latency_ms"] for r in everything)]
+    ref = [min(objective_value(r, objective) for r in everything), 1.1 * max(r["latency_ms"] for r in everything)]
     curves = {k: _hv_curve(v, ref, objective) for k, v in runs.items()}
     out = {"budget": budget, "seeds": seeds, "population": population, "objective": objective,
-           "reference": ref, "runs": []}
-    reach = []
+           "reference": ref, "strategies": names, "runs": []}
+    reach: dict[str, list] = {n: [] for n in names if n != "random"}
     for seed in seeds:
         target = curves[("random", seed)][-1]
-        nsga = curves[("nsga2", seed)]
-        needed = next((k + 1 for k, hv in enumerate(nsga) if hv >= target), None)
-        reach.append(needed)
-        for strategy in ("nsga2", "random"):
-            out["runs"].append({"strategy": strategy, "seed": seed, "hypervolume": curves[(strategy, seed)],
-                                "final": curves[(strategy, seed)][-1]})
-        out["runs"][-2]["evals_to_reach_random_final"] = needed
-    out["mean_final_hypervolume"] = {s: statistics.mean(curves[(s, k)][-1] for k in seeds) for s in ("nsga2", "random")}
+        for strategy in names:
+            curve = curves[(strategy, seed)]
+            run = {"strategy": strategy, "seed": seed, "hypervolume": curve, "final": curve[-1]}
+            if strategy != "random":
+                run["evals_to_reach_random_final"] = next((k + 1 for k, hv in enumerate(curve) if hv >= target), None)
+                reach[strategy].append(run["evals_to_reach_random_final"])
+            out["runs"].append(run)
+    out["mean_final_hypervolume"] = {n: statistics.mean(curves[(n, k)][-1] for k in seeds) for n in names}
+    out["median_final_hypervolume"] = {n: statistics.median(curves[(n, k)][-1] for k in seeds) for n in names}
     out["evals_to_reach_random_final"] = reach
-    out["mean_fraction_of_budget"] = (statistics.mean(r / budget for r in reach) if all(reach) else None)
+    out["mean_fraction_of_budget"] = {n: statistics.mean(r / budget for r in v) if all(v) else None
+                                      for n, v in reach.items()}
     return out
 
 
@@ -179,6 +187,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=int, default=24)
     p.add_argument("--population", type=int, default=6)
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--strategies", default="nsga2,random", help="compared at one budget; random is the yardstick")
     p.add_argument("--skip-runtimes", default="", help="runtimes left out of the runtimes part, comma-separated")
     p.add_argument("--work", default="out/bench_search")
     p.add_argument("--out", required=True)
@@ -206,7 +215,7 @@ def main(argv=None) -> int:
         result["scaling"] = scaling(base, work, [int(w) for w in args.workers.split(",")], args.scaling_evals)
     if "strategies" in parts:
         result["strategies"] = strategies(base, work, args.budget, [int(s) for s in args.seeds.split(",")],
-                                          args.population)
+                                          args.population, args.strategies.split(","))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1)[:4000])

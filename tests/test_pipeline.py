@@ -156,7 +156,7 @@ def test_stopping_after_training_then_resuming_does_not_retrain(run):
     assert set(run["after_train"]) == {"train"} and "finished" in first
     assert final["train"]["runs"] == 1 and final["train"]["finished"] == first["finished"]
     assert (out / "supernet" / "adapter.safetensors").stat().st_mtime_ns == run["adapter_mtime"]
-    assert "[1/5] train: finished earlier" in run["logs"]
+    assert "[1/6] train: finished earlier" in run["logs"]
 
 
 def test_a_job_stopped_mid_search_resumes_keeping_every_evaluation(run):
@@ -187,6 +187,12 @@ def test_the_output_directory_holds_the_whole_contract(run):
     report = (out / "report.md").read_text()
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "baseline (plain LoRA)" in report
+    zero = summary["zero_shot"]  # the untouched base model, scored like the baseline on every pool
+    assert zero["eval_examples"] == summary["baseline"]["eval_examples"] and set(zero["latency"]) == set(summary["pools"])
+    assert zero["params"] == summary["baseline"]["params"] and zero["path"] is None
+    assert f"| base model (zero-shot) | base model, zero-shot (no fine-tuning) | {zero['quality']:.4f} |" in report
+    assert summary["verdict"]["text"] in report and summary["verdict"]["text"] in run["logs"]
+    assert (out / "zero_shot" / "results.parquet").is_file() and "zero_shot" in stages(out)
     for m in [summary["baseline"], *summary["models"]]:
         d = out / m["path"]
         for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md"):
@@ -194,6 +200,12 @@ def test_the_output_directory_holds_the_whole_contract(run):
         assert set(m["latency"]) == set(summary["pools"])  # a latency on every pool
         card = (d / "README.md").read_text()
         assert f"{m['quality']:.4f}" in card and f"{m['params']:,}" in card
+        judge = json.loads((d / "lm_eval.json").read_text())  # lm-eval on the exported checkpoint
+        assert judge == m["lm_eval"] and judge["examples"] == m["eval_examples"]
+        assert judge["lonas_quality"] == pytest.approx(m["quality"], abs=1e-9)
+        # social_iqa's prompts often exceed the tiny config's cutoff_len, and only those may differ
+        assert judge["agree"] >= judge["examples"] - judge["truncated"]
+        assert f"{judge['lm_eval_quality']:.4f} ({judge['agree']}/{judge['examples']}" in report
         if m is not summary["baseline"]:
             assert f"`{m['subnet_id']}`" in report and f"{m['quality']:.4f}" in report
             assert f"{summary['baseline']['quality']:.4f}" in card  # the baseline's figures beside its own

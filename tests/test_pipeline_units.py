@@ -10,7 +10,7 @@ from conftest import ROOT
 
 from lonas_ray.config_io import ConfigError
 from lonas_ray.pipeline.config import PipelineConfig
-from lonas_ray.pipeline.figures import compare, select_models
+from lonas_ray.pipeline.figures import compare, fine_tuning_verdict, select_models
 from lonas_ray.pipeline.report import model_card, report_markdown
 from lonas_ray.pipeline.stages import STAGES, StageLog
 from lonas_ray.search.progress import best_quality_per_band
@@ -123,7 +123,9 @@ def _fig():
             "roles": ["plain LoRA"], "path": "models/baseline"}
     m = compare({**base, "subnet_id": "abc", "quality": 0.48, "quality_ci95": [0.3447, 0.6167], "params": 600,
                  "latency": {"p": dict(lat, latency_ms=8.0)}}, base)
-    m.update(roles=["latency pick on p"], path="models/abc", missing_pools=[])
+    m.update(roles=["latency pick on p"], path="models/abc", missing_pools=[],
+             lm_eval={"metric": "mc_accuracy", "examples": 48, "lonas_quality": 0.48, "lm_eval_quality": 23 / 48,
+                      "lm_eval_metric": "acc", "agree": 47, "lm_eval_version": "0.4.13"})
     return {"output_dir": "/o", "pools": ["p"], "baseline": base, "models": [m],
             "search": {"strategy": "nsga2", "space_size": 12, "maximal": "base",
                        "pools": {"p": {"evaluated": 6, "latency": {"members": 2, "hypervolume": 1.5, "pick": "abc"},
@@ -132,9 +134,60 @@ def _fig():
 
 def test_the_report_has_a_row_per_model_with_its_speedup_and_the_baseline():
     text = report_markdown(_fig())
-    assert "| baseline (plain LoRA) | reference | 0.5000 | [0.364, 0.636] | - | 0.00M | 1.00 | 20.00 | 1.00x |" in text
-    assert "| `abc` | latency pick on p | 0.4800 | [0.345, 0.617] | -0.0200 | 0.00M | 0.60 | 8.00 | 2.50x |" in text
+    assert "| baseline (plain LoRA) | reference | 0.5000 | [0.364, 0.636] | - | - | 0.00M | 1.00 | 20.00 | 1.00x |" in text
+    assert ("| `abc` | latency pick on p | 0.4800 | [0.345, 0.617] | 0.4792 (47/48) | -0.0200 | 0.00M | 0.60 | 8.00 "
+            "| 2.50x |") in text
     assert "![quality vs latency per pool](pareto.png)" in text
+
+
+def _zero_shot(quality: float, ci95: list[float]) -> dict:
+    return {"subnet_id": "base", "config": {}, "quality": quality, "quality_metric": "mc_accuracy", "loss": 3.0,
+            "task_loss": 1.1, "quality_ci95": ci95, "eval_examples": 48, "params": 1000, "nonzero_params": 1000,
+            "macs": 900, "latency": {"p": {"latency_ms": 20.0}}, "roles": ["base model, zero-shot"], "path": None}
+
+
+def test_the_verdict_names_models_that_beat_the_zero_shot_base_model_beyond_both_intervals():
+    fig = _fig()  # baseline 0.50 [0.364, 0.636], abc 0.48 [0.345, 0.617], 48 examples
+    low = _zero_shot(0.10, [0.045, 0.222])
+    v = fine_tuning_verdict(low, [fig["baseline"], *fig["models"]])
+    assert v["real_gain"] and v["better"] == ["baseline", "abc"] and v["worse"] == []
+    assert v["text"].startswith("2 of 2 fine-tuned models beat the base model zero-shot (mc_accuracy 0.1000")
+    # an interval that overlaps the baseline's: inside noise, so only the clear winner counts
+    near = _zero_shot(0.2083, [0.117, 0.350])
+    v = fine_tuning_verdict(near, [fig["baseline"], *fig["models"]])
+    assert v["better"] == ["baseline"] and v["real_gain"] and v["level"] == ["abc"]
+    assert v["text"].endswith("Not beyond noise: abc.")
+
+
+def test_a_run_whose_models_do_not_beat_zero_shot_says_plainly_it_is_a_smoke_run():
+    fig = _fig()
+    same = _zero_shot(0.4583, [0.3258, 0.5970])
+    v = fine_tuning_verdict(same, [fig["baseline"], *fig["models"]])
+    assert not v["real_gain"] and v["text"].startswith("Smoke run: no fine-tuned model beats the base model")
+    assert "train.optim.steps" in v["text"]
+    high = _zero_shot(0.875, [0.7535, 0.9414])  # the fine-tuned models are worse than what they started from
+    v = fine_tuning_verdict(high, [fig["baseline"], *fig["models"]])
+    assert v["worse"] == ["baseline", "abc"] and "worse than the untouched base model" in v["text"]
+    assert fine_tuning_verdict(None, [fig["baseline"]]) is None
+    assert fine_tuning_verdict(dict(same, quality_ci95=None), [fig["baseline"]]) is None  # a loss: no interval
+
+
+def test_the_report_and_the_printed_table_lead_with_the_zero_shot_row_and_the_verdict():
+    from lonas_ray.cli import summary_table
+
+    fig = _fig()
+    fig["zero_shot"] = compare(_zero_shot(0.10, [0.045, 0.222]), fig["baseline"])
+    fig["verdict"] = fine_tuning_verdict(fig["zero_shot"], [fig["baseline"], *fig["models"]])
+    text = report_markdown(fig)
+    row = ("| base model (zero-shot) | base model, zero-shot | 0.1000 | [0.045, 0.222] | - | -0.4000 | 0.00M | 1.00 "
+           "| 20.00 | 1.00x |")
+    assert row in text and text.index(row) < text.index("| baseline (plain LoRA) |")
+    assert f"**Fine-tuning:** {fig['verdict']['text']}" in text
+    table = summary_table(fig).splitlines()
+    assert table[1].startswith("base model (zero-shot)") and "0.1000" in table[1]
+    assert fig["verdict"]["text"] in table
+    del fig["zero_shot"], fig["verdict"]
+    assert "not scored zero-shot (`zero_shot.enabled: false`)" in report_markdown(fig)
 
 
 def test_the_model_card_shows_its_figures_beside_the_baselines_and_how_to_load_it():
@@ -144,6 +197,7 @@ def test_the_model_card_shows_its_figures_beside_the_baselines_and_how_to_load_i
     assert "| quality (mc_accuracy, 48 examples) | 0.4800 | 0.5000 |" in card
     assert "| 95 % interval (Wilson) | [0.345, 0.617] | [0.364, 0.636] |" in card
     assert "| task loss (choice cross-entropy for multiple choice) | 0.6900 | 0.6900 |" in card
+    assert "| lm-eval on the same examples (agrees with the above on) | 0.4792 (47/48) | - |" in card
     assert "| latency on p (ms, static) | 8.00 (2.50x) | 20.00 |" in card
     assert "import lonas_ray" in card
     assert "import lonas_ray" not in model_card(fig["models"][0], fig["baseline"], ["p"], "LlamaForCausalLM")
@@ -176,3 +230,31 @@ def test_model_figures_carry_the_task_loss_and_the_wilson_interval_of_the_full_s
     assert subset_only["task_loss"] == 0.8 and subset_only["quality_ci95"] == pytest.approx([0.3143, 0.6857], abs=1e-4)
     token = model_figures("s", {"p": {"s": dict(row, quality_metric="answer_token_accuracy")}}, {}, ["p"])
     assert token["quality_ci95"] is None
+
+
+def test_the_quick_start_runs_on_a_task_with_signal_and_reports_against_zero_shot():
+    from lonas_ray.data import shipped
+
+    cfg = PipelineConfig.from_yaml(ROOT / "jobs" / "configs" / "quickstart.yaml")
+    # a task where the base model scores 0 zero-shot and plain LoRA 0.85 (README, Data): a gain is visible
+    assert cfg.data.train == cfg.data.eval == "shipped:arithmetic_3_digit_addition"
+    assert cfg.data.format == shipped.FORMATS["arithmetic_3_digit_addition"] == "generation"
+    assert cfg.zero_shot.enabled and cfg.baseline.enabled and cfg.export.lm_eval
+    assert STAGES.index("zero_shot") < STAGES.index("report")
+
+
+def test_an_epoch_budget_becomes_steps_over_the_training_examples_and_the_baseline_follows_it():
+    from lonas_ray.train.config import OptimSpec
+
+    raw = yaml.safe_load((ROOT / "jobs" / "configs" / "tiny.yaml").read_text())
+    raw["train"]["optim"]["epochs"] = 1.5
+    cfg = PipelineConfig.from_dict(raw)
+    train, base = cfg.train_config("/o"), cfg.train_config("/b", baseline=True)
+    assert train.optim.epochs == base.optim.epochs == 1.5  # the baseline trains as long as the super-adapter
+    train.optim.resolve_epochs(1557)  # social_iqa's training split at batch 8: 1.5 x 1557 / 8 = 291.9
+    assert train.optim.steps == 292
+    raw["baseline"]["steps"] = 7  # an explicit baseline step count wins over the epoch budget
+    assert PipelineConfig.from_dict(raw).train_config("/b", baseline=True).optim.steps == 7
+    assert PipelineConfig.from_dict(raw).train_config("/b", baseline=True).optim.epochs is None
+    with pytest.raises(ConfigError, match="optim.epochs must be > 0"):
+        OptimSpec(epochs=0)

@@ -21,7 +21,7 @@ from lonas_ray.config_io import ConfigError
 from lonas_ray.model_source import tiny_config
 from lonas_ray.search.config import LatencySpec, PoolSpec, SearchConfig
 from lonas_ray.search.front import front_rows, pool_fronts
-from lonas_ray.search.searchers import CachedSearcher, optuna_search, seed_configs
+from lonas_ray.search.searchers import CachedSearcher, optuna_search, seed_configs, study_recorder
 from lonas_ray.shape import ModelShape
 from lonas_ray.space import SearchSpace, SpaceSpec
 
@@ -293,7 +293,7 @@ def quiet_optuna():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@pytest.mark.parametrize("strategy", ["random", "nsga2"])
+@pytest.mark.parametrize("strategy", ["random", "nsga2", "tpe"])
 def test_suggestions_start_with_maximal_and_minimal_and_never_repeat(strategy):
     space = resolve(MEDIUM)
     assert space.size() == 2 ** 4 * 2 ** 2 * 2  # rank x4 layers, mlp x2 layers, keep.1
@@ -315,6 +315,28 @@ def test_suggestions_start_with_maximal_and_minimal_and_never_repeat(strategy):
     for t in trials:  # a cached answer is the configuration's own objectives
         cfg = dict(t.params)
         r = fake_result(space, cfg)
+        assert t.values == [r["quality"], r["latency_ms"]]
+
+
+def test_a_sampler_stuck_on_known_configurations_gets_random_unseen_ones_told_to_its_study():
+    space = resolve(MEDIUM)  # 128 configurations
+    storage = optuna.storages.InMemoryStorage()
+    inner = optuna_search(space, "tpe", population=2, seed=0, known={}, study_name="s", storage=storage)
+    alg = CachedSearcher(inner, space, {}, max_proposals=3, record=study_recorder(storage, "s", space), seed=5)
+    seen = []
+    for i in range(60):  # TPE's model sharpens on fake objectives and repeats itself: the stand-ins take over
+        cfg = alg.suggest(f"t{i}")
+        assert isinstance(cfg, dict), cfg
+        seen.append(space.subnet_id(space.validate(cfg)))
+        alg.on_trial_complete(f"t{i}", result=fake_result(space, cfg))
+    assert len(set(seen)) == 60 and alg.draws > 0
+    assert not alg.substitutes and not alg.running
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == len(trials)  # no proposal left hanging
+    assert {space.subnet_id(dict(t.params)) for t in done} == set(seen)  # every evaluation reached the study
+    for t in done:
+        r = fake_result(space, dict(t.params))
         assert t.values == [r["quality"], r["latency_ms"]]
 
 
@@ -424,7 +446,7 @@ def test_seed_configs_per_strategy():
     ids = [space.subnet_id(c) for c in seed_configs(space, "heuristic")]
     assert ids == [space.subnet_id(c) for c in (space.maximal(), space.heuristic(), space.minimal())]
     assert len(set(ids)) == 3
-    for strategy in ("random", "nsga2"):
+    for strategy in ("random", "nsga2", "tpe"):
         assert seed_configs(space, strategy) == [space.maximal(), space.minimal()]
     # duplicates are dropped: in a space where every dimension has 2 choices the median is the minimal
     two = resolve({"lora": {"target_modules": ["q_proj"], "r_max": 4, "rank_choices": [4, 2], "groups": {}}})

@@ -229,7 +229,8 @@ def test_workers_spread_over_two_nodes_of_a_cluster(tmp_path, monkeypatch):
         "num_cpus": 1, "object_store_memory": 200 * 2**20, "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=1, object_store_memory=200 * 2**20)
-        config = make_config(tmp_path, "nodes", optim={"steps": 2}, checkpoint={"every_steps": 2})
+        # an epoch budget: 0.125 x 128 toy examples / batch 8 = 2 steps, whatever optim.steps says
+        config = make_config(tmp_path, "nodes", optim={"steps": 50, "epochs": 0.125}, checkpoint={"every_steps": 2})
         result = train(TrainConfig.from_yaml(config), address=cluster.address)
         assert result.steps == 2
         nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}

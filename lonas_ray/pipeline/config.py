@@ -22,11 +22,19 @@ EXPORT_SELECTIONS = ("picks", "front")
 @dataclass
 class BaselineSpec:
     enabled: bool = help_field(True, help="train and evaluate plain LoRA (the maximal network only) to compare with")
-    steps: int | None = help_field(None, help="its optimizer steps (default: train.optim.steps)")
+    steps: int | None = help_field(None, help="its optimizer steps (default: train.optim.steps or .epochs)")
 
     def __post_init__(self):
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"baseline.steps must be >= 1, got {self.steps}")
+
+
+@dataclass
+class ZeroShotSpec:
+    enabled: bool = help_field(
+        True, help="score the untouched base model like the baseline (every pool, quality.final_examples): the row "
+        "that says whether fine-tuning helped at all"
+    )
 
 
 @dataclass
@@ -39,6 +47,10 @@ class ExportSpec:
     gpus: float = help_field(0, help="GPUs of one merge task (merging is cheap; CPUs are enough)")
     resources: dict[str, float] = help_field(default_factory=dict, help="extra Ray resources of a merge task")
     with_adapter: bool = help_field(False, help="also write the unmerged base + a stock-PEFT adapter (peft/)")
+    lm_eval: bool = help_field(
+        True, help="score each exported checkpoint again with lm-evaluation-harness on the final examples "
+        "(an independent judge of lonas-ray's scorer; models/<id>/lm_eval.json, a report column)"
+    )
 
     def __post_init__(self):
         if self.select not in EXPORT_SELECTIONS:
@@ -57,6 +69,7 @@ class PipelineConfig(YamlConfig):
     output_dir: str = help_field("out/pipeline", help="where every stage writes (see README: output contract)")
     train: TrainSettings = help_field(default_factory=TrainSettings, help="super-adapter training")
     baseline: BaselineSpec = help_field(default_factory=BaselineSpec, help="the plain-LoRA baseline")
+    zero_shot: ZeroShotSpec = help_field(default_factory=ZeroShotSpec, help="the base model, not fine-tuned")
     search: StrategySpec = help_field(default_factory=StrategySpec, help="strategy, pools and budget")
     quality: QualitySpec = help_field(default_factory=QualitySpec, help="task quality")
     pareto: ParetoSpec = help_field(default_factory=ParetoSpec, help="Pareto reference and pick rule")
@@ -71,7 +84,8 @@ class PipelineConfig(YamlConfig):
                "output_dir": str(output_dir)}
         if baseline:
             raw["sampling"] = {"strategy": "fixed:maximal", "sandwich_random": 0}
-            raw["optim"] = {**raw["optim"], "steps": self.baseline.steps or self.train.optim.steps}
+            if self.baseline.steps:  # its own step count replaces the super-adapter's steps or epochs
+                raw["optim"] = {**raw["optim"], "steps": self.baseline.steps, "epochs": None}
         return from_dict(TrainConfig, raw, where="pipeline config (train)")
 
     def search_config(self, supernet_dir: str | Path, output_dir: str | Path) -> SearchConfig:

@@ -5,10 +5,16 @@ Output directory (the contract tests and users rely on)::
     supernet/            the trained super-adapter (lonas-ray train's output)
     results.parquet      every evaluation, pareto.parquet the fronts (see the search stage)
     models/<subnet_id>/  each exported sub-network: a Hugging Face model + README.md model card
+                         (+ lm_eval.json: lm-evaluation-harness's score of it beside lonas-ray's)
     models/baseline/     plain LoRA (the maximal network trained alone), merged
+    zero_shot/           the untouched base model's results.parquet (scored, not exported: it is the input)
     report.md, pareto.png, summary.json   the figures: baseline vs every exported model, per pool
     baseline/            the baseline's own training run and results.parquet
     stages.json          finished stages (a re-run skips them), prepared/, ray_results/ as in train/search
+
+The report's first question is whether fine-tuning helped at all: the base
+model's zero-shot row and a verdict (``figures.fine_tuning_verdict``) say so, or
+say plainly that the run was too short to show it.
 
 Stages run in this process; the heavy work runs on the cluster: Ray Train
 workers, Ray Tune evaluators on each pool, Ray tasks for the merges.
@@ -28,7 +34,7 @@ from lonas_ray.config_io import ConfigError, to_dict
 from lonas_ray.data.spec import check_data
 from lonas_ray.merge.save import MANIFEST
 from lonas_ray.pipeline.config import PipelineConfig
-from lonas_ray.pipeline.figures import BASELINE, collect, select_models
+from lonas_ray.pipeline.figures import BASELINE, ZERO_SHOT, collect, select_models
 from lonas_ray.pipeline.stages import STAGES, STRICT, StageLog, fingerprint
 from lonas_ray.search.driver import PARETO, RESULTS, SUMMARY, evaluate_configs, local_pool_tags, rows_by_pool
 
@@ -62,12 +68,23 @@ class Pipeline:
         if not (bdir / "prepared").exists():  # the same reordered base and space as the super-network
             shutil.copytree(self.out / "prepared", bdir / "prepared")
         result = train(self.cfg.train_config(bdir, baseline=True))
-        bcfg = self.cfg.search_config(result.supernet_dir, bdir)
-        bcfg.quality.examples = bcfg.quality.final_examples  # compared with the exported models' final figures
-        space = load_prepared(result.supernet_dir)[1]
-        for pool in bcfg.search.pools:
-            evaluate_configs(bcfg, pool, space, result.supernet_dir, bdir, [space.maximal()])
+        self.score_maximal(result.supernet_dir, bdir)
         return {"steps": result.steps}
+
+    def zero_shot(self) -> dict:
+        if not self.cfg.zero_shot.enabled:
+            return {"skipped": True}
+        # the prepared (untrained) super-network: every adapter's B is zero, so its maximal is the base model
+        self.score_maximal(self.out / "prepared", self.out / ZERO_SHOT)
+        return {}
+
+    def score_maximal(self, supernet_dir: Path, out: Path) -> None:
+        """A reference row on every pool: the maximal network, scored on the exported models' final examples."""
+        cfg = self.cfg.search_config(supernet_dir, out)
+        cfg.quality.examples = cfg.quality.final_examples
+        space = load_prepared(supernet_dir)[1]
+        for pool in cfg.search.pools:
+            evaluate_configs(cfg, pool, space, supernet_dir, out, [space.maximal()])
 
     def search(self) -> dict:
         from lonas_ray.search.driver import run_search
@@ -93,7 +110,9 @@ class Pipeline:
             if stale.name not in jobs and (stale / MANIFEST).is_file():
                 log.info("removing %s: no longer chosen", stale)
                 shutil.rmtree(stale)
-        manifests = export_models(jobs, models, self.cfg.export)
+        judge = {"data": to_dict(self.cfg.data), "quality": to_dict(self.cfg.quality)} if self.cfg.export.lm_eval \
+            else None
+        manifests = export_models(jobs, models, self.cfg.export, judge)
         self.write_cards(chosen, manifests)
         return {"models": sorted(jobs)}
 
@@ -128,6 +147,7 @@ class Pipeline:
         return {
             "train": fingerprint(base),
             "baseline": fingerprint({**base, "baseline": c["baseline"], "pools": c["pools"], "quality": c["quality"]}),
+            "zero_shot": fingerprint({k: c[k] for k in ("supernet", "data", "pools", "quality", "zero_shot")}),
             "search": fingerprint(search),
             "export": (export := fingerprint({**search, "export": c["export"], "baseline": c["baseline"]})),
             "report": export,
@@ -137,6 +157,7 @@ class Pipeline:
         """Files a finished stage must have left; if one is gone the stage runs again."""
         return {"train": [self.out / "supernet"],
                 "baseline": [self.out / BASELINE / RESULTS] if self.cfg.baseline.enabled else [],
+                "zero_shot": [self.out / ZERO_SHOT / RESULTS] if self.cfg.zero_shot.enabled else [],
                 "search": [self.out / RESULTS, self.out / PARETO, self.out / SUMMARY],
                 "export": [self.out / MODELS],
                 "report": [self.out / SUMMARY_FILE, self.out / REPORT, self.out / PLOT]}[stage]

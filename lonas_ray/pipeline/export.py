@@ -2,7 +2,10 @@
 
 A task gets the super-network directory through the object store and returns the
 saved model directory as bytes (``transfer``), so it can run on any node; the
-driver writes ``models/<subnet_id>/`` and the model card. Tasks run in parallel
+driver writes ``models/<subnet_id>/`` and the model card. With ``export.lm_eval``
+the task also has lm-evaluation-harness score the saved checkpoint on the final
+examples beside lonas-ray's scorer (``crosscheck``), written as ``lm_eval.json``
+in the model directory. Tasks run in parallel
 as resources allow; a model already exported (its manifest names the same
 configuration) is not exported again.
 """
@@ -15,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lonas_ray.crosscheck import JUDGE_FILE
 from lonas_ray.merge.save import MANIFEST
 from lonas_ray.pipeline.config import ExportSpec
 from lonas_ray.transfer import read_tree, write_tree
@@ -22,15 +26,38 @@ from lonas_ray.transfer import read_tree, write_tree
 log = logging.getLogger(__name__)
 
 
-def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter: bool) -> dict[str, bytes]:
-    """Extract + merge + save ``config`` of the super-network; the model directory as bytes."""
+def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter: bool,
+                   judge: dict | None = None) -> dict[str, bytes]:
+    """Extract + merge + save ``config`` of the super-network (and judge it); the model directory as bytes.
+
+    ``judge``: ``{"data": ..., "quality": ...}`` (the pipeline's sections as dicts) to cross-check with lm-eval.
+    """
     from lonas_ray.merge.save import save_subnetwork
     from lonas_ray.search.evaluator import load_supernet_files
 
     supernet, tokenizer = load_supernet_files(supernet_files)
     with tempfile.TemporaryDirectory(prefix="lonas-export-") as d:
-        save_subnetwork(supernet, config, Path(d) / "model", tokenizer=tokenizer, with_adapter=with_adapter)
-        return read_tree(Path(d) / "model")
+        model_dir = Path(d) / "model"
+        save_subnetwork(supernet, config, model_dir, tokenizer=tokenizer, with_adapter=with_adapter)
+        del supernet
+        if judge is not None:
+            (model_dir / JUDGE_FILE).write_text(json.dumps(judge_saved(model_dir, judge, Path(d) / "task"),
+                                                           indent=1))
+        return read_tree(model_dir)
+
+
+def judge_saved(model_dir: Path, judge: dict, work_dir: Path) -> dict[str, Any]:
+    """lm-eval's verdict on a saved model, or why there is none (a metric lm-eval has no counterpart of)."""
+    from lonas_ray.config_io import from_dict
+    from lonas_ray.crosscheck import cross_check
+    from lonas_ray.data.spec import DataSpec
+    from lonas_ray.search.config import QualitySpec
+
+    data = from_dict(DataSpec, judge["data"], where="data")
+    if data.format not in ("multiple_choice", "generation"):
+        return {"skipped": f"lm-eval has no counterpart of data.format {data.format}'s token accuracy"}
+    verdict = cross_check(model_dir, data, from_dict(QualitySpec, judge["quality"], where="quality"), work_dir)
+    return verdict.to_dict()
 
 
 def already_exported(model_dir: Path, config: dict) -> bool:
@@ -43,7 +70,8 @@ def already_exported(model_dir: Path, config: dict) -> bool:
         return False
 
 
-def export_models(jobs: dict[str, tuple[Path, dict]], target: Path, spec: ExportSpec) -> dict[str, dict[str, Any]]:
+def export_models(jobs: dict[str, tuple[Path, dict]], target: Path, spec: ExportSpec,
+                  judge: dict | None = None) -> dict[str, dict[str, Any]]:
     """Export each ``name -> (supernet_dir, config)`` to ``target/<name>``; returns name -> manifest."""
     import ray
     from tqdm.auto import tqdm
@@ -53,12 +81,12 @@ def export_models(jobs: dict[str, tuple[Path, dict]], target: Path, spec: Export
     files_ref: dict[Path, Any] = {}
     pending = {}
     for name, (supernet_dir, config) in jobs.items():
-        if already_exported(target / name, config):
+        if already_exported(target / name, config) and (judge is None or (target / name / JUDGE_FILE).is_file()):
             log.info("models/%s is already exported; kept", name)
             continue
         if supernet_dir not in files_ref:
             files_ref[supernet_dir] = ray.put(read_tree(supernet_dir, recursive=False))
-        pending[task.remote(files_ref[supernet_dir], config, spec.with_adapter)] = name
+        pending[task.remote(files_ref[supernet_dir], config, spec.with_adapter, judge)] = name
     with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="merge + export", unit="model") as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -2,8 +2,10 @@
 
 Pure functions over the output directory's tables: which sub-networks become
 models (``select_models``), and per model its quality, counts and latency on
-every pool next to the plain-LoRA baseline's (``collect``). The report, the model
-cards and ``summary.json`` are all rendered from this one dict, so they agree.
+every pool next to the plain-LoRA baseline's and the base model's zero-shot
+(``collect``), and whether any fine-tuned model beats that zero-shot row beyond
+noise (``fine_tuning_verdict``). The report, the model cards, the run's printed
+table and ``summary.json`` are all rendered from this one dict, so they agree.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lonas_ray.crosscheck import JUDGE_FILE
 from lonas_ray.search.driver import FINAL, RESULTS, SUMMARY, rows_by_pool
 from lonas_ray.search.quality import accuracy_interval
 
 BASELINE = "baseline"
+ZERO_SHOT = "zero_shot"
 LATENCY_KEYS = ("latency_ms", "latency_p90_ms", "latency_runtime", "prefill_ms", "decode_ms")
 COUNT_KEYS = ("params", "nonzero_params", "macs")
 
@@ -89,28 +93,83 @@ def compare(model: dict[str, Any], baseline: Mapping[str, Any] | None) -> dict[s
     return model
 
 
+def reference_figures(results: Path, pools: Sequence[str], **extra: Any) -> dict[str, Any] | None:
+    """The figures of a reference run's one sub-network (baseline, zero-shot), or None if it was not run."""
+    if not results.exists():
+        return None
+    rows = {pool: rows_by_pool(results, pool) for pool in pools}
+    sid = next((s for by_id in rows.values() for s in by_id), None)
+    return None if sid is None else dict(model_figures(sid, rows, {}, pools), **extra)
+
+
+def judged(model_dir: Path) -> dict[str, Any] | None:
+    """lm-eval's cross-check of an exported model (``crosscheck.Verdict`` as a dict), if the export made one."""
+    path = model_dir / JUDGE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _beats(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """``a`` is better than ``b`` beyond noise: their 95 % intervals do not overlap."""
+    ca, cb = a.get("quality_ci95"), b.get("quality_ci95")
+    return bool(ca and cb and ca[0] > cb[1])
+
+
+def _name(model: Mapping[str, Any]) -> str:
+    return BASELINE if model.get("path") == f"models/{BASELINE}" else model["subnet_id"]
+
+
+def fine_tuning_verdict(zero_shot: Mapping[str, Any] | None, trained: Sequence[Mapping[str, Any]]) -> dict | None:
+    """Did fine-tuning help? Which trained models beat (or lose to) the untouched base model beyond noise.
+
+    Non-overlapping Wilson intervals are the test: conservative, and what a reader
+    of the table can check by eye. None when there is no zero-shot row or interval.
+    """
+    if zero_shot is None or not zero_shot.get("quality_ci95"):
+        return None
+    better = [_name(m) for m in trained if _beats(m, zero_shot)]
+    worse = [_name(m) for m in trained if _beats(zero_shot, m)]
+    lo, hi = zero_shot["quality_ci95"]
+    base = (f"the base model zero-shot ({zero_shot['quality_metric']} {zero_shot['quality']:.4f}, "
+            f"[{lo:.3f}, {hi:.3f}], {zero_shot['eval_examples']} examples)")
+    level = [_name(m) for m in trained if _name(m) not in better + worse]
+    if better:
+        text = f"{len(better)} of {len(trained)} fine-tuned models beat {base} beyond both 95 % intervals."
+        if level:
+            text += f" Not beyond noise: {', '.join(level)}."
+    else:
+        text = (f"Smoke run: no fine-tuned model beats {base} beyond the 95 % intervals, so this run shows that the "
+                "pipeline works, not that its models are worth deploying. A real run trains for a few epochs "
+                "(train.optim.steps, baseline.steps), on a task where fine-tuning matters (README: Tasks), and "
+                "scores more examples (quality.final_examples).")
+    if worse:
+        text += f" {len(worse)} model(s) are worse than the untouched base model beyond noise: {', '.join(worse)}."
+    return {"real_gain": bool(better), "better": better, "worse": worse, "level": level, "text": text}
+
+
 def collect(out: Path, pools: Sequence[str], chosen: Mapping[str, dict], *, stages: Mapping[str, Any] = ()) -> dict:
     """Everything report.md, the model cards and summary.json show."""
     rows = {pool: rows_by_pool(out / RESULTS, pool) for pool in pools}
     finals = json.loads((out / FINAL).read_text()) if (out / FINAL).exists() else {}
     search = json.loads((out / SUMMARY).read_text())
-    baseline = None
-    base_results = out / BASELINE / RESULTS
-    if base_results.exists():
-        base_rows = {pool: rows_by_pool(base_results, pool) for pool in pools}
-        sid = next((s for by_id in base_rows.values() for s in by_id), None)
-        if sid is not None:
-            baseline = dict(model_figures(sid, base_rows, {}, pools), path=f"models/{BASELINE}",
-                            roles=["plain LoRA (maximal network, fixed-maximal training)"])
+    baseline = reference_figures(out / BASELINE / RESULTS, pools, path=f"models/{BASELINE}",
+                                 roles=["plain LoRA (maximal network, fixed-maximal training)"])
+    zero_shot = reference_figures(out / ZERO_SHOT / RESULTS, pools, path=None,
+                                  roles=["base model, zero-shot (no fine-tuning)"])
+    if zero_shot is not None:
+        zero_shot = compare(zero_shot, baseline)
+    if baseline is not None:
+        baseline["lm_eval"] = judged(out / baseline["path"])
     models = []
     for sid, entry in chosen.items():
         m = compare(model_figures(sid, rows, finals, pools), baseline)
-        models.append(dict(m, roles=entry["roles"], path=f"models/{sid}"))
+        models.append(dict(m, roles=entry["roles"], path=f"models/{sid}", lm_eval=judged(out / f"models/{sid}")))
     return {
         "output_dir": str(out),
         "pools": list(pools),
+        "zero_shot": zero_shot,
         "baseline": baseline,
         "models": models,
+        "verdict": fine_tuning_verdict(zero_shot, ([baseline] if baseline else []) + models),
         "search": {"strategy": search["strategy"], "space_size": search["space_size"], "maximal": search["maximal"],
                    "pools": search["pools"]},
         "stages": {k: {"seconds": v.get("seconds"), "runs": v.get("runs")} for k, v in dict(stages).items()},

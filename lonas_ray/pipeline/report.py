@@ -20,6 +20,15 @@ def _millions(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:.2f}M"
 
 
+def _judged(verdict: Mapping[str, Any] | None) -> str:
+    """lm-eval's quality and its agreement with lonas-ray's scorer, example by example."""
+    if not verdict or "agree" not in verdict:
+        return "-"
+    cut = verdict.get("truncated") or 0
+    note = f"; {cut} prompts cut to data.cutoff_len" if cut else ""
+    return f"{verdict['lm_eval_quality']:.4f} ({verdict['agree']}/{verdict['examples']}{note})"
+
+
 def _latency_cells(model: Mapping[str, Any], pools: Sequence[str], *, reference: bool) -> list[str]:
     """Latency and speed-up per pool; the reference (the baseline) is 1.00x by definition."""
     cells = []
@@ -31,11 +40,12 @@ def _latency_cells(model: Mapping[str, Any], pools: Sequence[str], *, reference:
 
 
 def report_markdown(fig: Mapping[str, Any]) -> str:
-    pools, base = fig["pools"], fig["baseline"]
-    models = ([base] if base else []) + fig["models"]
+    pools, base, zero = fig["pools"], fig["baseline"], fig.get("zero_shot")
+    models = ([zero] if zero else []) + ([base] if base else []) + fig["models"]
     metric = models[0]["quality_metric"] if models else "quality"
     examples = models[0]["eval_examples"] if models else 0
-    head = ["model", "role", f"quality ({metric})", "95 % interval", "vs baseline", "params", "params vs baseline"]
+    head = ["model", "role", f"quality ({metric})", "95 % interval", "lm-eval (agrees)", "vs baseline", "params",
+            "params vs baseline"]
     for pool in pools:
         head += [f"latency {pool} (ms)", f"speed-up {pool}"]
     lines = [
@@ -43,20 +53,29 @@ def report_markdown(fig: Mapping[str, Any]) -> str:
         f"Output directory: `{fig['output_dir']}`. Quality: `{metric}` on {examples} held-out examples, with its "
         "95 % Wilson interval (a difference inside both intervals may be noise). Latency: one "
         "request (prefill + greedy decode, the pool's `latency` settings, median over repeats) measured on each "
-        "pool's own hardware; speed-up = baseline latency / model latency on that pool.", "",
-        "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+        "pool's own hardware; speed-up = baseline latency / model latency on that pool. lm-eval: "
+        "lm-evaluation-harness's score of the exported checkpoint on the same examples, and on how many of them "
+        "it agrees with lonas-ray's scorer (it sees whole prompts: those lonas-ray cut to `data.cutoff_len` may "
+        "differ).", "",
     ]
+    if fig.get("verdict"):
+        lines += [f"**Fine-tuning:** {fig['verdict']['text']}", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in models:
         is_base = m is base
-        name = "baseline (plain LoRA)" if is_base else f"`{m['subnet_id']}`"
+        name = ("base model (zero-shot)" if m is zero else "baseline (plain LoRA)" if is_base
+                else f"`{m['subnet_id']}`")
         role = "reference" if is_base else "; ".join(m["roles"])
         delta = "-" if is_base or "quality_delta" not in m else f"{m['quality_delta']:+.4f}"
         ratio = "1.00" if is_base else (f"{m['params_ratio']:.2f}" if "params_ratio" in m else "-")
-        row = [name, role, _num(m["quality"]), _interval(m.get("quality_ci95")), delta, _millions(m["params"]), ratio]
+        row = [name, role, _num(m["quality"]), _interval(m.get("quality_ci95")), _judged(m.get("lm_eval")), delta,
+               _millions(m["params"]), ratio]
         row += _latency_cells(m, pools, reference=is_base)
         lines.append("| " + " | ".join(row) + " |")
     if not base:
         lines += ["", "No baseline was run (`baseline.enabled: false`)."]
+    if not zero:
+        lines += ["", "The base model was not scored zero-shot (`zero_shot.enabled: false`)."]
     lines += ["", "![quality vs latency per pool](pareto.png)", "", "## Search", "",
               f"Strategy `{fig['search']['strategy']}` over {fig['search']['space_size']:.3g} sub-networks "
               f"(maximal: `{fig['search']['maximal']}`).", "",
@@ -95,6 +114,7 @@ def model_card(model: Mapping[str, Any], baseline: Mapping[str, Any] | None, poo
 
     row(f"quality ({model['quality_metric']}, {model['eval_examples']} examples)", "quality", _num)
     row("95 % interval (Wilson)", "quality_ci95", _interval)
+    row("lm-eval on the same examples (agrees with the above on)", "lm_eval", _judged)
     row("task loss (choice cross-entropy for multiple choice)", "task_loss", _num)
     row("answer loss (held-out, per token)", "loss", _num)
     row("params", "params", lambda v: "-" if v is None else f"{v:,}")
@@ -116,7 +136,7 @@ def model_card(model: Mapping[str, Any], baseline: Mapping[str, Any] | None, poo
 
 
 def plot_pareto(fig: Mapping[str, Any], pool_rows: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> None:
-    """quality vs latency per pool: every evaluation, the front, the exported models and the baseline."""
+    """quality vs latency per pool: every evaluation, the front, the exported models, baseline and zero-shot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,6 +166,10 @@ def plot_pareto(fig: Mapping[str, Any], pool_rows: Mapping[str, Sequence[Mapping
         if base and base["latency"].get(pool, {}).get("latency_ms") is not None:
             ax.scatter([base["latency"][pool]["latency_ms"]], [base["quality"]], marker="*", s=160, c="tab:red",
                        label="baseline: plain LoRA (full set)")
+        zero = fig.get("zero_shot")
+        if zero and zero["latency"].get(pool, {}).get("latency_ms") is not None:
+            ax.scatter([zero["latency"][pool]["latency_ms"]], [zero["quality"]], marker="X", s=90, c="k",
+                       label="base model zero-shot (full set)")
         ax.set_title(f"pool {pool}")
         ax.set_xlabel("latency per request (ms)")
         ax.set_ylabel("quality")

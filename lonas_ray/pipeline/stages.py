@@ -18,7 +18,7 @@ from typing import Any
 from lonas_ray.atomic import write_json
 from lonas_ray.config_io import ConfigError
 
-STAGES = ("train", "baseline", "search", "export", "report")
+STAGES = ("train", "baseline", "zero_shot", "search", "export", "report")
 STRICT = ("train", "baseline")  # a changed config here is an error, not a re-run
 FILE = "stages.json"
 

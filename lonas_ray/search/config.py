@@ -14,7 +14,7 @@ from lonas_ray.search.objective import OBJECTIVES
 
 POOL_LABEL = "lonas/pool"
 PLACEMENTS = ("auto", "label", "resource")
-STRATEGIES = ("heuristic", "random", "nsga2")
+STRATEGIES = ("heuristic", "random", "nsga2", "tpe")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -127,7 +127,7 @@ class StrategySpec:
         "multiple choice it mostly measures copying *a* listed choice)"
     )
     budget: int = help_field(32, help="evaluations per pool, counting those of earlier runs in output_dir")
-    population: int = help_field(8, help="NSGA-II population size")
+    population: int = help_field(8, help="NSGA-II population size; TPE's random start-up trials")
     seed: int = help_field(0, help="sampler seed")
     cross_evaluate: bool = help_field(
         True, help="with several pools, also evaluate each pool's front members on every other pool (a latency "

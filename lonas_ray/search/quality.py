@@ -188,12 +188,24 @@ def greedy_continuations(model, prompts: list[list[int]], max_new_tokens: int, p
     return out
 
 
+def generation_budget(evalset: EvalSet) -> int:
+    """New tokens a generation may take: the longest accepted answer (+ eos), plus two."""
+    correct = [evalset.rows[g[label]] for g, label in zip(evalset.groups, evalset.labels)]
+    return max(sum(t != IGNORE_INDEX for t in row["labels"]) for row in correct) + 2
+
+
 def evaluate_quality(model, evalset: EvalSet, batch_size: int = 8,
                      decode: Callable[[list[int]], str] | None = None) -> Quality:
     """Quality, its metric, the answer loss and the task loss of ``model`` on ``evalset`` (see module doc).
 
     Exact match needs ``decode`` (token ids -> text, e.g. ``tokenizer.decode``) to compare answers as text.
     """
+    return score_examples(model, evalset, batch_size, decode)[0]
+
+
+def score_examples(model, evalset: EvalSet, batch_size: int = 8,
+                   decode: Callable[[list[int]], str] | None = None) -> tuple[Quality, list[bool] | None]:
+    """``evaluate_quality`` and, for accuracy metrics, which examples were right (an independent judge's check)."""
     if len(evalset) == 0:
         raise ValueError("the evaluation set is empty")
     scores = score_rows(model, evalset.rows, evalset.pad_id, batch_size)
@@ -201,16 +213,15 @@ def evaluate_quality(model, evalset: EvalSet, batch_size: int = 8,
     nll = float(-scores[correct, 0].sum() / scores[correct, 1].sum())
     if evalset.metric == MC_METRIC:
         per_choice = [scores[g, 0] for g in evalset.groups]
-        hits = sum(int(c.argmax()) == label for c, label in zip(per_choice, evalset.labels))
-        return Quality(hits / len(evalset), MC_METRIC, nll, len(evalset),
-                       choice_cross_entropy(per_choice, evalset.labels), hits)
+        right = [int(c.argmax()) == label for c, label in zip(per_choice, evalset.labels)]
+        return Quality(sum(right) / len(evalset), MC_METRIC, nll, len(evalset),
+                       choice_cross_entropy(per_choice, evalset.labels), sum(right)), right
     if evalset.metric == EXACT_METRIC:
         if decode is None:
             raise ValueError("exact match compares text: pass decode= (e.g. tokenizer.decode)")
-        longest = max(int(scores[r, 1]) for r in correct)  # answer + eos tokens
-        continuations = greedy_continuations(model, evalset.prompts, longest + 2, evalset.pad_id, evalset.eos_id,
-                                             batch_size)
-        hits = sum(answer_matches(decode(c), t) for c, t in zip(continuations, evalset.targets))
-        return Quality(hits / len(evalset), EXACT_METRIC, nll, len(evalset), nll, hits)
+        continuations = greedy_continuations(model, evalset.prompts, generation_budget(evalset), evalset.pad_id,
+                                             evalset.eos_id, batch_size)
+        right = [answer_matches(decode(c), t) for c, t in zip(continuations, evalset.targets)]
+        return Quality(sum(right) / len(evalset), EXACT_METRIC, nll, len(evalset), nll, sum(right)), right
     quality = float(scores[correct, 2].sum() / scores[correct, 1].sum())
-    return Quality(quality, evalset.metric, nll, len(evalset), nll)
+    return Quality(quality, evalset.metric, nll, len(evalset), nll), None

@@ -2,12 +2,15 @@
 
 * ``random``: Optuna's ``RandomSampler`` through ``OptunaSearch``;
 * ``nsga2``: Optuna's ``NSGAIISampler`` (multi-objective evolution) through
-  ``OptunaSearch`` over (quality max, latency min), or (held-out loss min,
-  latency min) with ``search.objective: loss``: accuracy on a small subset moves
-  in coarse, noisy steps, the loss moves smoothly;
+  ``OptunaSearch`` over (objective max, latency min); the objective is
+  ``search.objective`` (the negated task loss by default: accuracy on a small
+  subset moves in coarse, noisy steps, the loss moves smoothly);
+* ``tpe``: Optuna's multi-objective ``TPESampler`` (MOTPE; multivariate, with the
+  constant liar so that concurrent evaluators do not all get the same proposal),
+  random for its first ``population`` trials;
 * ``heuristic``: no searcher, a fixed list (see ``seed_configs``).
 
-Both Optuna strategies start from the maximal and minimal sub-networks (the
+The Optuna strategies start from the maximal and minimal sub-networks (the
 pick rule's reference and the ends of the front). Results of earlier runs are
 added to the Optuna study as completed trials before the search starts, so a
 resumed NSGA-II continues from its history instead of starting over.
@@ -15,15 +18,19 @@ resumed NSGA-II continues from its history instead of starting over.
 ``CachedSearcher`` wraps the searcher: when it proposes a configuration that
 is already evaluated on this pool, the cached objectives are told to the
 searcher straight away and a new proposal is asked for; a proposal that
-duplicates one still running waits for that trial's result. A space too
-small for the budget ends the search (``Searcher.FINISHED``) instead of
-looping.
+duplicates one still running waits for that trial's result. A sampler that
+keeps proposing what is known (TPE does, once its model is sharp) gets, after
+``max_proposals`` repeats in a row, a seeded random configuration not yet seen
+in its place; its result is added to the study as a completed trial
+(``study_recorder``), so the sampler learns from it. When no unseen
+configuration is left (a space too small for the budget) the search ends
+(``Searcher.FINISHED``) instead of looping.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
@@ -68,23 +75,43 @@ def seed_configs(space: SearchSpace, strategy: str) -> list[SubnetConfig]:
     return out
 
 
-def optuna_search(space: SearchSpace, strategy: str, *, population: int, seed: int,
-                  known: Mapping[str, Mapping[str, Any]], study_name: str, objective: str = "quality") -> OptunaSearch:
-    """An ``OptunaSearch`` for ``strategy`` whose study already holds the ``known`` results."""
+def sampler(strategy: str, *, population: int, seed: int) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler of a search strategy (module doc)."""
     if strategy == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
-    elif strategy == "random":
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    else:
-        raise ValueError(f"no Optuna sampler for strategy {strategy!r}")
+        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+    if strategy == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if strategy == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=population, multivariate=True,
+                                          constant_liar=True)
+    raise ValueError(f"no Optuna sampler for strategy {strategy!r}")
+
+
+def study_recorder(storage: optuna.storages.BaseStorage, study_name: str,
+                   space: SearchSpace) -> Callable[[SubnetConfig, list[float]], None]:
+    """A function that adds one evaluated configuration to the study as a completed trial."""
     dists = distributions(space)
-    storage = optuna.storages.InMemoryStorage()
-    study = optuna.create_study(storage=storage, study_name=study_name, directions=DIRECTIONS, sampler=sampler)
+
+    def record(config: SubnetConfig, values: list[float]) -> None:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        study.add_trial(optuna.trial.create_trial(params=dict(config), distributions=dists, values=values))
+
+    return record
+
+
+def optuna_search(space: SearchSpace, strategy: str, *, population: int, seed: int,
+                  known: Mapping[str, Mapping[str, Any]], study_name: str, objective: str = "quality",
+                  storage: optuna.storages.BaseStorage | None = None) -> OptunaSearch:
+    """An ``OptunaSearch`` for ``strategy`` whose study (in ``storage``) already holds the ``known`` results."""
+    chosen = sampler(strategy, population=population, seed=seed)
+    dists = distributions(space)
+    storage = storage if storage is not None else optuna.storages.InMemoryStorage()
+    optuna.create_study(storage=storage, study_name=study_name, directions=DIRECTIONS, sampler=chosen)
+    record = study_recorder(storage, study_name, space)
     for row in known.values():
-        study.add_trial(optuna.trial.create_trial(
-            params=dict(row["config"]), distributions=dists, values=list(objectives(row, objective).values())))
+        record(row["config"], list(objectives(row, objective).values()))
     pending = [c for c in seed_configs(space, strategy) if space.subnet_id(c) not in known]
-    return OptunaSearch(space=dists, metric=metrics(objective), mode=MODES, sampler=sampler, storage=storage,
+    return OptunaSearch(space=dists, metric=metrics(objective), mode=MODES, sampler=chosen, storage=storage,
                         study_name=study_name, points_to_evaluate=pending or None)
 
 
@@ -92,15 +119,20 @@ class CachedSearcher(Searcher):
     """Wrap ``searcher`` so no configuration is evaluated twice (see the module doc)."""
 
     def __init__(self, searcher: Searcher, space: SearchSpace, known: Mapping[str, Mapping[str, Any]],
-                 objective: str = "quality", max_proposals: int = 200):
+                 objective: str = "quality", max_proposals: int = 50,
+                 record: Callable[[SubnetConfig, list[float]], None] | None = None, seed: int = 0,
+                 random_tries: int = 500):
         super().__init__(metric=searcher.metric, mode=searcher.mode)
         self.searcher, self.space, self.max_proposals = searcher, space, max_proposals
+        self.record, self.seed, self.random_tries = record, seed, random_tries
         self.metrics = metrics(objective)
         self.known = {sid: objectives(row, objective) for sid, row in known.items()}
         self.running: dict[str, str] = {}  # subnet id -> Tune trial id
         self.alias: dict[str, str] = {}  # Tune trial id -> id the inner searcher knows it by
         self.waiting: dict[str, list[str]] = {}  # subnet id -> inner ids of duplicates of a running trial
+        self.substitutes: dict[str, SubnetConfig] = {}  # Tune trial id -> random stand-in the inner never saw
         self.duplicates = 0
+        self.draws = 0  # random stand-ins drawn so far (the next one's seed)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return self.searcher.set_search_properties(metric, mode, config, **spec)
@@ -123,21 +155,43 @@ class CachedSearcher(Searcher):
             self.running[sid] = trial_id
             self.alias[trial_id] = inner_id
             return config
-        log.warning("no new configuration in %d proposals: the space looks exhausted; ending the search",
-                    self.max_proposals)
-        return Searcher.FINISHED
+        config = self.unseen_random()
+        if config is None:
+            log.warning("no new configuration in %d proposals and %d random draws: the space looks exhausted; "
+                        "ending the search", self.max_proposals, self.random_tries)
+            return Searcher.FINISHED
+        log.info("the sampler repeated known configurations %d times in a row; evaluating a random unseen one",
+                 self.max_proposals)
+        self.running[self.space.subnet_id(config)] = trial_id
+        self.substitutes[trial_id] = config
+        return config
+
+    def unseen_random(self) -> SubnetConfig | None:
+        """A seeded random configuration neither known nor running, or None after ``random_tries`` draws."""
+        for _ in range(self.random_tries):
+            config = self.space.sample(self.seed * 1_000_003 + self.draws)
+            self.draws += 1
+            sid = self.space.subnet_id(config)
+            if sid not in self.known and sid not in self.running:
+                return config
+        return None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self.searcher.on_trial_result(self.alias.get(trial_id, trial_id), result)
+        if trial_id not in self.substitutes:
+            self.searcher.on_trial_result(self.alias.get(trial_id, trial_id), result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        self.searcher.on_trial_complete(self.alias.pop(trial_id, trial_id), result=result, error=error)
+        substitute = self.substitutes.pop(trial_id, None)
+        if substitute is None:
+            self.searcher.on_trial_complete(self.alias.pop(trial_id, trial_id), result=result, error=error)
         sid = next((s for s, t in self.running.items() if t == trial_id), None)
         if sid is None:
             return
         del self.running[sid]
         if result is not None and not error:
             self.known[sid] = {m: result[m] for m in self.metrics}
+            if substitute is not None and self.record is not None:
+                self.record(substitute, [result[m] for m in self.metrics])
         for inner_id in self.waiting.pop(sid, []):
             if sid in self.known:
                 self.searcher.on_trial_complete(inner_id, result=dict(self.known[sid]))
@@ -147,7 +201,7 @@ class CachedSearcher(Searcher):
     def get_state(self) -> dict:
         """The wrapper's own state (Tune saves it with the experiment; the inner searcher saves itself)."""
         return {"known": self.known, "running": self.running, "alias": self.alias, "waiting": self.waiting,
-                "duplicates": self.duplicates}
+                "substitutes": self.substitutes, "duplicates": self.duplicates, "draws": self.draws}
 
     def set_state(self, state: dict) -> None:
         for key, value in state.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from lonas_ray.build import SupernetSpec
@@ -38,7 +40,11 @@ class DistillSpec:
 
 @dataclass
 class OptimSpec:
-    steps: int = help_field(100, help="optimizer steps")
+    steps: int = help_field(100, help="optimizer steps (unless epochs is set)")
+    epochs: float | None = help_field(
+        None, help="an epoch budget instead: steps = ceil(epochs x training examples / batch_size), resolved "
+        "when training starts"
+    )
     batch_size: int = help_field(8, help="global batch size (examples per optimizer step, all workers)")
     micro_batch_size: int = help_field(4, help="examples per forward on one worker")
     lr: float = help_field(3e-4, help="peak learning rate (AdamW)")
@@ -52,6 +58,13 @@ class OptimSpec:
             raise ConfigError("optim.steps, optim.batch_size and optim.micro_batch_size must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ConfigError(f"optim.epochs must be > 0 (passes over data.train), got {self.epochs}")
+
+    def resolve_epochs(self, examples: int) -> None:
+        """Turn an epoch budget into ``steps`` for a training set of ``examples`` rows."""
+        if self.epochs is not None:
+            self.steps = max(1, math.ceil(self.epochs * examples / self.batch_size))
 
 
 @dataclass

@@ -41,6 +41,13 @@ def train(cfg: TrainConfig, address: str | None = None) -> TrainResult:
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     prepared = prepare_once(cfg.supernet, out / "prepared")
+    if cfg.optim.epochs is not None:
+        from lonas_ray.data.load import load_examples
+
+        examples = len(load_examples(cfg.data, "train"))
+        cfg.optim.resolve_epochs(examples)
+        log.info("optim.epochs %g over %d training examples at batch %d: %d steps", cfg.optim.epochs, examples,
+                 cfg.optim.batch_size, cfg.optim.steps)
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
