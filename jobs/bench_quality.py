@@ -67,6 +67,7 @@ from lonas_ray.model_source import ModelSource, load_model  # noqa: E402
 from lonas_ray.merge.extract import extract  # noqa: E402
 from lonas_ray.search.latency import measure  # noqa: E402
 from lonas_ray.search.quality import build_eval_set, evaluate_quality, subset, subset_indices  # noqa: E402
+from lonas_ray.train.recover import recover  # noqa: E402
 from lonas_ray.train.schedule import batch_indices, subnets_for_step  # noqa: E402
 from lonas_ray.train.step import train_step  # noqa: E402
 from lonas_ray.stats import wilson_interval  # noqa: E402
@@ -144,20 +145,15 @@ def train_peft_lora(model, dataset, pad_id: int, steps: int, args, device: torch
     return peft_model.merge_and_unload()
 
 
-def train_supernet(supernet, dataset, pad_id: int, args, device: torch.device, *, steps: int | None = None,
-                   fixed=None, first_step: int = 0) -> int:
-    """Sandwich steps with lonas-ray's own step function (distillation per --distill); returns the passes made.
-
-    ``fixed``: train that one sub-network instead (a recovery fine-tune), from batch ``first_step`` on.
-    """
-    steps = args.steps if steps is None else steps
+def train_supernet(supernet, dataset, pad_id: int, args, device: torch.device) -> int:
+    """Sandwich steps with lonas-ray's own step function (distillation per --distill); returns the passes made."""
     params = supernet.adapter_parameters()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    sched = lr_schedule(opt, steps)
+    sched = lr_schedule(opt, args.steps)
     supernet.train()
     passes = 0
-    for step in range(first_step, first_step + steps):
-        subnets = [fixed] if fixed is not None else subnets_for_step(supernet.space, "sandwich", args.seed, step)
+    for step in range(args.steps):
+        subnets = subnets_for_step(supernet.space, "sandwich", args.seed, step)
         batch = step_batch(dataset, step, args, pad_id, device)
         stats = train_step(subnets, [batch], activate=supernet.activate, forward=lambda b: supernet(**b),
                            backward=lambda loss: (loss / len(subnets)).backward(),
@@ -167,9 +163,8 @@ def train_supernet(supernet, dataset, pad_id: int, args, device: torch.device, *
         sched.step()
         opt.zero_grad(set_to_none=True)
         passes += stats.passes
-        if step % 50 == 0 or step == first_step + steps - 1:
-            log.info("%s step %d/%d loss %.3f", "recovery" if fixed else "super-adapter", step + 1 - first_step, steps,
-                     stats.ce_sum / stats.passes)
+        if step % 50 == 0 or step == args.steps - 1:
+            log.info("super-adapter step %d/%d loss %.3f", step + 1, args.steps, stats.ce_sum / stats.passes)
     supernet.eval()
     return passes
 
@@ -257,11 +252,11 @@ def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: t
             if name == "maximal":
                 continue
             t0 = time.perf_counter()
-            train_supernet(supernet, dataset, pad_id, args, device, steps=args.recover_steps, fixed=entry["config"],
-                           first_step=args.steps)  # batches the super-adapter has not seen in this order
+            recover(supernet, entry["config"], dataset, pad_id, steps=args.recover_steps, batch_size=args.batch,
+                    lr=args.lr, seed=args.seed, first_step=args.steps)  # lonas_ray.train.recover, as the export does
             with torch.no_grad():
                 merged = extract(supernet, entry["config"])
-            rows.append(scorer.row(f"recover:{name}", merged, train_s + time.perf_counter() - t0,
+            rows.append(scorer.row(f"recover:{name}", merged, train_s + time.perf_counter() - t0,  # both trainings
                                    steps=args.recover_steps, subnet_id=entry["subnet_id"],
                                    params_ratio=entry["params_ratio"]))
             del merged

@@ -114,22 +114,26 @@ def lm_eval_hits(model_dir: Path, task_dir: Path, name: str, metric: str, *, add
     return [bool(s[key]) for s in samples]
 
 
-def cross_check(model_dir: Path, data: Any, quality: Any, work_dir: Path, *, batch_size: int = 8,
-                device: str = "cpu") -> Verdict:
-    """Score ``model_dir`` with lonas-ray's scorer and with lm-eval on the final examples; compare them.
+@dataclass
+class Scored:
+    """lonas-ray's scorer on a saved model: the figures, which examples were right, and what was scored."""
 
-    ``data`` is a ``DataSpec``, ``quality`` a ``QualitySpec``: the same examples
-    (``quality.final_examples`` of the seeded order) the exported models' figures use.
-    """
-    import importlib.metadata
+    quality: Any  # search.quality.Quality
+    right: list[bool] | None
+    evalset: Any
+    examples: Any  # load_examples(data, "eval"), all of them
+    indices: list[int]  # the final examples among them
+    tokenizer: Any
 
+
+def score_saved(model_dir: Path, data: Any, quality: Any, *, batch_size: int = 8, device: str = "cpu") -> Scored:
+    """Score a saved checkpoint on the final examples (``quality.final_examples`` of the seeded order)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import lonas_ray.merge.hf_classes  # noqa: F401
+    import lonas_ray.merge.hf_classes  # noqa: F401  (per-layer exports load through the Auto classes)
     from lonas_ray.data.load import load_examples
-    from lonas_ray.data.tokenize import special_prefix
-    from lonas_ray.search.quality import build_eval_set, generation_budget, score_examples, subset, subset_indices
+    from lonas_ray.search.quality import build_eval_set, score_examples, subset, subset_indices
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
@@ -139,7 +143,24 @@ def cross_check(model_dir: Path, data: Any, quality: Any, work_dir: Path, *, bat
     evalset = subset(full, indices)
     with torch.no_grad():
         own, right = score_examples(model, evalset, batch_size, decode=tokenizer.decode)
-    del model
+    return Scored(own, right, evalset, examples, indices, tokenizer)
+
+
+def cross_check(model_dir: Path, data: Any, quality: Any, work_dir: Path, *, batch_size: int = 8,
+                device: str = "cpu") -> Verdict:
+    """Score ``model_dir`` with lonas-ray's scorer and with lm-eval on the final examples; compare them.
+
+    ``data`` is a ``DataSpec``, ``quality`` a ``QualitySpec``: the same examples
+    (``quality.final_examples`` of the seeded order) the exported models' figures use.
+    """
+    import importlib.metadata
+
+    from lonas_ray.data.tokenize import special_prefix
+    from lonas_ray.search.quality import generation_budget
+
+    scored = score_saved(model_dir, data, quality, batch_size=batch_size, device=device)
+    own, right, evalset, tokenizer = scored.quality, scored.right, scored.evalset, scored.tokenizer
+    examples, indices = scored.examples, scored.indices
     if right is None:
         raise ValueError(f"lm-eval judges only {', '.join(LM_EVAL_METRIC)} (got {own.metric})")
     name = "lonas_crosscheck"

@@ -187,6 +187,7 @@ def test_the_output_directory_holds_the_whole_contract(run):
     report = (out / "report.md").read_text()
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "baseline (plain LoRA)" in report
+    assert not (out / "models" / "baseline" / "recovery.json").exists()  # plain LoRA is not recovered
     zero = summary["zero_shot"]  # the untouched base model, scored like the baseline on every pool
     assert zero["eval_examples"] == summary["baseline"]["eval_examples"] and set(zero["latency"]) == set(summary["pools"])
     assert zero["params"] == summary["baseline"]["params"] and zero["path"] is None
@@ -207,6 +208,10 @@ def test_the_output_directory_holds_the_whole_contract(run):
         assert judge["agree"] >= judge["examples"] - judge["truncated"]
         assert f"{judge['lm_eval_quality']:.4f} ({judge['agree']}/{judge['examples']}" in report
         if m is not summary["baseline"]:
+            # recovered before the merge (tiny.yaml: export.recover_steps 3): its own checkpoint's figures
+            recovery = json.loads((d / "recovery.json").read_text())
+            assert recovery["steps"] == m["recovery"]["steps"] == 3 and recovery["quality"] == m["quality"]
+            assert f"`{m['subnet_id']}`: after a recovery fine-tune of 3 steps" in report
             assert f"`{m['subnet_id']}`" in report and f"{m['quality']:.4f}" in report
             assert f"{summary['baseline']['quality']:.4f}" in card  # the baseline's figures beside its own
             for pool, lat in m["latency"].items():

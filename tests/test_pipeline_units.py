@@ -258,3 +258,21 @@ def test_an_epoch_budget_becomes_steps_over_the_training_examples_and_the_baseli
     assert PipelineConfig.from_dict(raw).train_config("/b", baseline=True).optim.epochs is None
     with pytest.raises(ConfigError, match="optim.epochs must be > 0"):
         OptimSpec(epochs=0)
+
+
+def test_a_recovered_model_reports_its_own_checkpoints_figures_and_what_the_search_saw(tmp_path):
+    from lonas_ray.pipeline.figures import recovered
+
+    fig = _fig()
+    m = fig["models"][0]
+    (tmp_path / "recovery.json").write_text(json.dumps({"steps": 5, "quality": 0.75, "loss": 0.3, "task_loss": 0.4,
+                                                        "examples": 48, "metric": "mc_accuracy", "hits": 36}))
+    got = recovered(m, tmp_path)
+    assert (got["quality"], got["task_loss"], got["eval_examples"]) == (0.75, 0.4, 48)
+    assert got["quality_ci95"] == pytest.approx([0.6122, 0.8508], abs=1e-4)  # Wilson, 36 of 48
+    assert got["recovery"]["steps"] == 5 and got["recovery"]["before"]["quality"] == 0.48
+    assert recovered(m, tmp_path / "none") is m  # no recovery file: the search's figures stand
+    fig["models"][0] = compare(got, fig["baseline"])
+    text = report_markdown(fig)
+    assert "`abc`: after a recovery fine-tune of 5 steps before its merge" in text and "scored 0.4800" in text
+    assert "Recovery fine-tune: 5 steps" in model_card(fig["models"][0], fig["baseline"], ["p"], "LlamaForCausalLM")

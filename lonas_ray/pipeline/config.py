@@ -47,6 +47,10 @@ class ExportSpec:
     gpus: float = help_field(0, help="GPUs of one merge task (merging is cheap; CPUs are enough)")
     resources: dict[str, float] = help_field(default_factory=dict, help="extra Ray resources of a merge task")
     with_adapter: bool = help_field(False, help="also write the unmerged base + a stock-PEFT adapter (peft/)")
+    recover_steps: int = help_field(
+        0, help="a recovery fine-tune of each chosen sub-network's adapter before its merge (that sub-network "
+        "alone, train.optim's batch and lr; 0: off); its checkpoint is scored again and those figures are reported"
+    )
     lm_eval: bool = help_field(
         True, help="score each exported checkpoint again with lm-evaluation-harness on the final examples "
         "(an independent judge of lonas-ray's scorer; models/<id>/lm_eval.json, a report column)"
@@ -57,6 +61,8 @@ class ExportSpec:
             raise ConfigError(f"export.select '{self.select}' is unknown; use one of {', '.join(EXPORT_SELECTIONS)}")
         if self.cpus < 0 or self.gpus < 0:
             raise ConfigError("export.cpus and export.gpus must be >= 0")
+        if not isinstance(self.recover_steps, int) or self.recover_steps < 0:
+            raise ConfigError(f"export.recover_steps must be an integer >= 0, got {self.recover_steps!r}")
 
 
 @dataclass

@@ -31,6 +31,7 @@ from typing import Any
 from lonas_ray.atomic import read_parquet
 from lonas_ray.build import load_prepared
 from lonas_ray.config_io import ConfigError, to_dict
+from lonas_ray.data.load import load_examples
 from lonas_ray.data.spec import check_data
 from lonas_ray.merge.save import MANIFEST
 from lonas_ray.pipeline.config import PipelineConfig
@@ -112,7 +113,14 @@ class Pipeline:
                 shutil.rmtree(stale)
         judge = {"data": to_dict(self.cfg.data), "quality": to_dict(self.cfg.quality)} if self.cfg.export.lm_eval \
             else None
-        manifests = export_models(jobs, models, self.cfg.export, judge)
+        recover = None
+        if self.cfg.export.recover_steps:
+            optim = self.cfg.train_config(self.out).optim
+            optim.resolve_epochs(len(load_examples(self.cfg.data, "train")))  # the steps the super-adapter made
+            recover = {"data": to_dict(self.cfg.data), "quality": to_dict(self.cfg.quality),
+                       "steps": self.cfg.export.recover_steps, "batch_size": optim.batch_size, "lr": optim.lr,
+                       "seed": self.cfg.train.seed, "first_step": optim.steps}
+        manifests = export_models(jobs, models, self.cfg.export, judge, recover, recover_names=set(chosen))
         self.write_cards(chosen, manifests)
         return {"models": sorted(jobs)}
 

@@ -25,25 +25,59 @@ from lonas_ray.transfer import read_tree, write_tree
 
 log = logging.getLogger(__name__)
 
+RECOVERY = "recovery.json"
+
 
 def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter: bool,
-                   judge: dict | None = None) -> dict[str, bytes]:
+                   judge: dict | None = None, recover: dict | None = None) -> dict[str, bytes]:
     """Extract + merge + save ``config`` of the super-network (and judge it); the model directory as bytes.
 
     ``judge``: ``{"data": ..., "quality": ...}`` (the pipeline's sections as dicts) to cross-check with lm-eval.
+    ``recover``: ``{"data", "quality", "steps", "batch_size", "lr", "seed", "first_step"}``: a recovery
+    fine-tune of this sub-network before the merge, and its saved checkpoint scored again (``RECOVERY``).
     """
     from lonas_ray.merge.save import save_subnetwork
     from lonas_ray.search.evaluator import load_supernet_files
 
     supernet, tokenizer = load_supernet_files(supernet_files)
+    losses = recover_subnetwork(supernet, config, tokenizer, recover) if recover else None
     with tempfile.TemporaryDirectory(prefix="lonas-export-") as d:
         model_dir = Path(d) / "model"
         save_subnetwork(supernet, config, model_dir, tokenizer=tokenizer, with_adapter=with_adapter)
         del supernet
+        if recover:
+            (model_dir / RECOVERY).write_text(json.dumps(rescore(model_dir, recover, losses), indent=1))
         if judge is not None:
             (model_dir / JUDGE_FILE).write_text(json.dumps(judge_saved(model_dir, judge, Path(d) / "task"),
                                                            indent=1))
         return read_tree(model_dir)
+
+
+def recover_subnetwork(supernet, config: dict, tokenizer, recover: dict) -> list[float]:
+    """The recovery fine-tune (``lonas_ray.train.recover``) on the pipeline's training data."""
+    from lonas_ray.config_io import from_dict
+    from lonas_ray.data.spec import DataSpec
+    from lonas_ray.data.tokenize import build_train_dataset
+    from lonas_ray.train.recover import recover as run_recovery
+
+    dataset = build_train_dataset(from_dict(DataSpec, recover["data"], where="data"), tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return run_recovery(supernet, config, dataset, pad_id, steps=recover["steps"], batch_size=recover["batch_size"],
+                        lr=recover["lr"], seed=recover["seed"], first_step=recover["first_step"])
+
+
+def rescore(model_dir: Path, recover: dict, losses: list[float]) -> dict[str, Any]:
+    """The recovered checkpoint's figures on the final examples: they replace the search's in the report."""
+    from dataclasses import asdict
+
+    from lonas_ray.config_io import from_dict
+    from lonas_ray.crosscheck import score_saved
+    from lonas_ray.data.spec import DataSpec
+    from lonas_ray.search.config import QualitySpec
+
+    scored = score_saved(model_dir, from_dict(DataSpec, recover["data"], where="data"),
+                         from_dict(QualitySpec, recover["quality"], where="quality"))
+    return {"steps": recover["steps"], "first_loss": losses[0], "last_loss": losses[-1], **asdict(scored.quality)}
 
 
 def judge_saved(model_dir: Path, judge: dict, work_dir: Path) -> dict[str, Any]:
@@ -70,9 +104,24 @@ def already_exported(model_dir: Path, config: dict) -> bool:
         return False
 
 
+def recovered_as(model_dir: Path, recover: dict | None) -> bool:
+    """Whether an export on disk had the recovery fine-tune asked for now (none, or as many steps)."""
+    path = model_dir / RECOVERY
+    if recover is None:
+        return not path.is_file()
+    try:
+        return path.is_file() and json.loads(path.read_text())["steps"] == recover["steps"]
+    except (json.JSONDecodeError, KeyError):
+        return False
+
+
 def export_models(jobs: dict[str, tuple[Path, dict]], target: Path, spec: ExportSpec,
-                  judge: dict | None = None) -> dict[str, dict[str, Any]]:
-    """Export each ``name -> (supernet_dir, config)`` to ``target/<name>``; returns name -> manifest."""
+                  judge: dict | None = None, recover: dict | None = None,
+                  recover_names: set[str] = frozenset()) -> dict[str, dict[str, Any]]:
+    """Export each ``name -> (supernet_dir, config)`` to ``target/<name>``; returns name -> manifest.
+
+    The models in ``recover_names`` get the recovery fine-tune ``recover`` before their merge.
+    """
     import ray
     from tqdm.auto import tqdm
 
@@ -81,12 +130,14 @@ def export_models(jobs: dict[str, tuple[Path, dict]], target: Path, spec: Export
     files_ref: dict[Path, Any] = {}
     pending = {}
     for name, (supernet_dir, config) in jobs.items():
-        if already_exported(target / name, config) and (judge is None or (target / name / JUDGE_FILE).is_file()):
+        own_recovery = recover if name in recover_names else None
+        if already_exported(target / name, config) and (judge is None or (target / name / JUDGE_FILE).is_file()) \
+                and recovered_as(target / name, own_recovery):
             log.info("models/%s is already exported; kept", name)
             continue
         if supernet_dir not in files_ref:
             files_ref[supernet_dir] = ray.put(read_tree(supernet_dir, recursive=False))
-        pending[task.remote(files_ref[supernet_dir], config, spec.with_adapter, judge)] = name
+        pending[task.remote(files_ref[supernet_dir], config, spec.with_adapter, judge, own_recovery)] = name
     with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="merge + export", unit="model") as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

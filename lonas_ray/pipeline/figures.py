@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lonas_ray.crosscheck import JUDGE_FILE
+from lonas_ray.pipeline.export import RECOVERY
 from lonas_ray.search.driver import FINAL, RESULTS, SUMMARY, rows_by_pool
 from lonas_ray.search.quality import accuracy_interval
 
@@ -102,6 +103,20 @@ def reference_figures(results: Path, pools: Sequence[str], **extra: Any) -> dict
     return None if sid is None else dict(model_figures(sid, rows, {}, pools), **extra)
 
 
+def recovered(figures: dict[str, Any], model_dir: Path) -> dict[str, Any]:
+    """A recovery fine-tuned export's own figures in place of the search's (kept as ``recovery.before``)."""
+    path = model_dir / RECOVERY
+    if not path.is_file():
+        return figures
+    rec = json.loads(path.read_text())
+    before = {k: figures[k] for k in ("quality", "loss", "task_loss", "eval_examples", "quality_ci95")}
+    out = dict(figures, quality=rec["quality"], loss=rec["loss"], task_loss=rec["task_loss"],
+               eval_examples=rec["examples"], recovery={"steps": rec["steps"], "before": before})
+    interval = accuracy_interval(rec["metric"], rec["quality"], rec["examples"])
+    out["quality_ci95"] = list(interval) if interval else None
+    return out
+
+
 def judged(model_dir: Path) -> dict[str, Any] | None:
     """lm-eval's cross-check of an exported model (``crosscheck.Verdict`` as a dict), if the export made one."""
     path = model_dir / JUDGE_FILE
@@ -161,7 +176,8 @@ def collect(out: Path, pools: Sequence[str], chosen: Mapping[str, dict], *, stag
         baseline["lm_eval"] = judged(out / baseline["path"])
     models = []
     for sid, entry in chosen.items():
-        m = compare(model_figures(sid, rows, finals, pools), baseline)
+        m = recovered(model_figures(sid, rows, finals, pools), out / f"models/{sid}")
+        m = compare(m, baseline)
         models.append(dict(m, roles=entry["roles"], path=f"models/{sid}", lm_eval=judged(out / f"models/{sid}")))
     return {
         "output_dir": str(out),

@@ -72,6 +72,12 @@ def report_markdown(fig: Mapping[str, Any]) -> str:
                _millions(m["params"]), ratio]
         row += _latency_cells(m, pools, reference=is_base)
         lines.append("| " + " | ".join(row) + " |")
+    for m in fig["models"]:
+        if m.get("recovery"):
+            b = m["recovery"]["before"]
+            lines.append(f"\n`{m['subnet_id']}`: after a recovery fine-tune of {m['recovery']['steps']} steps "
+                         f"before its merge (`export.recover_steps`); the super-network's slice scored "
+                         f"{_num(b['quality'])} {_interval(b.get('quality_ci95'))} on {b['eval_examples']} examples.")
     if not base:
         lines += ["", "No baseline was run (`baseline.enabled: false`)."]
     if not zero:
@@ -104,7 +110,10 @@ def model_card(model: Mapping[str, Any], baseline: Mapping[str, Any] | None, poo
         "A plain Hugging Face causal LM: no adapter or lonas-ray code runs at inference"
         + (" (its per-layer shapes need `import lonas_ray` once, which registers the architecture "
            f"`{architecture}` with the Auto classes)." if custom else "."),
-        "", f"Role: {'; '.join(model.get('roles', [])) or 'baseline'}.", "",
+        "", f"Role: {'; '.join(model.get('roles', [])) or 'baseline'}."
+        + (f" Recovery fine-tune: {model['recovery']['steps']} steps of this sub-network alone before the merge "
+           f"(the super-network's slice scored {_num(model['recovery']['before']['quality'])})."
+           if model.get("recovery") else ""), "",
         "| | this model | baseline (plain LoRA) |", "|---|---|---|",
     ]
     b = baseline or {}

@@ -3,6 +3,11 @@
 Runs in every ``TorchTrainer`` worker (it must live in the package: Ray workers
 cannot import test modules). Ray Train has already set up torch.distributed
 (gloo on CPU, NCCL on GPU); ``deepspeed.initialize`` reuses that group.
+
+Three parts: ``build_worker`` (super-network, data, DeepSpeed engine, resume
+point), the step itself (``lonas_ray.train.step.train_step`` on this rank's
+micro-batches) and ``report_step`` (the rank's record, metrics, gauges, and a
+checkpoint when one is due); ``train_loop_per_worker`` only strings them together.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -107,29 +114,52 @@ def _mean_across_ranks(value: float, device: torch.device) -> float:
     return _sum_across_ranks(value, device) / (dist.get_world_size() if dist.is_initialized() else 1)
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
+@dataclass
+class Worker:
+    """One rank's training state, built once (``build_worker``)."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    supernet: Any
+    space: SearchSpace
+    dataset: Any
+    pad_id: int
+    engine: Any
+    params: list
+    prepared_dir: Path
+    out: Path
+    start: int = 0  # the first step to run (after a resume, the checkpoint's)
+    params_of: dict[str, int] = field(default_factory=dict)  # sub-network id -> params (counted once)
+
+    def full_adapters(self):
+        """Under ZeRO-3 the adapters themselves are sharded: gather them for a checkpoint."""
+        import deepspeed
+
+        if self.cfg.deepspeed.zero_stage == 3:
+            return deepspeed.zero.GatheredParameters(self.params, modifier_rank=0)
+        return contextlib.nullcontext()
+
+    @property
+    def rank_log(self) -> Path:
+        return self.out / "ranks" / f"rank{self.rank}.jsonl"
+
+
+def build_worker(loop_config: dict) -> Worker:
+    """The super-network on this rank's device inside a DeepSpeed engine, the data, and where to start."""
     import deepspeed
-    import ray
     import ray.train
     import ray.train.torch
 
-    from lonas_ray.metrics import set_gauges
-
     cfg = TrainConfig.from_dict(loop_config["train"])
     prepared_dir = Path(loop_config["prepared_dir"])
-    out = Path(loop_config["output_dir"])
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    logging.getLogger("lonas_ray").setLevel(logging.INFO)  # not the root logger: dill would dump bytecode
-
     spec, space, importance = load_prepared(prepared_dir)
     built = restore_supernet(spec, space, importance, seed=cfg.seed)
     supernet = built.supernet
     tokenizer = built.tokenizer or byte_tokenizer()
-    dataset = build_train_dataset(cfg.data, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
     use_bf16 = device.type == "cuda" and str(cfg.deepspeed.bf16).lower() != "false" \
         or str(cfg.deepspeed.bf16).lower() == "true"
     if use_bf16:
@@ -138,7 +168,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if cfg.optim.gradient_checkpointing:
         enable_activation_checkpointing(supernet.model, {"use_reentrant": False})
     supernet.train()
-
     if device.type == "cpu":
         # DeepSpeed would JIT-compile a shared-memory allreduce (~45 s) that gloo does not need.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -150,73 +179,90 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model=supernet, optimizer=optimizer, lr_scheduler=scheduler, model_parameters=params,
         config=deepspeed_config(cfg, n_subnets, use_bf16), dist_init_required=False,
     )
-
-    def full_adapters():
-        if cfg.deepspeed.zero_stage == 3:  # ZeRO-3 shards the adapters themselves
-            return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
-        return contextlib.nullcontext()
-
-    probe_batch = collate(dataset.select([0, 1]), pad_id)
-    start = 0
+    worker = Worker(cfg, ctx.get_world_rank(), ctx.get_world_size(), device, supernet, space,
+                    build_train_dataset(cfg.data, tokenizer),
+                    tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, engine, params,
+                    prepared_dir, Path(loop_config["output_dir"]))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            start = read_checkpoint(Path(d), engine=engine, supernet=supernet, rank=rank, world_size=world,
-                                    full_adapters=full_adapters)
-        log.info("rank %d resumed at step %d", rank, start)
+            worker.start = read_checkpoint(Path(d), engine=engine, supernet=supernet, rank=worker.rank,
+                                           world_size=worker.world, full_adapters=worker.full_adapters)
+        log.info("rank %d resumed at step %d", worker.rank, worker.start)
+    return worker
 
-    node_id = ray.get_runtime_context().get_node_id()
-    rank_log = out / "ranks" / f"rank{rank}.jsonl"
-    rank_log.parent.mkdir(parents=True, exist_ok=True)
-    (out / "ranks" / f"rank{rank}.pid").write_text(str(os.getpid()))
-    bar = _progress_bar(cfg.optim.steps, start) if rank == 0 else None
+
+def step_batches(w: Worker, step: int) -> tuple[list, list[str], list[list[int]], list[dict]]:
+    """Step ``step``'s sub-networks (checked equal on every rank), their ids, this rank's micro-batches."""
+    cfg = w.cfg
+    subnets = subnets_for_step(w.space, cfg.sampling.strategy, cfg.seed, step, cfg.sampling.sandwich_random)
+    ids = [SearchSpace.subnet_id(s) for s in subnets]
+    _check_same_subnets(ids, step)
+    indices = batch_indices(len(w.dataset), step, cfg.optim.batch_size, cfg.seed)
+    micro = rank_micro_batches(indices, w.rank, w.world, cfg.optim.micro_batch_size)
+    batches = [{k: v.to(w.device) for k, v in collate(w.dataset.select(mb), w.pad_id).items()} for mb in micro]
+    return subnets, ids, micro, batches
+
+
+def report_step(w: Worker, step: int, subnets: list, ids: list[str], micro: list[list[int]], stats, step_s: float,
+                bar, probe_batch: dict) -> None:
+    """The rank's record, the run's metrics and gauges, and the checkpoint when one is due."""
+    import ray
+    import ray.train
+
+    from lonas_ray.metrics import set_gauges
+
+    cfg = w.cfg
+    rank_loss = stats.ce_sum / stats.passes  # plain cross-entropy: comparable with distillation on or off
+    loss_mean = _mean_across_ranks(rank_loss, w.device)
+    tokens_per_s = _sum_across_ranks(stats.tokens, w.device) / step_s
+    for sid, sub in zip(ids, subnets):  # counting reads every tensor: once per sub-network, not per step
+        if sid not in w.params_of:
+            w.params_of[sid] = count_subnet(w.supernet, sub).params
+    params_mean = sum(w.params_of[sid] for sid in ids) / len(ids)
+    with w.rank_log.open("a") as f:
+        f.write(json.dumps({"step": step, "subnets": ids, "indices": micro, "loss": rank_loss,
+                            "tokens": stats.tokens, "step_s": step_s, "restart_from": w.start,
+                            "node": ray.get_runtime_context().get_node_id()}) + "\n")
+    done = step + 1
+    metrics = {"step": done, "loss": loss_mean, "tokens_per_s": tokens_per_s, "subnet_params": params_mean,
+               "lr": w.engine.get_lr()[0], "subnets": ids}
+    if w.rank == 0:
+        set_gauges({"lonas_train_loss": loss_mean, "lonas_train_tokens_per_s": tokens_per_s,
+                    "lonas_train_subnet_params": params_mean, "lonas_train_step": done}, run=w.out.name)
+        bar.set_description(f"super-adapter training (loss {loss_mean:.4f})")
+        bar.update(1)
+    last = done == cfg.optim.steps
+    if done % cfg.checkpoint.every_steps == 0 or last:
+        with tempfile.TemporaryDirectory(prefix="lonas-ckpt-") as tmp:
+            write_checkpoint(Path(tmp), engine=w.engine, supernet=w.supernet, prepared_dir=w.prepared_dir, step=done,
+                             rank=w.rank, world_size=w.world, seed=cfg.seed, full_adapters=w.full_adapters,
+                             probe_batch=probe_batch if last else None, device=w.device)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"step_{done:06d}")
+    elif done % cfg.log_every == 0:
+        ray.train.report(metrics)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    logging.getLogger("lonas_ray").setLevel(logging.INFO)  # not the root logger: dill would dump bytecode
+    w = build_worker(loop_config)
+    w.rank_log.parent.mkdir(parents=True, exist_ok=True)
+    (w.out / "ranks" / f"rank{w.rank}.pid").write_text(str(os.getpid()))
+    probe_batch = collate(w.dataset.select([0, 1]), w.pad_id)
+    bar = _progress_bar(w.cfg.optim.steps, w.start) if w.rank == 0 else None
 
     def backward_and_step(loss):  # DeepSpeed steps the optimizer itself at the accumulation boundary
-        engine.backward(loss)
-        engine.step()
+        w.engine.backward(loss)
+        w.engine.step()
 
-    params_of: dict[str, int] = {}
-    for step in range(start, cfg.optim.steps):
+    for step in range(w.start, w.cfg.optim.steps):
         t0 = time.perf_counter()
-        subnets = subnets_for_step(space, cfg.sampling.strategy, cfg.seed, step, cfg.sampling.sandwich_random)
-        ids = [SearchSpace.subnet_id(s) for s in subnets]
-        _check_same_subnets(ids, step)
-        indices = batch_indices(len(dataset), step, cfg.optim.batch_size, cfg.seed)
-        micro = rank_micro_batches(indices, rank, world, cfg.optim.micro_batch_size)
-        batches = [{k: v.to(device) for k, v in collate(dataset.select(mb), pad_id).items()} for mb in micro]
-        stats = train_step(subnets, batches, activate=supernet.activate, forward=lambda b: engine(**b),
+        subnets, ids, micro, batches = step_batches(w, step)
+        stats = train_step(subnets, batches, activate=w.supernet.activate, forward=lambda b: w.engine(**b),
                            backward=backward_and_step,
-                           distill_weight=cfg.distill.weight, temperature=cfg.distill.temperature)
-        rank_loss = stats.ce_sum / stats.passes  # plain cross-entropy: comparable with distillation on or off
-        step_s = time.perf_counter() - t0
-        loss_mean = _mean_across_ranks(rank_loss, device)
-        tokens_per_s = _sum_across_ranks(stats.tokens, device) / step_s
-        for sid, sub in zip(ids, subnets):  # counting reads every tensor: once per sub-network, not per step
-            if sid not in params_of:
-                params_of[sid] = count_subnet(supernet, sub).params
-        params_mean = sum(params_of[sid] for sid in ids) / len(ids)
-        with rank_log.open("a") as f:
-            f.write(json.dumps({"step": step, "subnets": ids, "indices": micro, "loss": rank_loss,
-                                "tokens": stats.tokens, "step_s": step_s, "restart_from": start,
-                                "node": node_id}) + "\n")
-        done = step + 1
-        metrics = {"step": done, "loss": loss_mean, "tokens_per_s": tokens_per_s, "subnet_params": params_mean,
-                   "lr": engine.get_lr()[0], "subnets": ids}
-        if rank == 0:
-            set_gauges({"lonas_train_loss": loss_mean, "lonas_train_tokens_per_s": tokens_per_s,
-                        "lonas_train_subnet_params": params_mean, "lonas_train_step": done}, run=out.name)
-            bar.set_description(f"super-adapter training (loss {loss_mean:.4f})")
-            bar.update(1)
-        if done % cfg.checkpoint.every_steps == 0 or done == cfg.optim.steps:
-            with tempfile.TemporaryDirectory(prefix="lonas-ckpt-") as tmp:
-                write_checkpoint(Path(tmp), engine=engine, supernet=supernet, prepared_dir=prepared_dir, step=done,
-                                 rank=rank, world_size=world, seed=cfg.seed,
-                                 full_adapters=full_adapters,
-                                 probe_batch=probe_batch if done == cfg.optim.steps else None, device=device)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=f"step_{done:06d}")
-        elif done % cfg.log_every == 0:
-            ray.train.report(metrics)
+                           distill_weight=w.cfg.distill.weight, temperature=w.cfg.distill.temperature)
+        report_step(w, step, subnets, ids, micro, stats, time.perf_counter() - t0, bar, probe_batch)
     if bar is not None:
         bar.close()
         sys.stdout.flush()  # the closing state is a stdout line: out before Ray Train ends the worker
