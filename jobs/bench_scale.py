@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lonas_ray.elastic.supernet import SuperNetwork  # noqa: E402
 from lonas_ray.merge.extract import extract  # noqa: E402
-from lonas_ray.search.latency import measure, percentile  # noqa: E402
+from lonas_ray.search.latency import measure, percentile, sync  # noqa: E402
 from lonas_ray.space import SpaceSpec  # noqa: E402
 
 SHAPES = {
@@ -99,21 +99,16 @@ def copy_bandwidth(device: torch.device, gib: float, repeats: int) -> dict:
     dst = torch.empty_like(src)
     times = []
     for r in range(repeats + 3):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         dst.copy_(src)
-        _sync(device)
+        sync(device)
         if r >= 3:
             times.append(time.perf_counter() - t0)
     del src, dst
     gbs = [2 * n * 2 / t / 1e9 for t in times]
     return {"copy_gib": gib, "repeats": repeats, "gb_per_s_median": statistics.median(gbs),
             "gb_per_s_max": max(gbs), "gb_per_s_p10": percentile(gbs, 0.1)}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def decode_bytes(model, batch: int, context: int) -> int:
@@ -141,7 +136,7 @@ def bench_shape(name: str, shape: dict, args, device: torch.device, bandwidth: f
     for label, cfg in subnets(supernet.space).items():
         t0 = time.perf_counter()
         model = extract(supernet, cfg)
-        _sync(device)
+        sync(device)
         extract_s = time.perf_counter() - t0
         params = sum(p.numel() for p in model.parameters())
         for batch in args.batches:

@@ -30,6 +30,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from lonas_ray.elastic.supernet import SuperNetwork
+from lonas_ray.search.latency import sync
 from lonas_ray.space import SpaceSpec
 from lonas_ray.train.schedule import subnets_for_step
 
@@ -97,11 +98,6 @@ class Variant:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return batch["input_ids"].numel() * len(subnets)
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def part_a(shape: dict, device: str, dtype: torch.dtype, batch: int, seq: int, repeats: int, warmup: int) -> dict:

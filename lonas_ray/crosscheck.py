@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from lonas_ray.search.quality import EXACT_METRIC, MC_METRIC
+from lonas_ray.search.metric import EXACT_METRIC, MC_METRIC
 
 log = logging.getLogger(__name__)
 

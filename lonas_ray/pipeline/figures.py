@@ -18,7 +18,7 @@ from typing import Any
 from lonas_ray.crosscheck import JUDGE_FILE
 from lonas_ray.pipeline.export import RECOVERY
 from lonas_ray.search.driver import FINAL, RESULTS, SUMMARY, rows_by_pool
-from lonas_ray.search.quality import accuracy_interval
+from lonas_ray.search.metric import accuracy_interval
 
 BASELINE = "baseline"
 ZERO_SHOT = "zero_shot"

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from lonas_ray.search.pareto import hypervolume_2d, pareto_mask, pick
-from lonas_ray.search.quality import accuracy_interval
+from lonas_ray.search.metric import accuracy_interval
 from lonas_ray.search.objective import objective_value
+from lonas_ray.search.pareto import hypervolume_2d, pareto_mask, pick
 
 FRONTS = {"latency": "latency_ms", "params": "params"}
 FINAL_COLUMNS = ("quality_full", "loss_full", "task_loss_full", "eval_examples_full", "quality_full_ci95_low",

@@ -53,7 +53,9 @@ class LatencyStats:
     decode_p90_ms: float
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device | str) -> None:
+    """Wait for the device's queued work (a no-op on CPU): every timed span starts and ends with it."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -169,14 +171,14 @@ def measure(model, runtime: str, *, batch_size: int, prompt_len: int, new_tokens
     totals, prefills, decodes = [], [], []
     for r in range(warmup + repeats):
         dec.reset()
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         token = dec.prefill(ids)
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         for i in range(new_tokens):
             token = dec.step(token, prompt_len + i)
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         if r >= warmup:
             prefills.append((t1 - t0) * 1e3)

@@ -32,12 +32,14 @@ from typing import Any
 import torch
 
 from lonas_ray.data.tokenize import IGNORE_INDEX, collate, encode, special_prefix
-from lonas_ray.stats import wilson_interval
+from lonas_ray.search.metric import (  # noqa: F401  (the names this module's results carry, re-exported)
+    BINOMIAL_METRICS,
+    EXACT_METRIC,
+    MC_METRIC,
+    TOKEN_METRIC,
+    accuracy_interval,
+)
 
-MC_METRIC = "mc_accuracy"
-TOKEN_METRIC = "answer_token_accuracy"
-EXACT_METRIC = "exact_match"
-BINOMIAL_METRICS = (MC_METRIC, EXACT_METRIC)  # a share of examples right: Wilson intervals apply
 
 
 @dataclass(frozen=True)
@@ -69,13 +71,6 @@ class Quality:
     examples: int
     task_loss: float  # multiple choice: choice cross-entropy; otherwise the answer loss
     hits: int | None = None  # examples right (accuracy metrics), for binomial intervals
-
-
-def accuracy_interval(metric: str, quality: float | None, examples: int | None) -> tuple[float, float] | None:
-    """The 95 % Wilson interval of a quality that is a share of examples right; None for other metrics."""
-    if metric not in BINOMIAL_METRICS or quality is None or not examples:
-        return None
-    return wilson_interval(round(quality * examples), int(examples))
 
 
 def subset_indices(n_total: int, n: int | None, seed: int = 0) -> list[int]:
