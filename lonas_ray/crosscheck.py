@@ -147,24 +147,25 @@ def score_saved(model_dir: Path, data: Any, quality: Any, *, batch_size: int = 8
 
 
 def cross_check(model_dir: Path, data: Any, quality: Any, work_dir: Path, *, batch_size: int = 8,
-                device: str = "cpu") -> Verdict:
+                device: str = "cpu", scored: Scored | None = None) -> Verdict:
     """Score ``model_dir`` with lonas-ray's scorer and with lm-eval on the final examples; compare them.
 
     ``data`` is a ``DataSpec``, ``quality`` a ``QualitySpec``: the same examples
     (``quality.final_examples`` of the seeded order) the exported models' figures use.
+    ``scored``: ``score_saved``'s result for this model when the caller has it already.
     """
     import importlib.metadata
 
     from lonas_ray.data.tokenize import special_prefix
     from lonas_ray.search.quality import generation_budget
 
-    scored = score_saved(model_dir, data, quality, batch_size=batch_size, device=device)
+    scored = scored or score_saved(model_dir, data, quality, batch_size=batch_size, device=device)
     own, right, evalset, tokenizer = scored.quality, scored.right, scored.evalset, scored.tokenizer
-    examples, indices = scored.examples, scored.indices
     if right is None:
         raise ValueError(f"lm-eval judges only {', '.join(LM_EVAL_METRIC)} (got {own.metric})")
+    final = scored.examples.select(scored.indices)
     name = "lonas_crosscheck"
-    write_task(examples.select(indices), own.metric, work_dir, name,
+    write_task(final, own.metric, work_dir, name,
                max_gen_toks=generation_budget(evalset) if own.metric == EXACT_METRIC else 16)
     theirs = lm_eval_hits(model_dir, work_dir, name, own.metric, add_bos=bool(special_prefix(tokenizer)),
                           batch_size=batch_size, device=device)
@@ -172,7 +173,7 @@ def cross_check(model_dir: Path, data: Any, quality: Any, work_dir: Path, *, bat
         raise RuntimeError(f"lm-eval scored {len(theirs)} examples, lonas-ray {len(right)}")
     return Verdict(own.metric, len(right), own.quality, sum(theirs) / len(theirs), LM_EVAL_METRIC[own.metric],
                    sum(a == b for a, b in zip(right, theirs)), importlib.metadata.version("lm_eval"),
-                   truncated_examples(examples.select(indices), tokenizer, data.cutoff_len))
+                   truncated_examples(final, tokenizer, data.cutoff_len))
 
 
 def truncated_examples(examples: Any, tokenizer: Any, cutoff_len: int) -> int:

@@ -31,13 +31,13 @@ from typing import Any
 from lonas_ray.atomic import read_parquet
 from lonas_ray.build import load_prepared
 from lonas_ray.config_io import ConfigError, to_dict
-from lonas_ray.data.load import load_examples
 from lonas_ray.data.spec import check_data
 from lonas_ray.merge.save import MANIFEST
 from lonas_ray.pipeline.config import PipelineConfig
 from lonas_ray.pipeline.figures import BASELINE, ZERO_SHOT, collect, select_models
 from lonas_ray.pipeline.stages import STAGES, STRICT, StageLog, fingerprint
 from lonas_ray.search.driver import PARETO, RESULTS, SUMMARY, evaluate_configs, local_pool_tags, rows_by_pool
+from lonas_ray.train.state import STATE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +115,11 @@ class Pipeline:
             else None
         recover = None
         if self.cfg.export.recover_steps:
-            optim = self.cfg.train_config(self.out).optim
-            optim.resolve_epochs(len(load_examples(self.cfg.data, "train")))  # the steps the super-adapter made
+            optim = self.cfg.train.optim
+            trained = json.loads((self.out / "supernet" / STATE_FILE).read_text())["step"]  # steps it made
             recover = {"data": to_dict(self.cfg.data), "quality": to_dict(self.cfg.quality),
                        "steps": self.cfg.export.recover_steps, "batch_size": optim.batch_size, "lr": optim.lr,
-                       "seed": self.cfg.train.seed, "first_step": optim.steps}
+                       "seed": self.cfg.train.seed, "first_step": int(trained)}
         manifests = export_models(jobs, models, self.cfg.export, judge, recover, recover_names=set(chosen))
         self.write_cards(chosen, manifests)
         return {"models": sorted(jobs)}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,15 @@ def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter:
         model_dir = Path(d) / "model"
         save_subnetwork(supernet, config, model_dir, tokenizer=tokenizer, with_adapter=with_adapter)
         del supernet
+        scored = None  # the saved checkpoint scored once, for the recovery's figures and the judge alike
         if recover:
-            (model_dir / RECOVERY).write_text(json.dumps(rescore(model_dir, recover, losses), indent=1))
+            scored = score_final(model_dir, recover)
+            (model_dir / RECOVERY).write_text(json.dumps(
+                {"steps": recover["steps"], "first_loss": losses[0], "last_loss": losses[-1],
+                 **asdict(scored.quality)}, indent=1))
         if judge is not None:
-            (model_dir / JUDGE_FILE).write_text(json.dumps(judge_saved(model_dir, judge, Path(d) / "task"),
-                                                           indent=1))
+            verdict = judge_saved(model_dir, judge, Path(d) / "task", scored)
+            (model_dir / JUDGE_FILE).write_text(json.dumps(verdict, indent=1))
         return read_tree(model_dir)
 
 
@@ -66,22 +71,22 @@ def recover_subnetwork(supernet, config: dict, tokenizer, recover: dict) -> list
                         lr=recover["lr"], seed=recover["seed"], first_step=recover["first_step"])
 
 
-def rescore(model_dir: Path, recover: dict, losses: list[float]) -> dict[str, Any]:
-    """The recovered checkpoint's figures on the final examples: they replace the search's in the report."""
-    from dataclasses import asdict
-
+def score_final(model_dir: Path, sections: dict):
+    """lonas-ray's scorer on a saved checkpoint, the final examples of the pipeline's data and quality sections."""
     from lonas_ray.config_io import from_dict
     from lonas_ray.crosscheck import score_saved
     from lonas_ray.data.spec import DataSpec
     from lonas_ray.search.config import QualitySpec
 
-    scored = score_saved(model_dir, from_dict(DataSpec, recover["data"], where="data"),
-                         from_dict(QualitySpec, recover["quality"], where="quality"))
-    return {"steps": recover["steps"], "first_loss": losses[0], "last_loss": losses[-1], **asdict(scored.quality)}
+    return score_saved(model_dir, from_dict(DataSpec, sections["data"], where="data"),
+                       from_dict(QualitySpec, sections["quality"], where="quality"))
 
 
-def judge_saved(model_dir: Path, judge: dict, work_dir: Path) -> dict[str, Any]:
-    """lm-eval's verdict on a saved model, or why there is none (a metric lm-eval has no counterpart of)."""
+def judge_saved(model_dir: Path, judge: dict, work_dir: Path, scored=None) -> dict[str, Any]:
+    """lm-eval's verdict on a saved model, or why there is none (a metric lm-eval has no counterpart of).
+
+    ``scored``: ``score_final``'s result when the recovery already scored this checkpoint on the same sections.
+    """
     from lonas_ray.config_io import from_dict
     from lonas_ray.crosscheck import cross_check
     from lonas_ray.data.spec import DataSpec
@@ -90,7 +95,8 @@ def judge_saved(model_dir: Path, judge: dict, work_dir: Path) -> dict[str, Any]:
     data = from_dict(DataSpec, judge["data"], where="data")
     if data.format not in ("multiple_choice", "generation"):
         return {"skipped": f"lm-eval has no counterpart of data.format {data.format}'s token accuracy"}
-    verdict = cross_check(model_dir, data, from_dict(QualitySpec, judge["quality"], where="quality"), work_dir)
+    verdict = cross_check(model_dir, data, from_dict(QualitySpec, judge["quality"], where="quality"), work_dir,
+                          scored=scored)
     return verdict.to_dict()
 
 
