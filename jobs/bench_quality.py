@@ -67,7 +67,7 @@ from lonas_ray.model_source import ModelSource, load_model  # noqa: E402
 from lonas_ray.merge.extract import extract  # noqa: E402
 from lonas_ray.search.latency import measure  # noqa: E402
 from lonas_ray.search.quality import build_eval_set, evaluate_quality, subset, subset_indices  # noqa: E402
-from lonas_ray.train.recover import recover  # noqa: E402
+from lonas_ray.train.recover import recover, warmup_then_constant  # noqa: E402  (one schedule for every row)
 from lonas_ray.train.schedule import batch_indices, subnets_for_step  # noqa: E402
 from lonas_ray.train.step import train_step  # noqa: E402
 from lonas_ray.stats import wilson_interval  # noqa: E402
@@ -109,12 +109,6 @@ class Scorer:
         return out
 
 
-def lr_schedule(opt, steps: int):
-    """Linear warm-up over the first 10 % of steps, then constant: the same for every trained row."""
-    warm = max(1, steps // 10)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-
-
 def step_batch(dataset, step: int, args, pad_id: int, device: torch.device) -> dict:
     """The rows of optimizer step ``step``: the training loop's own seeded epochs, so every method sees the same."""
     take = batch_indices(len(dataset), step, args.batch, args.seed)
@@ -130,7 +124,7 @@ def train_peft_lora(model, dataset, pad_id: int, steps: int, args, device: torch
                                                   lora_dropout=0.0))
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    sched = lr_schedule(opt, steps)
+    sched = warmup_then_constant(opt, steps)
     peft_model.train()
     for step in range(steps):
         loss = peft_model(**step_batch(dataset, step, args, pad_id, device)).loss
@@ -149,7 +143,7 @@ def train_supernet(supernet, dataset, pad_id: int, args, device: torch.device) -
     """Sandwich steps with lonas-ray's own step function (distillation per --distill); returns the passes made."""
     params = supernet.adapter_parameters()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    sched = lr_schedule(opt, args.steps)
+    sched = warmup_then_constant(opt, args.steps)
     supernet.train()
     passes = 0
     for step in range(args.steps):

@@ -89,11 +89,11 @@ def sampler(strategy: str, *, population: int, seed: int) -> optuna.samplers.Bas
 
 def study_recorder(storage: optuna.storages.BaseStorage, study_name: str,
                    space: SearchSpace) -> Callable[[SubnetConfig, list[float]], None]:
-    """A function that adds one evaluated configuration to the study as a completed trial."""
+    """A function that adds one evaluated configuration to the (existing) study as a completed trial."""
     dists = distributions(space)
+    study = optuna.load_study(study_name=study_name, storage=storage)  # once: every record shares the storage
 
     def record(config: SubnetConfig, values: list[float]) -> None:
-        study = optuna.load_study(study_name=study_name, storage=storage)
         study.add_trial(optuna.trial.create_trial(params=dict(config), distributions=dists, values=values))
 
     return record

@@ -23,14 +23,19 @@ from lonas_ray.train.step import train_step
 log = logging.getLogger(__name__)
 
 
+def warmup_then_constant(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first 10 % of ``steps``, then the full learning rate."""
+    warm = max(1, steps // 10)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+
+
 def recover(supernet, config: SubnetConfig, dataset, pad_id: int, *, steps: int, batch_size: int, lr: float,
             seed: int = 0, first_step: int = 0, grad_clip: float = 1.0) -> list[float]:
     """Train ``config``'s adapter slices for ``steps`` steps in place; returns the loss of each step."""
     device = next(supernet.parameters()).device
     params = supernet.adapter_parameters()
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    sched = warmup_then_constant(opt, steps)
     supernet.train()
     losses = []
     for step in range(first_step, first_step + steps):
