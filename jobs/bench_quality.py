@@ -46,8 +46,9 @@ import logging
 import platform
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -201,7 +202,22 @@ def search_picks(supernet, select, tokenizer, args) -> dict[str, dict]:
     return picks
 
 
-def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: torch.device) -> dict:
+@dataclass
+class Task:
+    """One task's data as every row of a benchmark sees it: the training set, the selection and report parts of
+    the recorded test split, a scorer on the report part, and the JSON entry its rows go into."""
+
+    model: Any
+    tokenizer: Any
+    dataset: Any
+    select: Any
+    scorer: Scorer
+    pad_id: int
+    dtype: torch.dtype
+    result: dict
+
+
+def load_task(task: str, args, source: ModelSource, device: torch.device) -> Task:
     spec = data_spec(task, args.cutoff_len)
     model, tokenizer = load_model(source)
     tokenizer = tokenizer or byte_tokenizer()
@@ -209,14 +225,31 @@ def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: t
     chosen = set(subset_indices(len(full_eval), round(len(full_eval) * args.select_share), seed=args.seed))
     select = subset(full_eval, sorted(chosen))
     report = subset(full_eval, [i for i in range(len(full_eval)) if i not in chosen])
-    scorer = Scorer(report, tokenizer, args, device)
     dataset = build_train_dataset(spec, tokenizer)
-    pad_id = full_eval.pad_id
     result = {"task": task, "format": spec.format, "test_examples": len(full_eval), "select_examples": len(select),
               "report_examples": len(report), "train_examples": len(dataset),
               "epochs": round(args.steps * args.batch / len(dataset), 2), "rows": []}
-    rows = result["rows"]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    return Task(model, tokenizer, dataset, select, Scorer(report, tokenizer, args, device), full_eval.pad_id, dtype,
+                result)
+
+
+def compare_to_peft_lora(rows: list[dict]) -> None:
+    """Speed-up and quality ratio of every row against the plain-LoRA row, when there is one."""
+    reference = next((r for r in rows if r["model"] == "peft_lora"), None)
+    for r in rows:
+        if reference and r.get("latency_ms") and reference.get("latency_ms"):
+            r["speedup_vs_peft_lora"] = reference["latency_ms"] / r["latency_ms"]
+        if reference:
+            r["quality_vs_peft_lora"] = r["quality"] / reference["quality"] if reference["quality"] else None
+
+
+def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: torch.device) -> dict:
+    t = load_task(task, args, source, device)
+    model, tokenizer, dataset, select, scorer, pad_id, dtype = (
+        t.model, t.tokenizer, t.dataset, t.select, t.scorer, t.pad_id, t.dtype)
+    result = t.result
+    rows = result["rows"]
     if "zero_shot" in args.parts:
         rows.append(scorer.row("zero_shot", model.to(device, dtype), 0.0))
     if "peft_lora" in args.parts:
@@ -267,19 +300,13 @@ def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: t
             rows.append(scorer.row(f"prune_lora:{name}", tuned, time.perf_counter() - t0, steps=passes,
                                    subnet_id=entry["subnet_id"], params_ratio=entry["params_ratio"]))
             del tuned, pruned
-    reference = next((r for r in rows if r["model"] == "peft_lora"), None)
-    for r in rows:
-        if reference and r.get("latency_ms") and reference.get("latency_ms"):
-            r["speedup_vs_peft_lora"] = reference["latency_ms"] / r["latency_ms"]
-        if reference:
-            r["quality_vs_peft_lora"] = r["quality"] / reference["quality"] if reference["quality"] else None
+    compare_to_peft_lora(rows)
     return result
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The training, search and scoring options this job shares with jobs/bench_sparse.py."""
     p.add_argument("--tasks", default=",".join(t for t in shipped.TASKS if t != "social_iqa"))
-    p.add_argument("--parts", default="zero_shot,peft_lora", help=f"comma list of {', '.join(PARTS)}")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps of peft_lora and of the super-adapter")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -290,7 +317,6 @@ def main() -> int:
     p.add_argument("--space-config", default="jobs/configs/quickstart.yaml", help="a config with a supernet section")
     p.add_argument("--distill", type=float, default=0.5, help="in-place distillation weight (0: off)")
     p.add_argument("--distill-temperature", type=float, default=1.0)
-    p.add_argument("--recover-steps", type=int, default=50, help="recovery fine-tune steps per pick (part recover)")
     p.add_argument("--targets", type=lambda v: [float(x) for x in v.split(",")], default=[0.9, 0.75, 0.6])
     p.add_argument("--band", type=float, default=0.08, help="a pick's params ratio lies in [target - band, target]")
     p.add_argument("--candidates", type=int, default=48, help="sampled sub-networks the in-process search weighs")
@@ -301,25 +327,24 @@ def main() -> int:
     p.add_argument("--latency-repeats", type=int, default=5, help="0: no latency")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny random model, a few steps: checks the job runs")
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
-    args.parts = args.parts.split(",")
-    unknown = [x for x in args.parts if x not in PARTS]
-    if unknown:
-        p.error(f"unknown part(s) {unknown}; use {', '.join(PARTS)}")
+
+
+def start(args, what: str) -> tuple[ModelSource, dict, torch.device, dict]:
+    """Logging, the model source (--quick: tiny, few steps), the space's supernet section, the device and the
+    JSON header (machine, date, settings) of a benchmark run."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     space_spec = yaml.safe_load(Path(args.space_config).read_text())["supernet"]
     space_spec.pop("model", None)
     if args.quick:
         source = ModelSource(kind="tiny")
         args.steps, args.batch, args.candidates = min(args.steps, 3), min(args.batch, 4), min(args.candidates, 8)
-        args.recover_steps = min(args.recover_steps, 2)
+        if hasattr(args, "recover_steps"):
+            args.recover_steps = min(args.recover_steps, 2)
     else:
         source = ModelSource(kind="smollm2")
     device = torch.device(args.device)
-    out = {
-        "what": "per task: base zero-shot, plain PEFT LoRA, lonas-ray's super-network picks, prune-then-LoRA; "
-                "lonas-ray's scorer on the report part of the recorded test split",
+    header = {
+        "what": what,
         "model": source.kind, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "machine": {"platform": platform.platform(), "cpu": platform.processor(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__},
@@ -327,6 +352,23 @@ def main() -> int:
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "tasks": [],
     }
+    return source, space_spec, device, header
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(p)
+    p.add_argument("--parts", default="zero_shot,peft_lora", help=f"comma list of {', '.join(PARTS)}")
+    p.add_argument("--recover-steps", type=int, default=50, help="recovery fine-tune steps per pick (part recover)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    args.parts = args.parts.split(",")
+    unknown = [x for x in args.parts if x not in PARTS]
+    if unknown:
+        p.error(f"unknown part(s) {unknown}; use {', '.join(PARTS)}")
+    source, space_spec, device, out = start(
+        args, "per task: base zero-shot, plain PEFT LoRA, lonas-ray's super-network picks, prune-then-LoRA; "
+              "lonas-ray's scorer on the report part of the recorded test split")
     for task in args.tasks.split(","):
         t0 = time.perf_counter()
         result = bench_task(task, args, source, space_spec, device)

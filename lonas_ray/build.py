@@ -12,12 +12,15 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from lonas_ray.atomic import atomic_dir
 from lonas_ray.calibration import calibration_batch
+from lonas_ray.compress.apply import calibrate, check_compressible, compress
+from lonas_ray.compress.sparsity import InputNorms
+from lonas_ray.compress.spec import QuantizationSpec, SparsitySpec
 from lonas_ray.config_io import ConfigError, from_dict, help_field, to_dict
 from lonas_ray.elastic.generate import generate_spec
 from lonas_ray.elastic.importance import METHODS, Importance, reorder, score
@@ -65,10 +68,31 @@ class SupernetSpec:
     space: SpaceSpec = help_field(default_factory=SpaceSpec, help="the search space")
     importance: ImportanceSpec = help_field(default_factory=ImportanceSpec, help="importance reordering")
     generate: GenerateSpec = help_field(default_factory=GenerateSpec, help="EFTNAS-style space generation")
+    sparsity: SparsitySpec = help_field(default_factory=SparsitySpec, help="prune the frozen base (Shears, SQFT)")
+    quantization: QuantizationSpec = help_field(
+        default_factory=QuantizationSpec, help="INT4 group-wise weight-only base (SQFT)")
 
     def __post_init__(self):
         if self.generate.enabled and not self.importance.enabled:
             raise ConfigError("generate.enabled needs importance.enabled: choices are derived from the scores")
+        merged_path = (self.sparsity.enabled and self.sparsity.mask_adapter) or self.quantization.qa
+        if merged_path and self.space.lora.dropout > 0:
+            raise ConfigError(
+                "space.lora.dropout must be 0 with SparsePEFT or QA (sparsity.mask_adapter / quantization.qa): "
+                "they train on the merged weight, which has no separate adapter input to drop out")
+        units = [u for u in (self.sparsity.n_m[1] if self.sparsity.enabled and self.sparsity.n_m else None,
+                             self.quantization.group_size if self.quantization.enabled else None) if u]
+        bad = [u for u in units if self.generate.enabled and self.generate.align % u]
+        if bad:
+            raise ConfigError(
+                f"generate.align {self.generate.align} must be a multiple of {bad[0]} (the N:M group or the "
+                "quantization group size), or generated MLP widths cannot be cut into groups")
+
+    @property
+    def calibration(self) -> tuple[int, int, int]:
+        """(examples, max_length, seed) of the calibration batch Wanda uses: the importance step's by default."""
+        c, imp = self.sparsity.calibration, self.importance
+        return (c.examples or imp.examples, c.max_length or imp.max_length, imp.seed)
 
 
 @dataclass
@@ -76,12 +100,22 @@ class Built:
     supernet: SuperNetwork
     tokenizer: Any
     importance: Importance | None
+    norms: InputNorms | None = None
+
+
+def _check_base(model, spec: SupernetSpec) -> None:
+    if spec.quantization.enabled and getattr(model.config, "quantization_config", None) is not None:
+        raise ConfigError(
+            "quantization.enabled is set but the base model is already quantized (its config has a "
+            "quantization_config); start from the unquantized model, or set quantization.enabled: false")
 
 
 def build_supernet(spec: SupernetSpec) -> Built:
-    """Load, wrap, reorder and (optionally) generate the space, in that order."""
+    """Load, wrap, reorder, (optionally) generate the space, then compress the base, in that order."""
     model, tokenizer = load_model(spec.model)
+    _check_base(model, spec)
     supernet = SuperNetwork(model, spec.space)
+    check_compressible(supernet.space, spec.sparsity, spec.quantization)
     importance = None
     if spec.importance.enabled:
         imp = spec.importance
@@ -95,11 +129,17 @@ def build_supernet(spec: SupernetSpec) -> Built:
                                   min_ratio=g.min_ratio, align=g.align, skip_below=g.skip_below, heads=g.heads)
         supernet.set_space(generated)
         log.info("generated space: %d dimensions, %.3g sub-networks", len(supernet.space.dims), supernet.space.size())
-    return Built(supernet, tokenizer, importance)
+        check_compressible(supernet.space, spec.sparsity, spec.quantization)
+    norms = None
+    if spec.sparsity.method == "wanda":
+        examples, max_length, seed = spec.calibration
+        norms = calibrate(supernet, calibration_batch(tokenizer, model.config.vocab_size, examples, max_length, seed))
+    compress(supernet, spec.sparsity, spec.quantization, norms)
+    return Built(supernet, tokenizer, importance, norms)
 
 
 def restore_supernet(spec: SupernetSpec, space: SearchSpace, importance: Importance | None,
-                     seed: int = 0) -> Built:
+                     norms: InputNorms | None = None, *, seed: int = 0) -> Built:
     """Rebuild a prepared super-network anywhere (Ray workers, search, merge) without rescoring.
 
     The space and importance scores come from the driver's ``build_supernet``; the
@@ -111,10 +151,27 @@ def restore_supernet(spec: SupernetSpec, space: SearchSpace, importance: Importa
     supernet = SuperNetwork(model, space)
     if importance is not None:
         reorder(supernet, importance)
-    return Built(supernet, tokenizer, importance)
+    compress(supernet, spec.sparsity, spec.quantization, norms)
+    return Built(supernet, tokenizer, importance, norms)
 
 
 PREPARED_FILES = ("supernet_spec.json", "space.json", "importance.json")
+SPARSITY_FILE = "sparsity.json"  # Wanda's input norms (null: none); absent in directories from before sparsity
+
+
+def prepared_file_names(directory: str | Path) -> list[str]:
+    """The prepared-super-network files present in ``directory`` (what a checkpoint copies along)."""
+    optional = [SPARSITY_FILE] if (Path(directory) / SPARSITY_FILE).is_file() else []
+    return [*PREPARED_FILES, *optional]
+
+
+class Prepared(NamedTuple):
+    """What a prepared super-network directory holds; ``restore_supernet(*prepared)`` rebuilds it."""
+
+    spec: SupernetSpec
+    space: SearchSpace
+    importance: Importance | None
+    norms: InputNorms | None
 
 
 def save_prepared(built: Built, spec: SupernetSpec, out_dir: str | Path) -> Path:
@@ -125,10 +182,12 @@ def save_prepared(built: Built, spec: SupernetSpec, out_dir: str | Path) -> Path
     built.supernet.space.save(out_dir / "space.json")
     imp = built.importance.to_dict() if built.importance is not None else None
     (out_dir / "importance.json").write_text(json.dumps(imp))
+    norms = built.norms.to_dict() if built.norms is not None else None
+    (out_dir / SPARSITY_FILE).write_text(json.dumps(norms))
     return out_dir
 
 
-def load_prepared(directory: str | Path) -> tuple[SupernetSpec, SearchSpace, Importance | None]:
+def load_prepared(directory: str | Path) -> Prepared:
     """Read a directory written by ``save_prepared`` (a checkpoint holds the same files)."""
     directory = Path(directory)
     missing = [f for f in PREPARED_FILES if not (directory / f).is_file()]
@@ -137,7 +196,12 @@ def load_prepared(directory: str | Path) -> tuple[SupernetSpec, SearchSpace, Imp
     spec = from_dict(SupernetSpec, json.loads((directory / "supernet_spec.json").read_text()), where=str(directory))
     space = SearchSpace.load(directory / "space.json")
     imp = json.loads((directory / "importance.json").read_text())
-    return spec, space, (Importance.from_dict(imp) if imp is not None else None)
+    norms_file = directory / SPARSITY_FILE
+    norms = json.loads(norms_file.read_text()) if norms_file.is_file() else None
+    if spec.sparsity.method == "wanda" and norms is None:
+        raise FileNotFoundError(f"{directory} prunes with Wanda but has no {SPARSITY_FILE} (its input norms)")
+    return Prepared(spec, space, Importance.from_dict(imp) if imp is not None else None,
+                    InputNorms.from_dict(norms) if norms is not None else None)
 
 
 def prepare_once(spec: SupernetSpec, prepared: str | Path) -> Path:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from lonas_ray.compress.quant import scale_of
 from lonas_ray.elastic.linear import ElasticLinear
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.families import decoder_layers, family_of
@@ -25,9 +26,14 @@ class Counts:
     nonzero_params: int
     macs_per_token: int  # linear layers incl. lm_head; attention scores excluded (they grow with context)
     adapter_params: int = 0  # active LoRA parameters before merging (0 for a merged model)
+    weight_bytes: int = 0  # the merged model's tensors as exported: INT linears at their bits plus scales
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _bytes(t: torch.Tensor) -> int:
+    return _numel(t) * t.element_size()
 
 
 def _numel(t: torch.Tensor) -> int:
@@ -59,10 +65,11 @@ def count_subnet(supernet: SuperNetwork, config: SubnetConfig | None = None) -> 
     """Counts of sub-network ``config`` (default: active) as it will be once extracted and merged."""
     plan = supernet.plan(config)
     blocks = [supernet.block(i) for i in range(supernet.shape.num_layers)]
-    params = nonzero = macs = adapter = 0
+    params = nonzero = macs = adapter = size = 0
     for p in _outside_blocks(supernet.model, blocks):
         params += _numel(p)
         nonzero += _nonzero(p)
+        size += _bytes(p)
     for i in plan.kept_layers:
         linears = plan.layers[i].linears
         for mname, module in blocks[i].named_modules():
@@ -73,12 +80,12 @@ def count_subnet(supernet: SuperNetwork, config: SubnetConfig | None = None) -> 
                 n = s.out_features * s.in_features
                 params += n
                 macs += n
-                weight = base.weight[: s.out_features, : s.in_features]
-                merged_dense = bool(module.r_max and s.rank and torch.any(module.lora_B[: s.out_features, : s.rank] != 0))
-                nonzero += n if merged_dense else _nonzero(weight)
+                nonzero += _linear_nonzero(module, s)
+                size += _linear_bytes(module, s)
                 if base.bias is not None:
                     params += s.out_features
                     nonzero += _nonzero(base.bias[: s.out_features])
+                    size += s.out_features * base.bias.element_size()
                 if module.r_max and s.rank:
                     adapter += s.rank * (s.in_features + s.out_features)
                 continue
@@ -87,9 +94,37 @@ def count_subnet(supernet: SuperNetwork, config: SubnetConfig | None = None) -> 
             for p in module.parameters(recurse=False):
                 params += _numel(p)
                 nonzero += _nonzero(p)
+                size += _bytes(p)
             if isinstance(module, nn.Linear):
                 macs += module.in_features * module.out_features
-    return Counts(params, nonzero, macs + _lm_head_macs(supernet.model), adapter)
+                if (quant := scale_of(module)) is not None:  # a quantized linear without an adapter
+                    scale, bits = quant
+                    size += _numel(module.weight) * bits // 8 + _bytes(scale) - _bytes(module.weight)
+    return Counts(params, nonzero, macs + _lm_head_macs(supernet.model), adapter, size)
+
+
+def _linear_nonzero(module: ElasticLinear, s) -> int:
+    """Non-zeros of the merged slice: the base's when nothing is merged, all when a plain LoRA delta is
+    (dense), and the merged weight's own under SparsePEFT / QA (which keep or round the base's zeros)."""
+    weight = module.base_layer.weight[: s.out_features, : s.in_features]
+    if not (module.r_max and s.rank and torch.any(module.lora_B[: s.out_features, : s.rank] != 0)):
+        return _nonzero(weight)
+    if module.mask_adapter or scale_of(module.base_layer) is not None:
+        with torch.no_grad():
+            return _nonzero(module.merged_weight(s.out_features, s.in_features, s.rank))
+    return s.out_features * s.in_features
+
+
+def _linear_bytes(module: ElasticLinear, s) -> int:
+    """Bytes of the slice's weight as exported: ``bits / 8`` a weight plus one scale a group when quantized."""
+    base = module.base_layer
+    n = s.out_features * s.in_features
+    quant = scale_of(base)
+    if quant is None:
+        return n * base.weight.element_size()
+    scale, bits = quant
+    groups = s.out_features * (s.in_features * scale.shape[1] // module.in_features)
+    return n * bits // 8 + groups * scale.element_size()
 
 
 def count_model(model: nn.Module) -> Counts:

@@ -54,6 +54,11 @@ def test_space_command_describes_the_space():
         (lambda c: c["supernet"].update(modle={}), "did you mean 'model'"),
         (lambda c: c.update(subnets=["median"]), "subnets entry 'median'"),
         (lambda c: c["supernet"]["importance"].update(method="magic"), "importance.method 'magic'"),
+        (lambda c: c["supernet"].update(sparsity={"method": "wanda", "level": 1.0}), "sparsity.level must be in [0, 1)"),
+        (lambda c: c["supernet"].update(sparsity={"method": "wanda", "pattern": "4:2"}), "with 0 < N < M"),
+        (lambda c: c["supernet"].update(quantization={"enabled": True, "group_size": 48}),
+         "quantization.group_size 48 does not divide the input width(s)"),
+        (lambda c: c["supernet"].update(quantization={"qa": True}), "quantization.qa needs a quantized base"),
     ],
 )
 def test_bad_configs_fail_with_a_clear_message_and_write_nothing(tmp_path, mutate, message):

@@ -120,9 +120,9 @@ def _fig():
            "decode_ms": 2.0}
     base = {"subnet_id": "base", "config": {}, "quality": 0.5, "quality_metric": "mc_accuracy", "loss": 1.0,
             "task_loss": 0.69, "quality_ci95": [0.3639, 0.6361], "eval_examples": 48, "params": 1000, "nonzero_params": 1000, "macs": 900, "latency": {"p": lat},
-            "roles": ["plain LoRA"], "path": "models/baseline"}
+            "weight_bytes": 4 * 2**20, "roles": ["plain LoRA"], "path": "models/baseline"}
     m = compare({**base, "subnet_id": "abc", "quality": 0.48, "quality_ci95": [0.3447, 0.6167], "params": 600,
-                 "latency": {"p": dict(lat, latency_ms=8.0)}}, base)
+                 "weight_bytes": 2**19, "latency": {"p": dict(lat, latency_ms=8.0)}}, base)
     m.update(roles=["latency pick on p"], path="models/abc", missing_pools=[],
              lm_eval={"metric": "mc_accuracy", "examples": 48, "lonas_quality": 0.48, "lm_eval_quality": 23 / 48,
                       "lm_eval_metric": "acc", "agree": 47, "lm_eval_version": "0.4.13"})
@@ -134,10 +134,23 @@ def _fig():
 
 def test_the_report_has_a_row_per_model_with_its_speedup_and_the_baseline():
     text = report_markdown(_fig())
-    assert "| baseline (plain LoRA) | reference | 0.5000 | [0.364, 0.636] | - | - | 0.00M | 1.00 | 20.00 | 1.00x |" in text
-    assert ("| `abc` | latency pick on p | 0.4800 | [0.345, 0.617] | 0.4792 (47/48) | -0.0200 | 0.00M | 0.60 | 8.00 "
-            "| 2.50x |") in text
+    assert "| baseline (plain LoRA) | reference | 0.5000 | [0.364, 0.636] | - | - | 0.00M | 1.00 | 4.0 | 20.00 | 1.00x |" in text
+    assert ("| `abc` | latency pick on p | 0.4800 | [0.345, 0.617] | 0.4792 (47/48) | -0.0200 | 0.00M | 0.60 | 0.5 "
+            "| 8.00 | 2.50x |") in text
     assert "![quality vs latency per pool](pareto.png)" in text
+    assert "**Compression:**" not in text  # a dense base says nothing
+
+
+def test_the_report_says_how_the_base_was_compressed_and_that_cpu_latency_gains_nothing_from_it():
+    fig = dict(_fig(), compression={
+        "sparsity": {"method": "wanda", "pattern": "unstructured", "level": 0.5, "mask_adapter": True},
+        "quantization": {"bits": 4, "group_size": 32, "method": "rtn", "qa": True},
+        "export": {"format": "compressed-tensors pack-quantized", "group_size": 32}})
+    text = report_markdown(fig)
+    line = next(x for x in text.splitlines() if x.startswith("**Compression:**"))
+    assert "wanda (unstructured, 50% of block weights zero); SparsePEFT merges keep exactly its zeros" in line
+    assert "INT4 weights, group size 32, rtn scales, QA-SparsePEFT" in line
+    assert "exports in compressed-tensors pack-quantized" in line and "save bytes, not time" in line
 
 
 def _zero_shot(quality: float, ci95: list[float]) -> dict:
@@ -179,7 +192,7 @@ def test_the_report_and_the_printed_table_lead_with_the_zero_shot_row_and_the_ve
     fig["zero_shot"] = compare(_zero_shot(0.10, [0.045, 0.222]), fig["baseline"])
     fig["verdict"] = fine_tuning_verdict(fig["zero_shot"], [fig["baseline"], *fig["models"]])
     text = report_markdown(fig)
-    row = ("| base model (zero-shot) | base model, zero-shot | 0.1000 | [0.045, 0.222] | - | -0.4000 | 0.00M | 1.00 "
+    row = ("| base model (zero-shot) | base model, zero-shot | 0.1000 | [0.045, 0.222] | - | -0.4000 | 0.00M | 1.00 | - "
            "| 20.00 | 1.00x |")
     assert row in text and text.index(row) < text.index("| baseline (plain LoRA) |")
     assert f"**Fine-tuning:** {fig['verdict']['text']}" in text
@@ -220,7 +233,7 @@ def test_model_figures_carry_the_task_loss_and_the_wilson_interval_of_the_full_s
     from lonas_ray.pipeline.figures import model_figures
 
     row = {"subnet_id": "s", "config": "{}", "quality": 0.5, "quality_metric": "mc_accuracy", "loss": 1.0,
-           "task_loss": 0.8, "eval_examples": 24, "params": 10, "nonzero_params": 10, "macs": 5,
+           "task_loss": 0.8, "eval_examples": 24, "params": 10, "nonzero_params": 10, "macs": 5, "weight_bytes": 40,
            "latency_ms": 2.0, "latency_p90_ms": 2.0, "latency_runtime": "static", "prefill_ms": 1.0, "decode_ms": 0.5}
     finals = {"s": {"quality": 0.25, "loss": 1.5, "task_loss": 1.1, "examples": 100, "metric": "mc_accuracy"}}
     fig = model_figures("s", {"p": {"s": row}}, finals, ["p"])
@@ -276,3 +289,29 @@ def test_a_recovered_model_reports_its_own_checkpoints_figures_and_what_the_sear
     text = report_markdown(fig)
     assert "`abc`: after a recovery fine-tune of 5 steps before its merge" in text and "scored 0.4800" in text
     assert "Recovery fine-tune: 5 steps" in model_card(fig["models"][0], fig["baseline"], ["p"], "LlamaForCausalLM")
+
+
+def test_a_compressed_models_card_records_its_compression_and_how_to_load_it():
+    from lonas_ray.pipeline.report import model_card
+
+    fig = _fig()
+    compression = {"sparsity": {"method": "wanda", "pattern": "2:4", "level": 0.5, "mask_adapter": True},
+                   "quantization": {"bits": 4, "group_size": 32, "method": "rtn", "qa": True},
+                   "export": {"format": "compressed-tensors pack-quantized"}, "scales": "round-to-nearest absmax"}
+    card = model_card(fig["models"][0], fig["baseline"], ["p"], "LlamaForCausalLM", compression)
+    assert "## Compression" in card and "wanda (2:4, 50% of block weights zero)" in card
+    assert '"group_size": 32' in card and "round-to-nearest absmax" in card
+    assert "needs the `compressed-tensors` package" in card
+    assert "## Compression" not in model_card(fig["models"][0], fig["baseline"], ["p"], "LlamaForCausalLM")
+
+
+@pytest.mark.parametrize("name, method, zeros, bits", [
+    ("shears.yaml", "wanda", 0.5, None), ("sqft.yaml", "wanda", 0.5, 4), ("sqft_2_4.yaml", "wanda", 0.5, 4)])
+def test_the_shears_and_sqft_recipes_are_the_quick_start_with_a_compressed_base(name, method, zeros, bits):
+    quick = PipelineConfig.from_yaml(ROOT / "jobs" / "configs" / "quickstart.yaml")
+    cfg = PipelineConfig.from_yaml(ROOT / "jobs" / "configs" / name)
+    s, q = cfg.supernet.sparsity, cfg.supernet.quantization
+    assert (s.method, s.zero_fraction, s.mask_adapter) == (method, zeros, True)
+    assert (q.bits if q.enabled else None) == bits and q.qa == (bits is not None)
+    assert cfg.supernet.space == quick.supernet.space and cfg.data == quick.data and cfg.output_dir != quick.output_dir
+    assert cfg.supernet.generate.align % 32 == 0  # every generated width cuts into 32-input groups (and 2:4)

@@ -5,6 +5,15 @@ The forward of the active sub-network uses ``W[:out, :in]``, ``A[:r, :in]`` and
 weights. Scaling stays ``alpha / r_max`` for every active rank (Shears/LoNAS),
 so a sub-adapter of rank r is exactly the first r components of the super-adapter.
 Parameter names follow PEFT (``base_layer``, ``lora_A``, ``lora_B``).
+
+Over a compressed base (``lonas_ray/compress``) two switches change the maths:
+``mask_adapter`` (SparsePEFT) multiplies the delta by the base's non-zero mask,
+``x @ (W + M * s B A)^T``, so a merge keeps the base's zeros; ``qa``
+(QA-SparsePEFT) fake-quantizes that merged weight with the base's own group
+scales, so the INT4 merge is exactly what was trained. Both need the delta as a
+matrix, so they take the merged-weight path; plain LoRA keeps the low-rank one.
+The slice of the mask is the mask of the slice: the mask is the base weight's
+non-zeros, read from the same view.
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lonas_ray.compress.quant import fake_quant, scale_of
 
 
 class ActiveSlice:
@@ -47,6 +58,8 @@ class ElasticLinear(nn.Module):
             self.register_parameter("lora_B", None)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.active = ActiveSlice(self.out_features, self.in_features, self.r_max)
+        self.mask_adapter = False  # SparsePEFT (set by lonas_ray.compress)
+        self.qa = False  # QA-SparsePEFT (set by lonas_ray.compress)
 
     @property
     def is_full_width(self) -> bool:
@@ -67,7 +80,37 @@ class ElasticLinear(nn.Module):
             return None
         return self.lora_A[:r, : a.in_features], self.lora_B[: a.out_features, :r]
 
+    def delta_weight(self, out_features: int, in_features: int, rank: int) -> torch.Tensor | None:
+        """``s * B[:o, :r] @ A[:r, :i]`` in fp32, masked by the base's non-zeros under SparsePEFT."""
+        if not (self.r_max and rank):
+            return None
+        delta = (self.lora_B[:out_features, :rank].float() @ self.lora_A[:rank, :in_features].float()) * self.scaling
+        if self.mask_adapter:
+            delta = delta * (self.base_layer.weight[:out_features, :in_features] != 0)
+        return delta
+
+    def merged_weight(self, out_features: int, in_features: int, rank: int, *, merge: bool = True,
+                      quantize: bool = True) -> torch.Tensor:
+        """The slice's weight with its delta merged (if ``merge``), on the base's INT grid (if quantized and
+        ``quantize``), in the base's dtype: the one merge rule that training, search and export share."""
+        weight = self.base_layer.weight[:out_features, :in_features]
+        delta = self.delta_weight(out_features, in_features, rank) if merge else None
+        if delta is None:
+            return weight  # a quantized base is stored on its grid already
+        merged = weight.float() + delta
+        quant = scale_of(self.base_layer)
+        if quantize and quant is not None:
+            scale, bits = quant
+            group = self.in_features // scale.shape[1]
+            merged = fake_quant(merged, scale[:out_features, : in_features // group], bits)
+        return merged.to(weight.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.active
+        if (self.mask_adapter or self.qa) and self.r_max and a.rank:
+            weight = self.merged_weight(a.out_features, a.in_features, a.rank, quantize=self.qa)
+            bias = self.base_layer.bias
+            return F.linear(x, weight, bias[: a.out_features] if bias is not None else None)
         if self.is_full_width:
             y = self.base_layer(x)
         else:
@@ -84,4 +127,5 @@ class ElasticLinear(nn.Module):
         return (
             f"in={self.in_features}, out={self.out_features}, r_max={self.r_max}, "
             f"active=(out={self.active.out_features}, in={self.active.in_features}, r={self.active.rank})"
+            + (", sparse_peft" if self.mask_adapter else "") + (", qa" if self.qa else "")
         )

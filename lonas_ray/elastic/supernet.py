@@ -44,6 +44,7 @@ class SuperNetwork(nn.Module):
         self._wrap()
         self._setters = self._compile_setters()
         self.active_config: SubnetConfig = {}
+        self.compression: dict | None = None  # what lonas_ray.compress did to the base (for manifests)
         self.activate(space.maximal())
 
     # ---- construction

@@ -3,7 +3,10 @@
 The exported model is an ordinary Hugging Face model with smaller matrices,
 fewer heads and fewer blocks. Its weights are ``W[:o, :i] + (alpha / r_max) *
 B[:o, :r] @ A[:r, :i]``, computed in fp32 and stored in the base's dtype, so it
-computes what the activated super-network computes.
+computes what the activated super-network computes. Over a compressed base the
+delta is masked (SparsePEFT) and the result put on the base's INT grid, and
+each linear of a quantized model carries its group-scale slice for the
+INT4 writer (``merge/compressed.py``).
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from lonas_ray.compress.quant import attach_scale, scale_of
 from lonas_ray.elastic.linear import ElasticLinear
 from lonas_ray.elastic.supernet import SuperNetwork
+from lonas_ray.families import decoder_layers
 from lonas_ray.merge.hf_classes import PER_LAYER_CLASSES
 from lonas_ray.plan import LinearSlice, SubnetPlan
 from lonas_ray.space import SubnetConfig
@@ -25,15 +30,30 @@ log = logging.getLogger(__name__)
 
 
 def merge_slice(module: nn.Module, s: LinearSlice, merge: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The (weight, bias) that linear ``module`` contributes under slice ``s``, adapter merged if asked."""
+    """The (weight, bias) that linear ``module`` contributes under slice ``s``, adapter merged if asked
+    (``ElasticLinear.merged_weight``: masked by the sparse base, on the quantized base's grid)."""
     base = module.base_layer if isinstance(module, ElasticLinear) else module
-    weight = base.weight[: s.out_features, : s.in_features]
+    if isinstance(module, ElasticLinear):
+        with torch.no_grad():
+            weight = module.merged_weight(s.out_features, s.in_features, s.rank, merge=merge)
+    else:
+        weight = base.weight[: s.out_features, : s.in_features]
     bias = base.bias[: s.out_features] if base.bias is not None else None
-    if merge and isinstance(module, ElasticLinear) and module.r_max and s.rank:
-        a = module.lora_A[: s.rank, : s.in_features].float()
-        b = module.lora_B[: s.out_features, : s.rank].float()
-        weight = (weight.float() + module.scaling * (b @ a)).to(weight.dtype)
     return weight.detach().clone(), (bias.detach().clone() if bias is not None else None)
+
+
+def _attach_scales(model: nn.Module, supernet: SuperNetwork, plan: SubnetPlan) -> None:
+    """Give every linear of the extracted model the slice of its source's group scales (quantized bases)."""
+    fam, layers = supernet.family, decoder_layers(model, supernet.family)
+    for j, i in enumerate(plan.kept_layers):
+        for name, s in plan.layers[i].linears.items():
+            source = getattr(supernet.block(i).get_submodule(fam.parent_of(name)), name)
+            quant = scale_of(source.base_layer if isinstance(source, ElasticLinear) else source)
+            if quant is not None:
+                scale, bits = quant
+                group = source.in_features // scale.shape[1]
+                target = getattr(layers[j].get_submodule(fam.parent_of(name)), name)
+                attach_scale(target, scale[: s.out_features, : s.in_features // group].detach().clone(), bits)
 
 
 def export_config(config: PretrainedConfig, plan: SubnetPlan, family: str) -> PretrainedConfig:
@@ -96,6 +116,7 @@ def extract(supernet: SuperNetwork, config: SubnetConfig | None = None, merge: b
         model = AutoModelForCausalLM.from_config(new_config, dtype=first.dtype)
     state = {key: _source_tensor(supernet, key, plan, merge) for key in model.state_dict()}
     model.load_state_dict(state, strict=True)
+    _attach_scales(model, supernet, plan)
     if getattr(supernet.model, "generation_config", None) is not None:
         model.generation_config = supernet.model.generation_config
     return model.eval()

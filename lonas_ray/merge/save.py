@@ -4,7 +4,14 @@ Layout of ``out_dir``:
   config.json, model.safetensors, generation_config.json  the merged model
   tokenizer files                                        when a tokenizer is given
   lonas_subnet.json                                      subnet id, configuration, counts
-  peft/base/, peft/adapter/                              sliced unmerged base + stock-PEFT adapter (optional)
+  peft/base/, peft/adapter/                              sliced unmerged base + stock-PEFT adapter (optional;
+                                                         not for SparsePEFT / QA: stock LoRA cannot mask a delta)
+
+A quantized super-network's merge is written as one compressed-tensors
+pack-quantized INT4 checkpoint (``merge/compressed.py``); a sparse one as
+ordinary safetensors with its zeros. ``lonas_subnet.json`` records the
+compression (sparsity, pattern, bits, group size, where the scales come from)
+and the bytes of the weight files.
 
 The directory appears whole or not at all: everything is written to a sibling
 temporary directory that is renamed into place at the end.
@@ -13,16 +20,22 @@ temporary directory that is renamed into place at the end.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from lonas_ray.atomic import atomic_dir
 from lonas_ray.counting import count_subnet
 from lonas_ray.elastic.supernet import SuperNetwork
+from lonas_ray.merge.compressed import quantized_linears, save_int4
 from lonas_ray.merge.extract import extract
 from lonas_ray.merge.peft_export import export_peft_adapter
 from lonas_ray.space import SubnetConfig
 
 MANIFEST = "lonas_subnet.json"
+SCALES_PROVENANCE = ("round-to-nearest absmax scale per group of the (pruned) base, computed once when the "
+                     "super-network was built; the merged weight is rounded onto that same grid")
+
+log = logging.getLogger(__name__)
 
 
 def save_subnetwork(supernet: SuperNetwork, config: SubnetConfig, out_dir: str | Path, *,
@@ -35,17 +48,31 @@ def save_subnetwork(supernet: SuperNetwork, config: SubnetConfig, out_dir: str |
 
 def _write(supernet: SuperNetwork, config: SubnetConfig, tmp: Path, tokenizer, with_adapter: bool) -> dict:
     model = extract(supernet, config, merge=True)
-    model.save_pretrained(tmp)
+    architecture = type(model).__name__
+    compression = dict(supernet.compression or {})
+    if quantized_linears(model):
+        compression["export"] = save_int4(model, tmp)
+        compression["scales"] = SCALES_PROVENANCE
+    else:
+        model.save_pretrained(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     manifest = {
         "subnet_id": supernet.space.subnet_id(config),
         "config": config,
         "counts": count_subnet(supernet, config).to_dict(),
-        "architecture": type(model).__name__,
+        "architecture": architecture,
         "source_model_type": supernet.model.config.model_type,
+        "weight_bytes": sum(f.stat().st_size for f in tmp.glob("*.safetensors")),
     }
-    if with_adapter and any(s.rank for layer in supernet.plan(config).layers for s in layer.linears.values()):
+    if compression:
+        manifest["compression"] = compression
+    masked = any(m.mask_adapter or m.qa for m in supernet.elastic.values())
+    if with_adapter and masked:
+        log.warning("not writing peft/: a SparsePEFT / QA adapter's delta is masked or rounded, which stock "
+                    "PEFT LoRA cannot express; the merged model is the export")
+        manifest["peft"] = None
+    elif with_adapter and any(s.rank for layer in supernet.plan(config).layers for s in layer.linears.values()):
         base = extract(supernet, config, merge=False)
         base.save_pretrained(tmp / "peft" / "base")
         export_peft_adapter(supernet, base, tmp / "peft" / "adapter", config)

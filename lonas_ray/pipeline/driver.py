@@ -134,7 +134,7 @@ class Pipeline:
         for m in ([fig["baseline"]] if fig["baseline"] else []) + fig["models"]:
             name = BASELINE if m is fig["baseline"] else m["subnet_id"]
             card = model_card(m, None if name == BASELINE else fig["baseline"], fig["pools"],
-                              manifests[name]["architecture"])
+                              manifests[name]["architecture"], manifests[name].get("compression"))
             (self.out / MODELS / name / "README.md").write_text(card)
 
     def report(self) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lonas_ray.crosscheck import JUDGE_FILE
+from lonas_ray.merge.save import MANIFEST
 from lonas_ray.pipeline.export import RECOVERY
 from lonas_ray.search.driver import FINAL, RESULTS, SUMMARY, rows_by_pool
 from lonas_ray.search.metric import accuracy_interval
@@ -23,7 +24,7 @@ from lonas_ray.search.metric import accuracy_interval
 BASELINE = "baseline"
 ZERO_SHOT = "zero_shot"
 LATENCY_KEYS = ("latency_ms", "latency_p90_ms", "latency_runtime", "prefill_ms", "decode_ms")
-COUNT_KEYS = ("params", "nonzero_params", "macs")
+COUNT_KEYS = ("params", "nonzero_params", "macs", "weight_bytes")
 
 
 def select_models(pareto_rows: Sequence[Mapping[str, Any]], pools_summary: Mapping[str, Any], pools: Sequence[str],
@@ -161,15 +162,26 @@ def fine_tuning_verdict(zero_shot: Mapping[str, Any] | None, trained: Sequence[M
     return {"real_gain": bool(better), "better": better, "worse": worse, "level": level, "text": text}
 
 
+def compression(out: Path, chosen: Mapping[str, dict]) -> dict | None:
+    """What was done to the base (sparsity, quantization, export format), from an exported model's manifest."""
+    for sid in chosen:
+        path = out / f"models/{sid}" / MANIFEST
+        if path.is_file():
+            return json.loads(path.read_text()).get("compression")
+    return None
+
+
 def collect(out: Path, pools: Sequence[str], chosen: Mapping[str, dict], *, stages: Mapping[str, Any] = ()) -> dict:
     """Everything report.md, the model cards and summary.json show."""
     rows = {pool: rows_by_pool(out / RESULTS, pool) for pool in pools}
     finals = json.loads((out / FINAL).read_text()) if (out / FINAL).exists() else {}
     search = json.loads((out / SUMMARY).read_text())
+    compressed = compression(out, chosen)
+    on_base = ", on the same compressed base" if compressed else ""
     baseline = reference_figures(out / BASELINE / RESULTS, pools, path=f"models/{BASELINE}",
-                                 roles=["plain LoRA (maximal network, fixed-maximal training)"])
+                                 roles=[f"plain LoRA (maximal network, fixed-maximal training{on_base})"])
     zero_shot = reference_figures(out / ZERO_SHOT / RESULTS, pools, path=None,
-                                  roles=["base model, zero-shot (no fine-tuning)"])
+                                  roles=[f"base model, zero-shot (no fine-tuning{on_base})"])
     if zero_shot is not None:
         zero_shot = compare(zero_shot, baseline)
     if baseline is not None:
@@ -186,6 +198,7 @@ def collect(out: Path, pools: Sequence[str], chosen: Mapping[str, dict], *, stag
         "baseline": baseline,
         "models": models,
         "verdict": fine_tuning_verdict(zero_shot, ([baseline] if baseline else []) + models),
+        "compression": compressed,
         "search": {"strategy": search["strategy"], "space_size": search["space_size"], "maximal": search["maximal"],
                    "pools": search["pools"]},
         "stages": {k: {"seconds": v.get("seconds"), "runs": v.get("runs")} for k, v in dict(stages).items()},

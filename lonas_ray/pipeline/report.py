@@ -20,6 +20,10 @@ def _millions(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:.2f}M"
 
 
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
 def _judged(verdict: Mapping[str, Any] | None) -> str:
     """lm-eval's quality and its agreement with lonas-ray's scorer, example by example."""
     if not verdict or "agree" not in verdict:
@@ -39,13 +43,34 @@ def _latency_cells(model: Mapping[str, Any], pools: Sequence[str], *, reference:
     return cells
 
 
+def compression_text(c: Mapping[str, Any] | None) -> str | None:
+    """One sentence for the report: the base's compression and where it buys no speed on CPU."""
+    if not c:
+        return None
+    parts = []
+    s, q = c.get("sparsity"), c.get("quantization")
+    if s:
+        parts.append(f"the base pruned by {s['method']} ({s['pattern']}, {s['level']:.0%} of block weights zero)"
+                     + ("; SparsePEFT merges keep exactly its zeros" if s.get("mask_adapter") else
+                        "; adapters unmasked, so merges are dense"))
+    if q:
+        parts.append(f"INT{q['bits']} weights, group size {q['group_size']}, {q['method']} scales"
+                     + (", QA-SparsePEFT (the INT4 merge is what was trained)" if q.get("qa") else
+                        ", merged then rounded (not QA-trained)"))
+    export = c.get("export")
+    fmt = f"exports in {export['format']}" if export else "exports as ordinary safetensors with the zeros stored"
+    return (f"{'; '.join(parts)}; {fmt}. The weights column is the exported tensors' size. Latency is measured "
+            "on what is served: transformers runs sparse weights densely and unpacks INT4 to dense on load, so on "
+            "CPU (and on GPU without sparse / INT4 kernels) these formats save bytes, not time.")
+
+
 def report_markdown(fig: Mapping[str, Any]) -> str:
     pools, base, zero = fig["pools"], fig["baseline"], fig.get("zero_shot")
     models = ([zero] if zero else []) + ([base] if base else []) + fig["models"]
     metric = models[0]["quality_metric"] if models else "quality"
     examples = models[0]["eval_examples"] if models else 0
     head = ["model", "role", f"quality ({metric})", "95 % interval", "lm-eval (agrees)", "vs baseline", "params",
-            "params vs baseline"]
+            "params vs baseline", "weights (MiB)"]
     for pool in pools:
         head += [f"latency {pool} (ms)", f"speed-up {pool}"]
     lines = [
@@ -60,6 +85,8 @@ def report_markdown(fig: Mapping[str, Any]) -> str:
     ]
     if fig.get("verdict"):
         lines += [f"**Fine-tuning:** {fig['verdict']['text']}", ""]
+    if (text := compression_text(fig.get("compression"))) is not None:
+        lines += [f"**Compression:** {text}", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in models:
         is_base = m is base
@@ -69,7 +96,7 @@ def report_markdown(fig: Mapping[str, Any]) -> str:
         delta = "-" if is_base or "quality_delta" not in m else f"{m['quality_delta']:+.4f}"
         ratio = "1.00" if is_base else (f"{m['params_ratio']:.2f}" if "params_ratio" in m else "-")
         row = [name, role, _num(m["quality"]), _interval(m.get("quality_ci95")), _judged(m.get("lm_eval")), delta,
-               _millions(m["params"]), ratio]
+               _millions(m["params"]), ratio, _mib(m.get("weight_bytes"))]
         row += _latency_cells(m, pools, reference=is_base)
         lines.append("| " + " | ".join(row) + " |")
     for m in fig["models"]:
@@ -99,7 +126,7 @@ def report_markdown(fig: Mapping[str, Any]) -> str:
 
 
 def model_card(model: Mapping[str, Any], baseline: Mapping[str, Any] | None, pools: Sequence[str],
-               architecture: str) -> str:
+               architecture: str, compression: Mapping[str, Any] | None = None) -> str:
     """README.md of one exported model: what it is, its figures next to the baseline's, how to load it."""
     custom = architecture.startswith("Lonas")
     lines = [
@@ -129,14 +156,25 @@ def model_card(model: Mapping[str, Any], baseline: Mapping[str, Any] | None, poo
     row("params", "params", lambda v: "-" if v is None else f"{v:,}")
     row("non-zero params", "nonzero_params", lambda v: "-" if v is None else f"{v:,}")
     row("MACs per token", "macs", lambda v: "-" if v is None else f"{v:,}")
+    row("weights as exported (MiB)", "weight_bytes", _mib)
     for pool in pools:
         lat = model["latency"].get(pool, {})
         base_lat = b.get("latency", {}).get(pool, {}) if b else {}
         speed = f" ({lat['speedup']:.2f}x)" if lat.get("speedup") else ""
         lines.append(f"| latency on {pool} (ms, {lat.get('latency_runtime') or '-'}) | "
                      f"{_num(lat.get('latency_ms'), '.2f')}{speed} | {_num(base_lat.get('latency_ms'), '.2f')} |")
+    if compression:
+        lines += ["", "## Compression", "", compression_text(compression), "",
+                  "Recorded in `lonas_subnet.json` (`compression`): " + ", ".join(
+                      f"{k} {json.dumps(v, sort_keys=True)}" for k, v in compression.items() if k != "export")
+                  + "."]
+    int4 = bool(compression and compression.get("export"))
     lines += ["", "## Sub-network configuration", "", "```json", json.dumps(model["config"], indent=1, sort_keys=True),
-              "```", "", "## Use", "", "```python",
+              "```", "", "## Use", "",
+              *(["Loading this INT4 checkpoint needs the `compressed-tensors` package (`pip install "
+                 "compressed-tensors`); transformers unpacks it to dense weights on the first forward.", ""]
+                if int4 else []),
+              "```python",
               *(["import lonas_ray  # registers the per-layer architecture"] if custom else []),
               "from transformers import AutoModelForCausalLM, AutoTokenizer",
               "model = AutoModelForCausalLM.from_pretrained(PATH)",

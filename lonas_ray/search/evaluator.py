@@ -143,6 +143,7 @@ class Evaluator:
             "params": counts.params,
             "nonzero_params": counts.nonzero_params,
             "macs": counts.macs_per_token,
+            "weight_bytes": counts.weight_bytes,
             "eval_examples": q.examples,
             "node_id": _node_id(),
             "eval_s": time.perf_counter() - t0,

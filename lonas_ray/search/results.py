@@ -17,6 +17,10 @@ are a contract (``SCHEMA``); nothing downstream reads a trial's internals.
 * ``loss`` is the answer loss (per-token NLL of the right answer); ``task_loss``
   the loss that tracks correctness (multiple choice: the cross-entropy of the
   choice decision; otherwise the answer loss), see ``lonas_ray.search.quality``.
+* ``params`` / ``nonzero_params`` / ``macs`` count the merged sub-network;
+  ``weight_bytes`` its tensors as exported (INT-quantized linears at their
+  bits plus one scale a group; a sparse model's zeros are stored, so they
+  count), see ``lonas_ray.counting``.
 * ``node_id`` is the Ray node that measured the row (placement is auditable).
 * The numeric measurements may be null (e.g. latency not measured on a pool);
   the identity columns may not.
@@ -56,6 +60,7 @@ SCHEMA = pa.schema([
     pa.field("params", pa.int64()),
     pa.field("nonzero_params", pa.int64()),
     pa.field("macs", pa.int64()),
+    pa.field("weight_bytes", pa.int64()),
     pa.field("eval_examples", pa.int64()),
     pa.field("node_id", pa.string()),
     pa.field("eval_s", pa.float64()),

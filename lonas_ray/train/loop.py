@@ -156,9 +156,8 @@ def build_worker(loop_config: dict) -> Worker:
     prepared_dir = Path(loop_config["prepared_dir"])
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device()
-    spec, space, importance = load_prepared(prepared_dir)
-    built = restore_supernet(spec, space, importance, seed=cfg.seed)
-    supernet = built.supernet
+    built = restore_supernet(*load_prepared(prepared_dir), seed=cfg.seed)
+    supernet, space = built.supernet, built.supernet.space
     tokenizer = built.tokenizer or byte_tokenizer()
     use_bf16 = device.type == "cuda" and str(cfg.deepspeed.bf16).lower() != "false" \
         or str(cfg.deepspeed.bf16).lower() == "true"

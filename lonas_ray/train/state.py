@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from lonas_ray.build import PREPARED_FILES
+from lonas_ray.build import prepared_file_names
 from lonas_ray.elastic.supernet import SuperNetwork
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def write_checkpoint(directory: Path, *, engine, supernet: SuperNetwork, prepare
             save_adapter(supernet, directory / ADAPTER_FILE)
         if probe is not None:
             save_file(probe, str(directory / PROBE_FILE))
-        for name in PREPARED_FILES:
+        for name in prepared_file_names(prepared_dir):
             shutil.copy(prepared_dir / name, directory / name)
         (directory / STATE_FILE).write_text(json.dumps({"step": step, "world_size": world_size, "seed": seed}))
 

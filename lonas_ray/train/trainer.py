@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lonas_ray.atomic import atomic_dir
-from lonas_ray.build import PREPARED_FILES, load_prepared, prepare_once, restore_supernet
+from lonas_ray.build import load_prepared, prepare_once, prepared_file_names, restore_supernet
 from lonas_ray.config_io import to_dict
 from lonas_ray.data.spec import check_data
 from lonas_ray.elastic.supernet import SuperNetwork
@@ -83,7 +83,7 @@ def train(cfg: TrainConfig, address: str | None = None) -> TrainResult:
 def publish(checkpoint_dir: Path, supernet_dir: Path) -> None:
     """Copy the adapter and what rebuilds the super-network out of a checkpoint (no optimizer state)."""
     with atomic_dir(supernet_dir) as tmp:
-        for name in (*PREPARED_FILES, ADAPTER_FILE, STATE_FILE, PROBE_FILE):
+        for name in (*prepared_file_names(checkpoint_dir), ADAPTER_FILE, STATE_FILE, PROBE_FILE):
             if (checkpoint_dir / name).is_file() or name != PROBE_FILE:
                 shutil.copy(checkpoint_dir / name, tmp / name)
 
@@ -91,7 +91,6 @@ def publish(checkpoint_dir: Path, supernet_dir: Path) -> None:
 def load_trained_supernet(supernet_dir: str | Path) -> tuple[SuperNetwork, object]:
     """The trained super-network (and tokenizer) from a ``supernet/`` directory or a checkpoint."""
     supernet_dir = Path(supernet_dir)
-    spec, space, importance = load_prepared(supernet_dir)
-    built = restore_supernet(spec, space, importance)
+    built = restore_supernet(*load_prepared(supernet_dir))
     load_adapter(built.supernet, supernet_dir / ADAPTER_FILE)
     return built.supernet, built.tokenizer

@@ -1,0 +1,1 @@
+"""Compressed bases: sparsity (Shears, SQFT) and INT4 weight-only quantization (SQFT)."""
