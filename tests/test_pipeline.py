@@ -31,7 +31,9 @@ pytestmark = pytest.mark.timeout(900)
 
 TINY = ROOT / "jobs" / "configs" / "tiny.yaml"
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-EXCLUDES = [".git", ".venv", ".whl", ".gguf1", ".gguf2", "out", "__pycache__"]
+# what the job does not need; .gpu/ holds the GPU runs' wheels and model parts (jobs/gpu_bench.sh), ~100 MB,
+# with which `ray job submit` failed to upload the working directory here
+EXCLUDES = [".git", ".venv", ".whl", ".gguf1", ".gguf2", ".gpu", "out", "__pycache__"]
 
 
 def free_port(low: int = 20000) -> int:
