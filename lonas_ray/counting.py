@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from lonas_ray.compress.quant import scale_of
+from lonas_ray.compress.quant import scale_of, sliced_scale
 from lonas_ray.elastic.linear import ElasticLinear
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.families import decoder_layers, family_of
@@ -119,12 +119,11 @@ def _linear_bytes(module: ElasticLinear, s) -> int:
     """Bytes of the slice's weight as exported: ``bits / 8`` a weight plus one scale a group when quantized."""
     base = module.base_layer
     n = s.out_features * s.in_features
-    quant = scale_of(base)
+    quant = sliced_scale(base, s.out_features, s.in_features)
     if quant is None:
         return n * base.weight.element_size()
     scale, bits = quant
-    groups = s.out_features * (s.in_features * scale.shape[1] // module.in_features)
-    return n * bits // 8 + groups * scale.element_size()
+    return n * bits // 8 + _bytes(scale)
 
 
 def count_model(model: nn.Module) -> Counts:

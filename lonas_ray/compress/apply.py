@@ -20,7 +20,7 @@ from lonas_ray.compress.quant import attach_scale, dequantize, quantize, rtn_sca
 from lonas_ray.compress.sparsity import InputNorms, input_norms, prune_
 from lonas_ray.compress.spec import QuantizationSpec, SparsitySpec
 from lonas_ray.config_io import ConfigError
-from lonas_ray.elastic.linear import ElasticLinear
+from lonas_ray.elastic.linear import ElasticLinear, base_linear
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.families import FAMILIES
 from lonas_ray.space import SearchSpace
@@ -30,17 +30,7 @@ log = logging.getLogger(__name__)
 
 def block_linears(supernet: SuperNetwork) -> dict[str, nn.Module]:
     """Every block linear (``ElasticLinear`` or ``nn.Linear``), keyed ``layers.<i>.<linear>``."""
-    fam = supernet.family
-    out = {}
-    for i in range(supernet.shape.num_layers):
-        block = supernet.block(i)
-        for name in fam.linear_modules:
-            out[f"layers.{i}.{name}"] = getattr(block.get_submodule(fam.parent_of(name)), name)
-    return out
-
-
-def _base(module: nn.Module) -> nn.Linear:
-    return module.base_layer if isinstance(module, ElasticLinear) else module
+    return {f"layers.{i}.{name}": m for i in range(supernet.shape.num_layers) for name, m in supernet.linears(i).items()}
 
 
 def input_widths(space: SearchSpace) -> dict[str, set[int]]:
@@ -88,14 +78,14 @@ def compress(supernet: SuperNetwork, sparsity: SparsitySpec, quant: Quantization
         raise ValueError("Wanda pruning needs the calibration input norms (compress.calibrate)")
     zeros = total = 0
     for key, module in block_linears(supernet).items():
-        weight = _base(module).weight
+        weight = base_linear(module).weight
         if sparsity.enabled:
             prune_(weight, norms.norms[key] if norms is not None else None, sparsity)
         if quant.enabled:
             scale = rtn_scales(weight, quant.bits, quant.group_size)
             with torch.no_grad():
                 weight.copy_(dequantize(quantize(weight, scale, quant.bits), scale).to(weight.dtype))
-            attach_scale(_base(module), scale, quant.bits)
+            attach_scale(base_linear(module), scale, quant.bits)
         if isinstance(module, ElasticLinear):
             module.mask_adapter = sparsity.enabled and sparsity.mask_adapter
             module.qa = quant.qa

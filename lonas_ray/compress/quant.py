@@ -68,3 +68,13 @@ def scale_of(linear: torch.nn.Module) -> tuple[torch.Tensor, int] | None:
     """(scales, bits) of a linear quantized by ``attach_scale``, or None."""
     scale = getattr(linear, "lonas_weight_scale", None)
     return None if scale is None else (scale, linear.lonas_quant_bits)
+
+
+def sliced_scale(linear: torch.nn.Module, out_features: int, in_features: int) -> tuple[torch.Tensor, int] | None:
+    """(scales, bits) of the slice ``W[:out, :in]`` of a quantized linear (whole groups), or None."""
+    quant = scale_of(linear)
+    if quant is None:
+        return None
+    scale, bits = quant
+    group = linear.weight.shape[1] // scale.shape[1]
+    return scale[:out_features, : in_features // group], bits

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lonas_ray.elastic.linear import ElasticLinear
+from lonas_ray.elastic.linear import ElasticLinear, base_linear
 from lonas_ray.elastic.supernet import SuperNetwork
 
 METHODS = ("grad", "activation")
@@ -41,14 +41,7 @@ class Importance:
 
 
 def _parts(module: nn.Module) -> tuple[nn.Linear, ElasticLinear | None]:
-    if isinstance(module, ElasticLinear):
-        return module.base_layer, module
-    return module, None
-
-
-def _linears(supernet: SuperNetwork, i: int) -> dict[str, nn.Module]:
-    block, fam = supernet.block(i), supernet.family
-    return {n: getattr(block.get_submodule(fam.parent_of(n)), n) for n in fam.linear_modules}
+    return base_linear(module), (module if isinstance(module, ElasticLinear) else None)
 
 
 def _group_rows(supernet: SuperNetwork, query: bool) -> int:
@@ -86,7 +79,7 @@ def score(supernet: SuperNetwork, batch: dict[str, torch.Tensor], method: str = 
     if method not in METHODS:
         raise ValueError(f"unknown importance method '{method}'; choose one of {', '.join(METHODS)}")
     fam, n = supernet.family, supernet.shape.num_layers
-    layers = [_linears(supernet, i) for i in range(n)]
+    layers = [supernet.linears(i) for i in range(n)]
     q_rows, kv_rows = _group_rows(supernet, True), _group_rows(supernet, False)
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
     with supernet.activated(supernet.space.maximal()):
@@ -158,7 +151,7 @@ def reorder(supernet: SuperNetwork, importance: Importance) -> dict[str, list[li
     q_rows, kv_rows = _group_rows(supernet, True), _group_rows(supernet, False)
     perms: dict[str, list[list[int]]] = {"mlp": [], "heads": []}
     for i in range(supernet.shape.num_layers):
-        lin = _linears(supernet, i)
+        lin = supernet.linears(i)
         order = torch.argsort(importance.mlp[i].float(), descending=True, stable=True)
         for name in (fam.gate, fam.up):
             _permute_out(lin[name], order)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lonas_ray.compress.quant import fake_quant, scale_of
+from lonas_ray.compress.quant import fake_quant, sliced_scale
 
 
 class ActiveSlice:
@@ -35,6 +35,11 @@ class ActiveSlice:
 
     def __init__(self, out_features: int, in_features: int, rank: int):
         self.out_features, self.in_features, self.rank = out_features, in_features, rank
+
+
+def base_linear(module: nn.Module) -> nn.Linear:
+    """The ``nn.Linear`` that holds a block linear's frozen weight, wrapped (``ElasticLinear``) or not."""
+    return module.base_layer if isinstance(module, ElasticLinear) else module
 
 
 class ElasticLinear(nn.Module):
@@ -98,11 +103,9 @@ class ElasticLinear(nn.Module):
         if delta is None:
             return weight  # a quantized base is stored on its grid already
         merged = weight.float() + delta
-        quant = scale_of(self.base_layer)
+        quant = sliced_scale(self.base_layer, out_features, in_features)
         if quantize and quant is not None:
-            scale, bits = quant
-            group = self.in_features // scale.shape[1]
-            merged = fake_quant(merged, scale[:out_features, : in_features // group], bits)
+            merged = fake_quant(merged, *quant)
         return merged.to(weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

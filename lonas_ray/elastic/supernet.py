@@ -191,6 +191,11 @@ class SuperNetwork(nn.Module):
                     m.lora_A.copy_(state[f"layers.{i}.{name}.lora_A"])
                     m.lora_B.copy_(state[f"layers.{i}.{name}.lora_B"])
 
+    def linears(self, i: int) -> dict[str, nn.Module]:
+        """Block ``i``'s linears by family name (``ElasticLinear`` where wrapped, else ``nn.Linear``)."""
+        block, fam = self.block(i), self.family
+        return {n: getattr(block.get_submodule(fam.parent_of(n)), n) for n in fam.linear_modules}
+
     def block(self, i: int) -> nn.Module:
         """Decoder block ``i`` without its skip wrapper."""
         layer = decoder_layers(self.model, self.family)[i]

@@ -18,8 +18,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from lonas_ray.compress.quant import attach_scale, scale_of
-from lonas_ray.elastic.linear import ElasticLinear
+from lonas_ray.compress.quant import attach_scale, sliced_scale
+from lonas_ray.elastic.linear import ElasticLinear, base_linear
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.families import decoder_layers
 from lonas_ray.merge.hf_classes import PER_LAYER_CLASSES
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def merge_slice(module: nn.Module, s: LinearSlice, merge: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The (weight, bias) that linear ``module`` contributes under slice ``s``, adapter merged if asked
     (``ElasticLinear.merged_weight``: masked by the sparse base, on the quantized base's grid)."""
-    base = module.base_layer if isinstance(module, ElasticLinear) else module
+    base = base_linear(module)
     if isinstance(module, ElasticLinear):
         with torch.no_grad():
             weight = module.merged_weight(s.out_features, s.in_features, s.rank, merge=merge)
@@ -46,14 +46,12 @@ def _attach_scales(model: nn.Module, supernet: SuperNetwork, plan: SubnetPlan) -
     """Give every linear of the extracted model the slice of its source's group scales (quantized bases)."""
     fam, layers = supernet.family, decoder_layers(model, supernet.family)
     for j, i in enumerate(plan.kept_layers):
+        sources = supernet.linears(i)
         for name, s in plan.layers[i].linears.items():
-            source = getattr(supernet.block(i).get_submodule(fam.parent_of(name)), name)
-            quant = scale_of(source.base_layer if isinstance(source, ElasticLinear) else source)
+            quant = sliced_scale(base_linear(sources[name]), s.out_features, s.in_features)
             if quant is not None:
-                scale, bits = quant
-                group = source.in_features // scale.shape[1]
                 target = getattr(layers[j].get_submodule(fam.parent_of(name)), name)
-                attach_scale(target, scale[: s.out_features, : s.in_features // group].detach().clone(), bits)
+                attach_scale(target, quant[0].detach().clone(), quant[1])
 
 
 def export_config(config: PretrainedConfig, plan: SubnetPlan, family: str) -> PretrainedConfig:
