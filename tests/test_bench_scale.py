@@ -58,3 +58,45 @@ def test_sizes_and_ideal_ratios_follow_the_slicing(result):
             assert r["floor_decode_ms"] == pytest.approx(
                 r["decode_read_bytes"] / (result["bandwidth"]["gb_per_s_median"] * 1e9) * 1e3)
             assert r["decode_speedup"] == pytest.approx(by[("full", batch)]["decode_ms"] / r["decode_ms"])
+
+
+@pytest.fixture(scope="module")
+def formats(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("formats") / "formats.json"
+    cmd = [sys.executable, "jobs/bench_scale.py", "--shapes", "tiny", "--device", "cpu", "--batches", "1",
+           "--prompt-len", "8", "--new-tokens", "3", "--warmup", "0", "--repeats", "2", "--group-size", "32",
+           "--formats", "bf16,int4_hf,int4_tinygemm,sparse24", "--subnets", "full,mlp_0.5", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_the_int4_export_is_timed_as_transformers_loads_it_against_bf16(formats):
+    by = {(r["format"], r["subnet"]): r for r in formats["rows"]}
+    for subnet in ("full", "mlp_0.5"):
+        dense, int4 = by[("bf16", subnet)], by[("int4_hf", subnet)]
+        assert int4["params"] == dense["params"] and int4["decode_ms"] > 0
+        facts = int4["conversion"]
+        assert facts["format"] == "compressed-tensors pack-quantized" and facts["group_size"] == 32
+        # on disk the block linears are 4-bit: well under the fp32 model's bytes (embeddings and head stay dense)
+        assert facts["safetensors_bytes"] < 0.75 * 4 * dense["params"]
+        assert facts["runs_as"] == "torch.float32"  # transformers unpacks it to the dense dtype
+        assert int4["decode_speedup_vs_bf16_full"] == pytest.approx(
+            by[("bf16", "full")]["decode_ms"] / int4["decode_ms"])
+
+
+def test_a_kernel_this_device_lacks_is_an_error_row_and_the_other_formats_still_run(formats):
+    # PyTorch's INT4 and 2:4 kernels are CUDA-only: on CPU each of their rows names the failure
+    errors = {(r["format"], r["subnet"]): r["error"] for r in formats["rows"] if "error" in r}
+    assert set(errors) == {(f, s) for f in ("int4_tinygemm", "sparse24") for s in ("full", "mlp_0.5")}
+    assert all("CUDA" in e or "CPU" in e for e in errors.values()), errors
+    assert {r["format"] for r in formats["rows"] if "decode_ms" in r} == {"bf16", "int4_hf"}
+
+
+def test_an_unknown_format_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "x.json"
+    proc = subprocess.run([sys.executable, "jobs/bench_scale.py", "--shapes", "tiny", "--device", "cpu",
+                           "--formats", "fp8", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "unknown format 'fp8'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
