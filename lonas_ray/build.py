@@ -17,11 +17,13 @@ from typing import Any, NamedTuple
 import torch
 
 from lonas_ray.atomic import atomic_dir
-from lonas_ray.calibration import calibration_batch
+from lonas_ray.calibration import calibration_batch, describe, task_batch
 from lonas_ray.compress.apply import calibrate, check_compressible, compress
 from lonas_ray.compress.sparsity import InputNorms
 from lonas_ray.compress.spec import QuantizationSpec, SparsitySpec
 from lonas_ray.config_io import ConfigError, from_dict, help_field, to_dict
+from lonas_ray.data.byte_tokenizer import byte_tokenizer
+from lonas_ray.data.spec import DataSpec
 from lonas_ray.elastic.generate import generate_spec
 from lonas_ray.elastic.importance import METHODS, Importance, reorder, score
 from lonas_ray.elastic.supernet import SuperNetwork
@@ -29,6 +31,9 @@ from lonas_ray.model_source import ModelSource, load_model
 from lonas_ray.space import SearchSpace, SpaceSpec
 
 log = logging.getLogger(__name__)
+
+
+CALIBRATION_DATA = ("task", "shipped")
 
 
 @dataclass
@@ -40,12 +45,17 @@ class ImportanceSpec:
     examples: int = help_field(16, help="calibration examples")
     max_length: int = help_field(128, help="calibration tokens per example")
     seed: int = help_field(0, help="which calibration examples")
+    data: str = help_field(
+        "task", help="calibration text of importance and Wanda: 'task' (the run's training examples; shipped "
+        "social_iqa text where there is no run, as in lonas-ray export) or 'shipped' (always social_iqa)")
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ConfigError(f"importance.method '{self.method}' is unknown; use one of {', '.join(METHODS)}")
         if self.examples < 1 or self.max_length < 2:
             raise ConfigError("importance.examples must be >= 1 and importance.max_length >= 2")
+        if self.data not in CALIBRATION_DATA:
+            raise ConfigError(f"importance.data '{self.data}' is unknown; use one of {', '.join(CALIBRATION_DATA)}")
 
 
 @dataclass
@@ -101,6 +111,7 @@ class Built:
     tokenizer: Any
     importance: Importance | None
     norms: InputNorms | None = None
+    calibration: dict | None = None  # where each calibration batch came from (prepared/calibration.json)
 
 
 def _check_base(model, spec: SupernetSpec) -> None:
@@ -110,19 +121,37 @@ def _check_base(model, spec: SupernetSpec) -> None:
             "quantization_config); start from the unquantized model, or set quantization.enabled: false")
 
 
-def build_supernet(spec: SupernetSpec) -> Built:
-    """Load, wrap, reorder, (optionally) generate the space, then compress the base, in that order."""
+def _calibration_batch(spec: SupernetSpec, tokenizer, vocab_size: int, n: int, max_length: int, seed: int,
+                       data: DataSpec | None) -> tuple[dict[str, torch.Tensor], str]:
+    """The task's training examples (``importance.data: task`` and a run's data given), else shipped text.
+
+    The task's examples are tokenized as training tokenizes them: with the byte
+    tokenizer where the model has none (tiny models).
+    """
+    if data is not None and spec.importance.data == "task":
+        return task_batch(data, tokenizer or byte_tokenizer(), n, max_length, seed), describe(data, tokenizer, n)
+    return calibration_batch(tokenizer, vocab_size, n, max_length, seed), describe(None, tokenizer, n)
+
+
+def build_supernet(spec: SupernetSpec, data: DataSpec | None = None) -> Built:
+    """Load, wrap, reorder, (optionally) generate the space, then compress the base, in that order.
+
+    ``data``: the run's data; its training examples are the calibration batch of
+    importance and Wanda unless ``importance.data`` is ``shipped``.
+    """
     model, tokenizer = load_model(spec.model)
     _check_base(model, spec)
     supernet = SuperNetwork(model, spec.space)
     check_compressible(supernet.space, spec.sparsity, spec.quantization)
-    importance = None
+    importance, sources = None, {}
+    vocab = model.config.vocab_size
     if spec.importance.enabled:
         imp = spec.importance
-        batch = calibration_batch(tokenizer, model.config.vocab_size, imp.examples, imp.max_length, imp.seed)
+        batch, sources["importance"] = _calibration_batch(spec, tokenizer, vocab, imp.examples, imp.max_length,
+                                                          imp.seed, data)
         importance = score(supernet, batch, imp.method)
         reorder(supernet, importance)
-        log.info("reordered channels and heads by %s importance on %d examples", imp.method, imp.examples)
+        log.info("reordered channels and heads by %s importance on %s", imp.method, sources["importance"])
     if spec.generate.enabled:
         g = spec.generate
         generated = generate_spec(spec.space, importance, supernet.shape, n_targets=g.n_targets,
@@ -133,9 +162,11 @@ def build_supernet(spec: SupernetSpec) -> Built:
     norms = None
     if spec.sparsity.method == "wanda":
         examples, max_length, seed = spec.calibration
-        norms = calibrate(supernet, calibration_batch(tokenizer, model.config.vocab_size, examples, max_length, seed))
+        batch, sources["wanda"] = _calibration_batch(spec, tokenizer, vocab, examples, max_length, seed, data)
+        norms = calibrate(supernet, batch)
+        log.info("Wanda input norms from %s", sources["wanda"])
     compress(supernet, spec.sparsity, spec.quantization, norms)
-    return Built(supernet, tokenizer, importance, norms)
+    return Built(supernet, tokenizer, importance, norms, sources or None)
 
 
 def restore_supernet(spec: SupernetSpec, space: SearchSpace, importance: Importance | None,
@@ -157,11 +188,12 @@ def restore_supernet(spec: SupernetSpec, space: SearchSpace, importance: Importa
 
 PREPARED_FILES = ("supernet_spec.json", "space.json", "importance.json")
 SPARSITY_FILE = "sparsity.json"  # Wanda's input norms (null: none); absent in directories from before sparsity
+CALIBRATION_FILE = "calibration.json"  # where the calibration batches came from (provenance; not read back)
 
 
 def prepared_file_names(directory: str | Path) -> list[str]:
     """The prepared-super-network files present in ``directory`` (what a checkpoint copies along)."""
-    optional = [SPARSITY_FILE] if (Path(directory) / SPARSITY_FILE).is_file() else []
+    optional = [f for f in (SPARSITY_FILE, CALIBRATION_FILE) if (Path(directory) / f).is_file()]
     return [*PREPARED_FILES, *optional]
 
 
@@ -184,6 +216,7 @@ def save_prepared(built: Built, spec: SupernetSpec, out_dir: str | Path) -> Path
     (out_dir / "importance.json").write_text(json.dumps(imp))
     norms = built.norms.to_dict() if built.norms is not None else None
     (out_dir / SPARSITY_FILE).write_text(json.dumps(norms))
+    (out_dir / CALIBRATION_FILE).write_text(json.dumps(built.calibration, indent=1))
     return out_dir
 
 
@@ -204,7 +237,7 @@ def load_prepared(directory: str | Path) -> Prepared:
                     InputNorms.from_dict(norms) if norms is not None else None)
 
 
-def prepare_once(spec: SupernetSpec, prepared: str | Path) -> Path:
+def prepare_once(spec: SupernetSpec, prepared: str | Path, data: DataSpec | None = None) -> Path:
     """Score importance, reorder and size the space once, into ``prepared``; an existing one is reused.
 
     Every process that later rebuilds the super-network (Ray Train workers, search
@@ -216,5 +249,5 @@ def prepare_once(spec: SupernetSpec, prepared: str | Path) -> Path:
         log.info("reusing the prepared super-network in %s", prepared)
         return prepared
     with atomic_dir(prepared) as partial:
-        save_prepared(build_supernet(spec), spec, partial)
+        save_prepared(build_supernet(spec, data), spec, partial)
     return prepared

@@ -1,8 +1,13 @@
-"""A calibration batch for importance scoring: real text when there is a tokenizer, tokens otherwise.
+"""The calibration batch of importance scoring and Wanda pruning: the task's own examples where the run has them.
 
-Text comes from the BIG-bench ``social_iqa`` task shipped in ``lonas_ray/assets``
-(question + correct answer), so importance is measured on the kind of input the
-model will be tuned for, with no download.
+Importance (which channels and heads come first, EFTNAS's space bounds) and
+Wanda's input norms (which weights are pruned) both depend on the activations the
+batch produces, so they are measured on the data the model will be tuned for: a
+seeded sample of the run's training examples, tokenized exactly as training sees
+them (``task_batch``). Outside a run (``lonas-ray export``, a bare
+``SupernetSpec``) there is no task data, and the batch is question + correct
+answer text of the BIG-bench ``social_iqa`` task shipped in ``lonas_ray/assets``
+(``calibration_batch``); a model without a tokenizer gets random tokens.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import random
 from pathlib import Path
 
 import torch
+
+from lonas_ray.data.spec import DataSpec
 
 ASSET = Path(__file__).parent / "assets" / "bigbench" / "social_iqa.json"
 
@@ -41,3 +48,25 @@ def calibration_batch(tokenizer, vocab_size: int, n: int = 16, max_length: int =
                     max_length=max_length)
     labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+
+
+def task_batch(data: DataSpec, tokenizer, n: int, max_length: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``n`` seeded training examples of ``data`` as training tokenizes them (prompt + answer, answer labels)."""
+    from lonas_ray.data.load import load_examples
+    from lonas_ray.data.tokenize import collate, tokenize_examples
+
+    examples = load_examples(data, "train")
+    picked = sorted(random.Random(seed).sample(range(len(examples)), min(n, len(examples))))
+    rows = tokenize_examples(examples.select(picked), tokenizer, min(max_length, data.cutoff_len))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return collate(rows, tokenizer.pad_token_id)
+
+
+def describe(data: DataSpec | None, tokenizer, n: int) -> str:
+    """Where a calibration batch came from, for the log and ``prepared/calibration.json``."""
+    if data is not None:
+        return f"{n} training examples of {data.train}" + ("" if tokenizer is not None else " (byte tokenizer)")
+    if tokenizer is None:
+        return f"{n} sequences of random tokens (the model has no tokenizer)"
+    return f"{n} shipped social_iqa question + answer texts"

@@ -81,3 +81,9 @@ def test_lm_eval_judges_the_int4_exports_and_agrees_with_lonas_ray(out):
     for d in models(out):
         verdict = json.loads((d / "lm_eval.json").read_text())
         assert verdict["agree"] >= verdict["examples"] - verdict.get("truncated", 0)
+
+
+def test_wanda_and_importance_calibrated_on_the_runs_training_data(out):
+    sources = json.loads((out / "prepared" / "calibration.json").read_text())
+    assert set(sources) == {"importance", "wanda"}
+    assert all("training examples of shipped:social_iqa" in v for v in sources.values()), sources

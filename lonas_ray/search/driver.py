@@ -66,7 +66,7 @@ def supernet_source(cfg: SearchConfig, out: Path) -> Path:
         return Path(cfg.supernet_dir).resolve()
     from lonas_ray.build import prepare_once
 
-    return prepare_once(cfg.supernet, out / "prepared")
+    return prepare_once(cfg.supernet, out / "prepared", cfg.data)
 
 
 def _results_writer(path: Path, pool: str, progress=None):

@@ -40,7 +40,7 @@ def train(cfg: TrainConfig, address: str | None = None) -> TrainResult:
     check_data(cfg.data)
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    prepared = prepare_once(cfg.supernet, out / "prepared")
+    prepared = prepare_once(cfg.supernet, out / "prepared", cfg.data)
     if cfg.optim.epochs is not None:
         from lonas_ray.data.load import load_examples
 
