@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from lonas_ray.config_io import ConfigError
 
@@ -115,12 +116,29 @@ def summary_table(fig: dict) -> str:
     return "\n".join(lines)
 
 
+def _grafana_dashboard(args) -> int:
+    from lonas_ray.grafana import dashboard, write
+
+    if args.out is None:
+        print(json.dumps(dashboard(), indent=1))
+        return 0
+    out = Path(args.out)
+    if out.exists():
+        raise ConfigError(f"{out} exists; remove it or give another --out (nothing was written)")
+    if not out.parent.is_dir():
+        raise ConfigError(f"{out.parent} is not a directory; create it or give another --out")
+    write(out)
+    print(f"wrote the lonas-ray Grafana dashboard to {out}")
+    return 0
+
+
 COMMANDS = {
     "export": (_export, "build the super-network and export chosen sub-networks as verified HF models"),
     "space": (_space, "build the super-network and describe its search space"),
     "train": (_train, "train the super-adapter on Ray Train + DeepSpeed"),
     "search": (_search, "evaluate sub-networks on hardware pools with Ray Tune; write results and the Pareto set"),
     "run": (_run, "the whole pipeline: train, baseline, search, merge/export, report (resumable)"),
+    "grafana-dashboard": (_grafana_dashboard, "write the Grafana dashboard of lonas-ray's ray_lonas_* metrics"),
 }
 
 
@@ -130,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
+        if name == "grafana-dashboard":
+            p.add_argument("--out", help="JSON file to write (default: standard output)")
+            continue
         p.add_argument("--config", required=name != "run",
                        help="YAML config file" + (f" (default: {QUICKSTART})" if name == "run" else ""))
         if name == "export":

@@ -41,6 +41,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
     if address:
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address)
+        _install_dashboard()
         return False
     context = ray.init(
         address="local",  # a new embedded Ray, never a stray one some other process left running
@@ -56,4 +57,12 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
     log.info("started a local Ray: %s", ray.cluster_resources())
     if dashboard and context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+        _install_dashboard()
     return True
+
+
+def _install_dashboard() -> None:
+    """lonas-ray's Grafana dashboard beside Ray's own (``lonas_ray.grafana``), in the background."""
+    from lonas_ray.grafana import install_in_background
+
+    install_in_background()
