@@ -269,3 +269,25 @@ def test_each_pools_trials_run_only_on_that_pools_nodes(tmp_path):
     by_pool = {p: {r["node_id"] for r in got if r["pool"] == p} for p in ("pool-a", "pool-b")}
     assert by_pool == {"pool-a": {ids["a"]}, "pool-b": {ids["b"]}}
     assert (out / "prepared" / "space.json").is_file()  # one prepared super-network for both pools
+
+
+def test_the_resource_request_for_a_missing_pool_is_withdrawn_when_the_search_ends(local_ray, tmp_path):
+    """A standing request_resources keeps autoscaled nodes up: the search withdraws it, even when it fails."""
+    from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    from lonas_ray.search.driver import run_search
+    from lonas_ray.search.pools import PoolError, release_requests, wait_for_pool
+
+    def standing():  # this Ray runs no autoscaler v2: the request is in v1's channel
+        return json.loads(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL) or b"[]")
+
+    cfg = tiny_cfg(tmp_path / "wait", budget=2)
+    cfg.pools["local"].gpus, cfg.pools["local"].wait_for_nodes_s = 1, 2  # asks the autoscaler, then gives up
+    with pytest.raises(PoolError):
+        wait_for_pool("local", cfg.pools["local"])
+    assert [b.get("GPU") for b in standing()] == [1]  # the request stands after the pool's wait
+    assert release_requests() and standing() == []
+    with pytest.raises(PoolError, match="pool 'local'"):
+        run_search(cfg)
+    assert standing() == []  # run_search asked for the GPU node, failed, and withdrew the request

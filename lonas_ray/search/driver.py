@@ -321,13 +321,18 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
     from lonas_ray.ray_env import ensure_ray
 
     ensure_ray(address, **local_pool_tags(cfg))
+    from lonas_ray.search.pools import release_requests
+
     result = SearchResult(out)
-    for pool in cfg.search.pools:
-        result.evaluated[pool] = search_pool(cfg, pool, space, source, out)
-    if cfg.search.cross_evaluate and len(cfg.search.pools) > 1:
-        for pool, n in cross_evaluate(cfg, space, source, out).items():
-            result.evaluated[pool] += n
-    finals = final_evaluation(cfg, space, source, out)
+    try:
+        for pool in cfg.search.pools:
+            result.evaluated[pool] = search_pool(cfg, pool, space, source, out)
+        if cfg.search.cross_evaluate and len(cfg.search.pools) > 1:
+            for pool, n in cross_evaluate(cfg, space, source, out).items():
+                result.evaluated[pool] += n
+        finals = final_evaluation(cfg, space, source, out)
+    finally:  # done or failed: no pool needs its nodes any more
+        release_requests()
     pools = write_pareto(cfg, space, out, finals)
     result.summary = {"config": to_dict(cfg), "strategy": cfg.search.strategy, "space_size": space.size(),
                       "maximal": space.subnet_id(space.maximal()), "new_evaluations": result.evaluated,

@@ -103,6 +103,25 @@ def describe_nodes(nodes: list[dict]) -> str:
     return "; ".join(parts) or "no live nodes"
 
 
+_STANDING_REQUEST = [False]  # whether this process left a request_resources standing
+
+
+def release_requests() -> bool:
+    """Withdraw this process's standing ``request_resources``, so the autoscaler may scale pools back down.
+
+    A request persists until replaced: without this, the last pool's nodes would
+    stay up after the search. Returns whether there was one to withdraw.
+    """
+    if not _STANDING_REQUEST[0]:
+        return False
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[])
+    _STANDING_REQUEST[0] = False
+    log.info("withdrew the standing resource request: idle pool nodes may scale down")
+    return True
+
+
 def wait_for_pool(name: str, pool: PoolSpec) -> tuple[Placement, list[str]]:
     """The pool's placement and the nodes that serve it now; ``PoolError`` if none does in time."""
     import ray
@@ -123,6 +142,7 @@ def wait_for_pool(name: str, pool: PoolSpec) -> tuple[Placement, list[str]]:
             bundle = dict(placement.bundle(), **{placement.resource: RESOURCE_UNIT})
             request_resources(bundles=[bundle])  # a no-op without an autoscaler
             requested = True
+            _STANDING_REQUEST[0] = True
             log.info("pool %s: no node yet; asked the autoscaler for %s, waiting up to %.0f s",
                      name, bundle, pool.wait_for_nodes_s)
         time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
