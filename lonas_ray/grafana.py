@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -94,8 +95,11 @@ def dashboard() -> dict:
 
 
 def write(path: str | Path) -> Path:
+    """Write the dashboard whole or not at all (a temporary file renamed over it): Grafana may read it any time."""
     path = Path(path)
-    path.write_text(json.dumps(dashboard(), indent=1) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(dashboard(), indent=1) + "\n")
+    os.replace(tmp, path)
     return path
 
 

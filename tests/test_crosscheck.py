@@ -14,6 +14,7 @@ from lonas_ray.data.byte_tokenizer import byte_tokenizer
 from lonas_ray.data.load import load_examples
 from lonas_ray.data.spec import DataSpec
 from lonas_ray.data.tokenize import build_train_dataset, collate
+from lonas_ray.merge.save import align_eos
 from lonas_ray.search.config import QualitySpec
 
 pytestmark = pytest.mark.timeout(300)
@@ -27,8 +28,11 @@ def bigbench(path, examples):
 
 
 def save(model, directory):
+    """Saved as an export is: with the byte tokenizer and its eos id (``merge.save.align_eos``)."""
+    tok = byte_tokenizer()
+    align_eos(model, tok)
     model.save_pretrained(directory)
-    byte_tokenizer().save_pretrained(directory)
+    tok.save_pretrained(directory)
     return directory
 
 

@@ -46,8 +46,30 @@ def save_subnetwork(supernet: SuperNetwork, config: SubnetConfig, out_dir: str |
         return _write(supernet, config, tmp, tokenizer, with_adapter)
 
 
+def align_eos(model, tokenizer) -> None:
+    """Make the model's end-of-sequence id the tokenizer's, so every engine stops where lonas-ray's scorer does.
+
+    A tiny model's config keeps its own eos id while it is trained and scored
+    with the byte tokenizer (eos 255): ``generate`` would then run past the
+    tokenizer's eos, and lm-eval's batched generation (which decodes without
+    special tokens) would read on past the answer. Real models' ids already agree.
+    """
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        return
+    gen = model.generation_config
+    current = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+    if eos in current:
+        return
+    model.config.eos_token_id = gen.eos_token_id = eos
+    if tokenizer.pad_token_id is not None and gen.pad_token_id is None:
+        model.config.pad_token_id = gen.pad_token_id = tokenizer.pad_token_id
+
+
 def _write(supernet: SuperNetwork, config: SubnetConfig, tmp: Path, tokenizer, with_adapter: bool) -> dict:
     model = extract(supernet, config, merge=True)
+    if tokenizer is not None:
+        align_eos(model, tokenizer)
     architecture = type(model).__name__
     compression = dict(supernet.compression or {})
     if quantized_linears(model):
