@@ -166,8 +166,6 @@ def served(model, fmt: str, device: torch.device, workdir: Path):
     out = workdir / "int4"
     t0 = time.perf_counter()
     facts = save_int4(model, out)
-    del model
-    gc.collect()
     saved_s = time.perf_counter() - t0
     disk = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     t0 = time.perf_counter()
@@ -243,9 +241,9 @@ def bench_shape(name: str, shape: dict, fmt: str, args, device: torch.device, ba
 
 def add_ratios(rows: list[dict]) -> None:
     """Speed-ups against the full model of the same shape and batch, next to the ideal ones."""
-    timed = [r for r in rows if "decode_ms" in r]
-    full = {(r["shape"], r["format"], r["batch"]): r for r in timed if r["subnet"] == "full"}
-    for r in timed:
+    measured = [r for r in rows if "decode_ms" in r]  # error rows have no figures
+    full = {(r["shape"], r["format"], r["batch"]): r for r in measured if r["subnet"] == "full"}
+    for r in measured:
         dense = full.get((r["shape"], "bf16", r["batch"]))
         if dense is not None:  # what the format buys against the dense full model
             r["decode_speedup_vs_bf16_full"] = dense["decode_ms"] / r["decode_ms"]

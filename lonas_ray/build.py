@@ -144,11 +144,18 @@ def build_supernet(spec: SupernetSpec, data: DataSpec | None = None) -> Built:
     supernet = SuperNetwork(model, spec.space)
     check_compressible(supernet.space, spec.sparsity, spec.quantization)
     importance, sources = None, {}
-    vocab = model.config.vocab_size
+    batches: dict[tuple[int, int, int], tuple[dict, str]] = {}
+
+    def batch_of(n: int, max_length: int, seed: int) -> tuple[dict, str]:
+        """Importance and Wanda share one batch by default: load and tokenize the task's examples once."""
+        key = (n, max_length, seed)
+        if key not in batches:
+            batches[key] = _calibration_batch(spec, tokenizer, model.config.vocab_size, n, max_length, seed, data)
+        return batches[key]
+
     if spec.importance.enabled:
         imp = spec.importance
-        batch, sources["importance"] = _calibration_batch(spec, tokenizer, vocab, imp.examples, imp.max_length,
-                                                          imp.seed, data)
+        batch, sources["importance"] = batch_of(imp.examples, imp.max_length, imp.seed)
         importance = score(supernet, batch, imp.method)
         reorder(supernet, importance)
         log.info("reordered channels and heads by %s importance on %s", imp.method, sources["importance"])
@@ -162,7 +169,7 @@ def build_supernet(spec: SupernetSpec, data: DataSpec | None = None) -> Built:
     norms = None
     if spec.sparsity.method == "wanda":
         examples, max_length, seed = spec.calibration
-        batch, sources["wanda"] = _calibration_batch(spec, tokenizer, vocab, examples, max_length, seed, data)
+        batch, sources["wanda"] = batch_of(examples, max_length, seed)
         norms = calibrate(supernet, batch)
         log.info("Wanda input norms from %s", sources["wanda"])
     compress(supernet, spec.sparsity, spec.quantization, norms)

@@ -42,8 +42,7 @@ def calibration_batch(tokenizer, vocab_size: int, n: int = 16, max_length: int =
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, vocab_size, (n, max_length), generator=g)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    _ensure_pad(tokenizer)
     enc = tokenizer(shipped_texts(n, seed), return_tensors="pt", padding=True, truncation=True,
                     max_length=max_length)
     labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
@@ -58,9 +57,14 @@ def task_batch(data: DataSpec, tokenizer, n: int, max_length: int, seed: int = 0
     examples = load_examples(data, "train")
     picked = sorted(random.Random(seed).sample(range(len(examples)), min(n, len(examples))))
     rows = tokenize_examples(examples.select(picked), tokenizer, min(max_length, data.cutoff_len))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    _ensure_pad(tokenizer)
     return collate(rows, tokenizer.pad_token_id)
+
+
+def _ensure_pad(tokenizer) -> None:
+    """A tokenizer without a pad token pads with its eos (the batch masks padding out either way)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 def describe(data: DataSpec | None, tokenizer, n: int) -> str:

@@ -117,10 +117,10 @@ def summary_table(fig: dict) -> str:
 
 
 def _grafana_dashboard(args) -> int:
-    from lonas_ray.grafana import dashboard, write
+    from lonas_ray.grafana import to_json, write
 
     if args.out is None:
-        print(json.dumps(dashboard(), indent=1))
+        print(to_json(), end="")
         return 0
     out = Path(args.out)
     if out.exists():

@@ -94,11 +94,16 @@ def dashboard() -> dict:
     }
 
 
+def to_json() -> str:
+    """The dashboard as the file holds it."""
+    return json.dumps(dashboard(), indent=1) + "\n"
+
+
 def write(path: str | Path) -> Path:
     """Write the dashboard whole or not at all (a temporary file renamed over it): Grafana may read it any time."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(dashboard(), indent=1) + "\n")
+    tmp.write_text(to_json())
     os.replace(tmp, path)
     return path
 
