@@ -21,7 +21,7 @@ from lonas_ray.config_io import ConfigError
 from lonas_ray.model_source import tiny_config
 from lonas_ray.search.config import LatencySpec, PoolSpec, SearchConfig
 from lonas_ray.search.front import front_rows, pool_fronts
-from lonas_ray.search.searchers import CachedSearcher, optuna_search, seed_configs, study_recorder
+from lonas_ray.search.searchers import CachedSearcher, OptunaStudySearch, build_searcher, seed_configs
 from lonas_ray.shape import ModelShape
 from lonas_ray.space import SearchSpace, SpaceSpec
 
@@ -280,7 +280,7 @@ def fake_result(space: SearchSpace, cfg: dict) -> dict:
 
 def searcher(space, known=None, strategy="random", seed=0, **kwargs):
     known = known or {}
-    inner = optuna_search(space, strategy, population=4, seed=seed, known=known, study_name="t")
+    inner = OptunaStudySearch(space, strategy, population=4, seed=seed, known=known, study_name="t")
     return inner, CachedSearcher(inner, space, known, **kwargs)
 
 
@@ -320,9 +320,8 @@ def test_suggestions_start_with_maximal_and_minimal_and_never_repeat(strategy):
 
 def test_a_sampler_stuck_on_known_configurations_gets_random_unseen_ones_told_to_its_study():
     space = resolve(MEDIUM)  # 128 configurations
-    storage = optuna.storages.InMemoryStorage()
-    inner = optuna_search(space, "tpe", population=2, seed=0, known={}, study_name="s", storage=storage)
-    alg = CachedSearcher(inner, space, {}, max_proposals=3, record=study_recorder(storage, "s", space), seed=5)
+    inner = OptunaStudySearch(space, "tpe", population=2, seed=0, known={}, study_name="s")
+    alg = CachedSearcher(inner, space, {}, max_proposals=3, seed=5)
     seen = []
     for i in range(60):  # TPE's model sharpens on fake objectives and repeats itself: the stand-ins take over
         cfg = alg.suggest(f"t{i}")
@@ -331,7 +330,7 @@ def test_a_sampler_stuck_on_known_configurations_gets_random_unseen_ones_told_to
         alg.on_trial_complete(f"t{i}", result=fake_result(space, cfg))
     assert len(set(seen)) == 60 and alg.draws > 0
     assert not alg.substitutes and not alg.running
-    trials = optuna.load_study(study_name="s", storage=storage).trials
+    trials = inner.study.trials
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == len(trials)  # no proposal left hanging
     assert {space.subnet_id(dict(t.params)) for t in done} == set(seen)  # every evaluation reached the study
@@ -441,6 +440,69 @@ def test_a_failed_trial_is_not_cached_and_its_waiting_duplicates_fail_too():
     assert list(states.values()).count(optuna.trial.TrialState.FAIL) == 1 + len(dup_of_first)
 
 
+def study_view(study: optuna.Study) -> list[tuple]:
+    return [(t.number, t.state, t.params, t.values) for t in study.get_trials(deepcopy=False)]
+
+
+@pytest.mark.parametrize("strategy", ["random", "nsga2", "tpe"])
+def test_each_strategys_searcher_survives_tunes_pickling_and_checkpoints_and_keeps_searching(strategy, tmp_path):
+    """Tune pickles the searcher with Ray's cloudpickle when it builds the Tuner and saves it at every
+    experiment checkpoint; Optuna 5.1's NSGA-II sampler holds a lock and cannot be pickled itself."""
+    from ray import cloudpickle
+    from ray.tune.search.search_generator import SearchGenerator
+
+    space = resolve(MEDIUM)
+    known = known_rows(space, [space.sample(s) for s in range(3)])
+
+    def build():
+        return build_searcher(space, strategy, population=4, seed=0, known=known, study_name="p")
+
+    # as the Tuner is built: nothing suggested yet; the copy still starts with the queued maximal
+    copied = cloudpickle.loads(cloudpickle.dumps(build()))
+    first = copied.suggest("a")
+    assert space.subnet_id(space.validate(dict(first))) == space.subnet_id(space.maximal())
+
+    alg = build()
+    seen = set(known)
+    for i in range(6):
+        cfg = alg.suggest(f"t{i}")
+        seen.add(space.subnet_id(space.validate(dict(cfg))))
+        alg.on_trial_complete(f"t{i}", result=fake_result(space, cfg))
+    flying = alg.suggest("t6")  # in flight while it is pickled
+    seen.add(space.subnet_id(space.validate(dict(flying))))
+
+    restored = cloudpickle.loads(cloudpickle.dumps(alg))
+    assert restored is not alg and restored.searcher.study is not alg.searcher.study
+    assert study_view(restored.searcher.study) == study_view(alg.searcher.study)
+    assert (restored.known, restored.running) == (alg.known, alg.running)
+    # the trial in flight completes on the copy, with its own objectives
+    restored.on_trial_complete("t6", result=fake_result(space, flying))
+    done = [t for t in restored.searcher.study.trials if t.params == dict(flying)]
+    assert [t.state for t in done] == [optuna.trial.TrialState.COMPLETE]
+    assert done[0].values == list(fake_result(space, flying).values())
+    # and the copy goes on searching: valid, new configurations, every one told to its study
+    for i in range(7, 17):
+        cfg = restored.suggest(f"t{i}")
+        assert isinstance(cfg, dict), cfg
+        sid = space.subnet_id(space.validate(dict(cfg)))
+        assert sid not in seen
+        seen.add(sid)
+        restored.on_trial_complete(f"t{i}", result=fake_result(space, cfg))
+    assert not restored.running
+    assert {space.subnet_id(dict(t.params)) for t in restored.searcher.study.trials
+            if t.state == optuna.trial.TrialState.COMPLETE} == seen
+
+    # Tune's experiment checkpoint of the same searcher, restored into a fresh one
+    SearchGenerator(alg).save_to_dir(str(tmp_path), session_str="s")
+    other = SearchGenerator(build())
+    other.restore_from_dir(str(tmp_path))
+    assert study_view(other.searcher.searcher.study) == study_view(alg.searcher.study)
+    assert other.searcher.known == alg.known
+    assert other.searcher.running == alg.running
+    cfg = other.searcher.suggest("t7")
+    assert space.subnet_id(space.validate(dict(cfg))) not in set(alg.known) | set(alg.running)
+
+
 def test_seed_configs_per_strategy():
     space = resolve(MEDIUM)
     ids = [space.subnet_id(c) for c in seed_configs(space, "heuristic")]
@@ -473,7 +535,7 @@ def test_a_task_loss_study_is_seeded_with_negated_task_losses():
     configs = [space.maximal(), *[space.sample(s) for s in range(5)]]
     known = {space.subnet_id(c): {"config": c, **fake_result(space, c), "task_loss": 0.1 * k}
              for k, c in enumerate(configs)}
-    inner = optuna_search(space, "nsga2", population=4, seed=0, known=known, study_name="tl", objective="task_loss")
+    inner = OptunaStudySearch(space, "nsga2", population=4, seed=0, known=known, study_name="tl", objective="task_loss")
     values = sorted(t.values[0] for t in inner._ot_study.trials if t.state == optuna.trial.TrialState.COMPLETE)
     assert values == pytest.approx(sorted(-0.1 * k for k in range(len(configs))))
 

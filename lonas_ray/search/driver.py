@@ -199,9 +199,7 @@ def evaluate_configs(cfg: SearchConfig, pool: str, space: SearchSpace, source: P
 
 def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path) -> int:
     """Run the pool's remaining budget; returns the number of new evaluations."""
-    import optuna
-
-    from lonas_ray.search.searchers import CachedSearcher, optuna_search, seed_configs, study_recorder
+    from lonas_ray.search.searchers import build_searcher, seed_configs
 
     path = out / RESULTS
     s = cfg.search
@@ -213,11 +211,8 @@ def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, 
         log.info("pool %s: budget of %d already spent (%d in %s); nothing to evaluate", pool, s.budget,
                  len(known), path)
         return 0
-    storage, study = optuna.storages.InMemoryStorage(), f"lonas-{pool}"
-    inner = optuna_search(space, s.strategy, population=s.population, seed=s.seed, known=known,
-                          study_name=study, objective=s.objective, storage=storage)
-    alg = CachedSearcher(inner, space, known, objective=s.objective, seed=s.seed,
-                         record=study_recorder(storage, study, space))
+    alg = build_searcher(space, s.strategy, population=s.population, seed=s.seed, known=known,
+                         study_name=f"lonas-{pool}", objective=s.objective)
     # the Optuna searcher holds the space, so no param_space
     return _run_pool(cfg, pool, space, source, out, total=s.budget, search_alg=alg, num_samples=n, param_space=None)
 

@@ -22,7 +22,7 @@ duplicates one still running waits for that trial's result. A sampler that
 keeps proposing what is known (TPE does, once its model is sharp) gets, after
 ``max_proposals`` repeats in a row, a seeded random configuration not yet seen
 in its place; its result is added to the study as a completed trial
-(``study_recorder``), so the sampler learns from it. When no unseen
+(``OptunaStudySearch.record``), so the sampler learns from it. When no unseen
 configuration is left (a space too small for the budget) the search ends
 (``Searcher.FINISHED``) instead of looping.
 """
@@ -30,10 +30,11 @@ configuration is left (a space too small for the budget) the search ends
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
+from ray import cloudpickle
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -87,44 +88,94 @@ def sampler(strategy: str, *, population: int, seed: int) -> optuna.samplers.Bas
     raise ValueError(f"no Optuna sampler for strategy {strategy!r}")
 
 
-def study_recorder(storage: optuna.storages.BaseStorage, study_name: str,
-                   space: SearchSpace) -> Callable[[SubnetConfig, list[float]], None]:
-    """A function that adds one evaluated configuration to the (existing) study as a completed trial."""
-    dists = distributions(space)
-    study = optuna.load_study(study_name=study_name, storage=storage)  # once: every record shares the storage
+class OptunaStudySearch(OptunaSearch):
+    """Ray Tune's ``OptunaSearch`` over an in-memory study, made to survive pickling with any Optuna release.
 
-    def record(config: SubnetConfig, values: list[float]) -> None:
-        study.add_trial(optuna.trial.create_trial(params=dict(config), distributions=dists, values=values))
+    Tune pickles the searcher when it builds the ``Tuner`` and again at every experiment
+    checkpoint (``save``). Optuna's samplers are not promised to pickle: 5.1's NSGA-II sampler
+    holds a ``threading.Lock``. So this searcher pickles its *recipe* (strategy, population,
+    seed, study name, directions) and a plain-data snapshot of the study (its ``FrozenTrial``
+    list: completed, running and queued trials with their system attributes, which is all the
+    NSGA-II generation bookkeeping needs), and rebuilds sampler, storage, lock and study on the
+    other side. A rebuilt sampler is reseeded with (seed, trials so far) so that it does not
+    replay the proposals its predecessor already made; an uninterrupted search stays seeded
+    exactly as before.
+    """
 
-    return record
+    def __init__(self, space: SearchSpace, strategy: str, *, population: int, seed: int,
+                 known: Mapping[str, Mapping[str, Any]], study_name: str, objective: str = "quality"):
+        self.strategy, self.population, self.seed = strategy, population, seed
+        dists = distributions(space)
+        pending = [c for c in seed_configs(space, strategy) if space.subnet_id(c) not in known]
+        super().__init__(space=dists, metric=metrics(objective), mode=MODES,
+                         sampler=sampler(strategy, population=population, seed=seed),
+                         storage=optuna.storages.InMemoryStorage(), study_name=study_name)
+        for row in known.values():  # history first, then the seeds queued, as Tune's own warm start would
+            self.record(row["config"], list(objectives(row, objective).values()))
+        for config in pending:
+            self._ot_study.enqueue_trial(dict(config))
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+    def record(self, config: SubnetConfig, values: list[float]) -> None:
+        """Add one evaluated configuration to the study as a completed trial (the sampler learns from it)."""
+        self._ot_study.add_trial(optuna.trial.create_trial(params=dict(config), distributions=self._space,
+                                                           values=values))
+
+    def __getstate__(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items() if k not in _LIVE}
+        state["_trials"] = self._ot_study.get_trials(deepcopy=True)
+        state["_directions"] = [d.name.lower() for d in self._ot_study.directions]
+        # the live optuna.Trial objects of trials in flight travel as their trial numbers
+        state["_ot_trials"] = {tid: (t if isinstance(t, int) else t.number) for tid, t in self._ot_trials.items()}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        trials, directions = state.pop("_trials"), state.pop("_directions")
+        self.__dict__.update(state)
+        self._sampler = sampler(self.strategy, population=self.population,
+                                seed=(self.seed * 1_000_003 + len(trials)) % 2 ** 32)
+        self._storage = optuna.storages.InMemoryStorage()
+        self._ot_study = optuna.create_study(storage=self._storage, study_name=self._study_name,
+                                             directions=directions, sampler=self._sampler)
+        for trial in trials:
+            self._ot_study.add_trial(trial)
+        # ``Study.tell`` takes a trial number, so trials in flight can still be completed after a restore
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's experiment checkpoint: the same picklable state as ``__getstate__`` (the parent pickles live objects)."""
+        with open(checkpoint_path, "wb") as f:
+            cloudpickle.dump(self.__getstate__(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__setstate__(cloudpickle.load(f))
 
 
-def optuna_search(space: SearchSpace, strategy: str, *, population: int, seed: int,
-                  known: Mapping[str, Mapping[str, Any]], study_name: str, objective: str = "quality",
-                  storage: optuna.storages.BaseStorage | None = None) -> OptunaSearch:
-    """An ``OptunaSearch`` for ``strategy`` whose study (in ``storage``) already holds the ``known`` results."""
-    chosen = sampler(strategy, population=population, seed=seed)
-    dists = distributions(space)
-    storage = storage if storage is not None else optuna.storages.InMemoryStorage()
-    optuna.create_study(storage=storage, study_name=study_name, directions=DIRECTIONS, sampler=chosen)
-    record = study_recorder(storage, study_name, space)
-    for row in known.values():
-        record(row["config"], list(objectives(row, objective).values()))
-    pending = [c for c in seed_configs(space, strategy) if space.subnet_id(c) not in known]
-    return OptunaSearch(space=dists, metric=metrics(objective), mode=MODES, sampler=chosen, storage=storage,
-                        study_name=study_name, points_to_evaluate=pending or None)
+# what OptunaStudySearch rebuilds instead of pickling
+_LIVE = ("_sampler", "_storage", "_ot_study", "_ot_trials")
+
+
+def build_searcher(space: SearchSpace, strategy: str, *, population: int, seed: int,
+                   known: Mapping[str, Mapping[str, Any]], study_name: str,
+                   objective: str = "quality") -> CachedSearcher:
+    """The searcher a pool's search hands to Tune: the strategy's Optuna study, seeded with ``known``, behind the cache."""
+    inner = OptunaStudySearch(space, strategy, population=population, seed=seed, known=known,
+                              study_name=study_name, objective=objective)
+    return CachedSearcher(inner, space, known, objective=objective, seed=seed)
 
 
 class CachedSearcher(Searcher):
     """Wrap ``searcher`` so no configuration is evaluated twice (see the module doc)."""
 
-    def __init__(self, searcher: Searcher, space: SearchSpace, known: Mapping[str, Mapping[str, Any]],
-                 objective: str = "quality", max_proposals: int = 50,
-                 record: Callable[[SubnetConfig, list[float]], None] | None = None, seed: int = 0,
-                 random_tries: int = 500):
+    def __init__(self, searcher: OptunaStudySearch, space: SearchSpace, known: Mapping[str, Mapping[str, Any]],
+                 objective: str = "quality", max_proposals: int = 50, seed: int = 0, random_tries: int = 500):
         super().__init__(metric=searcher.metric, mode=searcher.mode)
         self.searcher, self.space, self.max_proposals = searcher, space, max_proposals
-        self.record, self.seed, self.random_tries = record, seed, random_tries
+        self.seed, self.random_tries = seed, random_tries
         self.metrics = metrics(objective)
         self.known = {sid: objectives(row, objective) for sid, row in known.items()}
         self.running: dict[str, str] = {}  # subnet id -> Tune trial id
@@ -190,8 +241,8 @@ class CachedSearcher(Searcher):
         del self.running[sid]
         if result is not None and not error:
             self.known[sid] = {m: result[m] for m in self.metrics}
-            if substitute is not None and self.record is not None:
-                self.record(substitute, [result[m] for m in self.metrics])
+            if substitute is not None:
+                self.searcher.record(substitute, [result[m] for m in self.metrics])
         for inner_id in self.waiting.pop(sid, []):
             if sid in self.known:
                 self.searcher.on_trial_complete(inner_id, result=dict(self.known[sid]))
