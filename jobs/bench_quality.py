@@ -71,6 +71,7 @@ from lonas_ray.search.quality import build_eval_set, evaluate_quality, subset, s
 from lonas_ray.train.recover import recover, warmup_then_constant  # noqa: E402  (one schedule for every row)
 from lonas_ray.train.schedule import batch_indices, subnets_for_step  # noqa: E402
 from lonas_ray.train.step import train_step  # noqa: E402
+from lonas_ray.train.teacher import TeacherLogits  # noqa: E402
 from lonas_ray.stats import wilson_interval  # noqa: E402
 
 log = logging.getLogger("bench_quality")
@@ -140,8 +141,9 @@ def train_peft_lora(model, dataset, pad_id: int, steps: int, args, device: torch
     return peft_model.merge_and_unload()
 
 
-def train_supernet(supernet, dataset, pad_id: int, args, device: torch.device) -> int:
-    """Sandwich steps with lonas-ray's own step function (distillation per --distill); returns the passes made."""
+def train_supernet(supernet, dataset, pad_id: int, args, device: torch.device, teacher=None) -> int:
+    """Sandwich steps with lonas-ray's own step function (distillation per --distill: in place, or from a frozen
+    ``teacher``, a ``TeacherLogits``); returns the passes made."""
     params = supernet.adapter_parameters()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     sched = warmup_then_constant(opt, args.steps)
@@ -152,7 +154,7 @@ def train_supernet(supernet, dataset, pad_id: int, args, device: torch.device) -
         batch = step_batch(dataset, step, args, pad_id, device)
         stats = train_step(subnets, [batch], activate=supernet.activate, forward=lambda b: supernet(**b),
                            backward=lambda loss: (loss / len(subnets)).backward(),
-                           distill_weight=args.distill, temperature=args.distill_temperature)
+                           distill_weight=args.distill, temperature=args.distill_temperature, teacher=teacher)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
@@ -252,21 +254,29 @@ def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: t
     rows = result["rows"]
     if "zero_shot" in args.parts:
         rows.append(scorer.row("zero_shot", model.to(device, dtype), 0.0))
+    teacher = None
     if "peft_lora" in args.parts:
         t0 = time.perf_counter()
         tuned = train_peft_lora(model.to(device, dtype), dataset, pad_id, args.steps, args, device)
-        rows.append(scorer.row("peft_lora", tuned, time.perf_counter() - t0, steps=args.steps))
+        peft_s = time.perf_counter() - t0
+        rows.append(scorer.row("peft_lora", tuned, peft_s, steps=args.steps))
+        if args.teacher == "peft_lora":  # the dense, task-tuned model teaches the super-adapter and the recoveries
+            tuned.eval().requires_grad_(False)
+            teacher = TeacherLogits(tuned)
+            result["teacher"] = {"model": "peft_lora", "train_s": round(peft_s, 1)}
         del tuned
     if "supernet" not in args.parts:
         return result
     built = build_supernet(from_dict(SupernetSpec, {**space_spec, "model": vars(source)}, where="supernet"))
     supernet = built.supernet.to(device, dtype)
     t0 = time.perf_counter()
-    passes = train_supernet(supernet, dataset, pad_id, args, device)
+    passes = train_supernet(supernet, dataset, pad_id, args, device, teacher)
     train_s = time.perf_counter() - t0
+    if teacher is not None:
+        result["teacher"]["forwards_in_training"] = teacher.calls
     picks = search_picks(supernet, select, tokenizer, args)
     result["supernet"] = {"space_size": supernet.space.size(), "passes": passes, "train_s": round(train_s, 1),
-                          "distill": args.distill, "picks": picks}
+                          "distill": args.distill, "teacher": args.teacher, "picks": picks}
     for name, entry in picks.items():
         with torch.no_grad():
             merged = extract(supernet, entry["config"])
@@ -280,7 +290,8 @@ def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: t
                 continue
             t0 = time.perf_counter()
             recover(supernet, entry["config"], dataset, pad_id, steps=args.recover_steps, batch_size=args.batch,
-                    lr=args.lr, seed=args.seed, first_step=args.steps)  # lonas_ray.train.recover, as the export does
+                    lr=args.lr, seed=args.seed, first_step=args.steps,  # lonas_ray.train.recover, as the export does
+                    teacher=teacher, distill_weight=args.distill, temperature=args.distill_temperature)
             with torch.no_grad():
                 merged = extract(supernet, entry["config"])
             rows.append(scorer.row(f"recover:{name}", merged, train_s + time.perf_counter() - t0,  # both trainings
@@ -315,7 +326,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--space-config", default="jobs/configs/quickstart.yaml", help="a config with a supernet section")
-    p.add_argument("--distill", type=float, default=0.5, help="in-place distillation weight (0: off)")
+    p.add_argument("--distill", type=float, default=0.5, help="distillation weight (0: off)")
     p.add_argument("--distill-temperature", type=float, default=1.0)
     p.add_argument("--targets", type=lambda v: [float(x) for x in v.split(",")], default=[0.9, 0.75, 0.6])
     p.add_argument("--band", type=float, default=0.08, help="a pick's params ratio lies in [target - band, target]")
@@ -360,12 +371,17 @@ def main() -> int:
     add_arguments(p)
     p.add_argument("--parts", default="zero_shot,peft_lora", help=f"comma list of {', '.join(PARTS)}")
     p.add_argument("--recover-steps", type=int, default=50, help="recovery fine-tune steps per pick (part recover)")
+    p.add_argument("--teacher", choices=["maximal", "peft_lora"], default="maximal",
+                   help="maximal: in place; peft_lora: the plain-LoRA row's model, frozen, teaches the super-adapter "
+                        "and the recoveries (needs part peft_lora; train.distill.teacher: baseline in the pipeline)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     args.parts = args.parts.split(",")
     unknown = [x for x in args.parts if x not in PARTS]
     if unknown:
         p.error(f"unknown part(s) {unknown}; use {', '.join(PARTS)}")
+    if args.teacher == "peft_lora" and "peft_lora" not in args.parts:
+        p.error("--teacher peft_lora needs the peft_lora part (its model is the teacher): add it to --parts")
     source, space_spec, device, out = start(
         args, "per task: base zero-shot, plain PEFT LoRA, lonas-ray's super-network picks, prune-then-LoRA; "
               "lonas-ray's scorer on the report part of the recorded test split")

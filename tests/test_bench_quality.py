@@ -18,7 +18,8 @@ def result(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("quality") / "q.json"
     cmd = [sys.executable, "jobs/bench_quality.py", "--quick", "--tasks", "intent_recognition",
            "--parts", "zero_shot,peft_lora,supernet,recover,prune_lora", "--space-config", "jobs/configs/tiny.yaml",
-           "--targets", "0.95,0.9", "--band", "0.1", "--latency-repeats", "1", "--out", str(out)]
+           "--targets", "0.95,0.9", "--band", "0.1", "--latency-repeats", "1", "--teacher", "peft_lora",
+           "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
@@ -68,3 +69,12 @@ def test_prune_then_lora_has_exactly_the_shape_of_its_pick(result):
         if name.startswith("pick_"):
             target = float(name.removeprefix("pick_"))
             assert target - 0.1 <= pick["params_ratio"] <= target  # the budget the pick was searched within
+
+
+def test_the_plain_lora_model_teaches_with_one_forward_per_training_step(result):
+    (task,) = result["tasks"]
+    steps = result["settings"]["steps"]
+    assert task["supernet"]["teacher"] == "peft_lora" and task["supernet"]["distill"] > 0
+    # one batch per step and three sub-networks per sandwich step, yet one teacher forward per step
+    assert task["teacher"]["forwards_in_training"] == steps
+    assert task["supernet"]["passes"] == 3 * steps

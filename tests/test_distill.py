@@ -120,3 +120,94 @@ def test_distillation_needs_the_sandwich_rule_and_sane_settings():
     with pytest.raises(ConfigError, match="distill.temperature must be > 0"):
         DistillSpec(temperature=0)
     assert TrainSettings().distill.weight == 0.0  # off unless asked for
+
+
+# --------------------------------------------------------------------------- a frozen (dense) teacher
+
+
+def test_a_frozen_teacher_teaches_every_subnetwork_with_one_forward_per_micro_batch():
+    from lonas_ray.train.teacher import TeacherLogits
+
+    supernet = SuperNetwork(tiny_model(), SpaceSpec.from_dict(SPACE))
+    randomize_adapters(supernet, seed=2)
+    teacher_model = tiny_model(seed=7)  # a different dense model with the same vocabulary
+    subnets = [supernet.space.maximal(), supernet.space.minimal(), supernet.space.sample(1)]
+    data = batches()
+    weight, t = 0.6, 1.5
+
+    # by hand: the teacher's softened answer distribution against each student's, the maximal included
+    expected = []
+    with torch.no_grad():
+        soft = []
+        for b in data:
+            rows = teacher_model(input_ids=b["input_ids"]).logits[:, :-1][b["labels"][:, 1:] != -100]
+            soft.append(torch.softmax(rows / t, dim=-1))
+        for sub in subnets:
+            supernet.activate(sub)
+            for b, p_teacher in zip(data, soft):
+                out = supernet(**b)
+                student = out.logits[:, :-1][b["labels"][:, 1:] != -100]
+                log_p_student = student / t - torch.logsumexp(student / t, dim=-1, keepdim=True)
+                kl = (p_teacher * (p_teacher.log() - log_p_student)).sum(-1).mean()
+                expected.append(float((1 - weight) * out.loss + weight * t * t * kl))
+
+    teacher = TeacherLogits(teacher_model)
+    losses = []
+
+    def backward(loss):
+        losses.append(float(loss.detach()))
+        loss.backward()
+
+    stats = train_step(subnets, data, activate=supernet.activate, forward=lambda b: supernet(**b), backward=backward,
+                       distill_weight=weight, temperature=t, teacher=teacher)
+    assert teacher.calls == stats.teacher_passes == len(data)  # once per micro-batch, not per sub-network
+    assert stats.passes == len(subnets) * len(data)
+    assert losses == pytest.approx(expected, rel=1e-4)
+    assert all(p.grad is None for p in teacher_model.parameters())  # frozen: no graph reaches it
+    assert all(p.grad is not None for p in supernet.adapter_parameters())
+
+
+def test_teachers_load_from_a_supernet_directory_or_a_model_directory_and_give_their_own_logits(tmp_path):
+    from lonas_ray.build import SupernetSpec, build_supernet, save_prepared
+    from lonas_ray.config_io import from_dict
+    from lonas_ray.train.state import ADAPTER_FILE, save_adapter
+    from lonas_ray.train.teacher import TeacherLogits, load_teacher, teacher_kind
+
+    spec = from_dict(SupernetSpec, {"model": {"kind": "tiny", "family": "llama"}, "space": SPACE,
+                                    "importance": {"enabled": False}}, where="test")
+    built = build_supernet(spec)
+    randomize_adapters(built.supernet, seed=4)
+    save_prepared(built, spec, tmp_path / "supernet")
+    save_adapter(built.supernet, tmp_path / "supernet" / ADAPTER_FILE)
+    plain = tiny_model(seed=3)
+    plain.save_pretrained(tmp_path / "hf")
+    b = batches()[0]
+    built.supernet.activate(built.supernet.space.maximal())
+    for path, reference in ((tmp_path / "supernet", built.supernet), (tmp_path / "hf", plain)):
+        teacher = load_teacher(path, torch.device("cpu"))
+        assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+        with torch.no_grad():
+            want = answer_logits(reference(input_ids=b["input_ids"]).logits, b["labels"])
+        assert torch.allclose(TeacherLogits(teacher)(b), want, atol=1e-5), path
+    assert teacher_kind(tmp_path / "supernet") == "supernet" and teacher_kind(tmp_path / "hf") == "hf"
+
+
+def test_a_teacher_that_is_not_a_model_or_not_available_is_a_config_error(tmp_path):
+    from lonas_ray.train.teacher import check_teacher
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    for bad, message in ((tmp_path / "missing", "is not a directory"), (tmp_path / "file.txt", "is not a directory"),
+                         (tmp_path / "empty", "holds no model")):
+        with pytest.raises(ConfigError, match=message):
+            check_teacher(str(bad), in_pipeline=True)
+    with pytest.raises(ConfigError, match="only `lonas-ray run` trains"):
+        check_teacher("baseline", in_pipeline=False)
+    check_teacher("baseline", in_pipeline=True)
+    check_teacher("maximal", in_pipeline=False)
+    # a frozen teacher frees distillation from the sandwich rule; in place still needs it
+    TrainSettings(sampling=SamplingSpec(strategy="random"), distill=DistillSpec(teacher="baseline", weight=0.5))
+    with pytest.raises(ConfigError, match="needs sampling.strategy: sandwich"):
+        TrainSettings(sampling=SamplingSpec(strategy="random"), distill=DistillSpec(teacher="maximal", weight=0.5))
+    with pytest.raises(ConfigError, match="distill.teacher must be"):
+        DistillSpec(teacher="")

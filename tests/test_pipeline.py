@@ -155,10 +155,11 @@ def run(tmp_path_factory):
 def test_stopping_after_training_then_resuming_does_not_retrain(run):
     out, final = run["out"], stages(run["out"])
     first = run["after_train"]["train"]
-    assert set(run["after_train"]) == {"train"} and "finished" in first
+    # the baseline runs first (it is the super-adapter's teacher in tiny.yaml), so it is done too
+    assert set(run["after_train"]) == {"baseline", "train"} and "finished" in first
     assert final["train"]["runs"] == 1 and final["train"]["finished"] == first["finished"]
     assert (out / "supernet" / "adapter.safetensors").stat().st_mtime_ns == run["adapter_mtime"]
-    assert "[1/6] train: finished earlier" in run["logs"]
+    assert "[1/6] baseline: finished earlier" in run["logs"] and "[2/6] train: finished earlier" in run["logs"]
 
 
 def test_a_job_stopped_mid_search_resumes_keeping_every_evaluation(run):
@@ -213,6 +214,9 @@ def test_the_output_directory_holds_the_whole_contract(run):
             # recovered before the merge (tiny.yaml: export.recover_steps 3): its own checkpoint's figures
             recovery = json.loads((d / "recovery.json").read_text())
             assert recovery["steps"] == m["recovery"]["steps"] == 3 and recovery["quality"] == m["quality"]
+            # taught by the frozen baseline, as the super-adapter was (tiny.yaml: train.distill)
+            assert recovery["distill"] == {"teacher": str(out / "baseline" / "supernet"), "weight": 0.5,
+                                           "temperature": 2.0}
             assert f"`{m['subnet_id']}`: after a recovery fine-tune of 3 steps" in report
             assert f"`{m['subnet_id']}`" in report and f"{m['quality']:.4f}" in report
             assert f"{summary['baseline']['quality']:.4f}" in card  # the baseline's figures beside its own
@@ -220,6 +224,18 @@ def test_the_output_directory_holds_the_whole_contract(run):
                 base = summary["baseline"]["latency"][pool]["latency_ms"]
                 assert lat["speedup"] == pytest.approx(base / lat["latency_ms"])
                 assert f"{lat['speedup']:.2f}x" in report
+
+
+def test_the_frozen_baseline_teaches_the_super_adapter_with_one_forward_per_micro_batch(run):
+    cfg = yaml.safe_load(TINY.read_text())["train"]
+    optim, workers = cfg["optim"], cfg["scaling"]["num_workers"]
+    micro = optim["batch_size"] // (optim["micro_batch_size"] * workers)  # micro-batches per rank per step
+    subnets = 2 + cfg["sampling"]["sandwich_random"]
+    for rank in range(workers):
+        records = [json.loads(line) for line in (run["out"] / "ranks" / f"rank{rank}.jsonl").read_text().splitlines()]
+        assert records and all(r["teacher_passes"] == micro and len(r["subnets"]) == subnets for r in records)
+    baseline_ranks = run["out"] / "baseline" / "ranks" / "rank0.jsonl"
+    assert all(json.loads(line)["teacher_passes"] == 0 for line in baseline_ranks.read_text().splitlines())
 
 
 def test_every_exported_model_loads_and_reproduces_the_reported_params_and_quality(run):
@@ -264,5 +280,5 @@ def test_a_changed_training_config_is_refused_before_any_work(run, tmp_path):
                            str(run["out"])], capture_output=True, text=True, timeout=120, cwd=ROOT,
                           env={**os.environ, **ENV})
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "stage 'train' finished" in proc.stderr and "different config" in proc.stderr
+    assert "stage 'baseline' finished" in proc.stderr and "different config" in proc.stderr  # the first strict stage
     assert (run["out"] / "stages.json").read_text() == before

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -34,6 +36,29 @@ def test_the_pipeline_config_derives_the_stage_configs():
     assert PipelineConfig.from_dict(r).train_config("/o", baseline=True).optim.steps == 3
     search = cfg.search_config("/o/supernet", "/o")
     assert search.supernet_dir == "/o/supernet" and search.search.pools == ["cpu_a", "cpu_b"]
+    # tiny.yaml's teacher is the baseline: the super-adapter is taught by its directory, the baseline by nobody
+    assert (train.distill.teacher, train.distill.weight) == ("/o/baseline/supernet", 0.5)
+    assert base.distill.weight == 0.0 and not base.distill.frozen_teacher
+
+
+@pytest.mark.parametrize("distill, baseline, message", [
+    ({"teacher": "/nonexistent/teacher", "weight": 0.5}, True, "distill.teacher '/nonexistent/teacher' is not a directory"),
+    ({"teacher": "EMPTY", "weight": 0.5}, True, "holds no model"),
+    ({"teacher": "baseline", "weight": 1.5}, True, "distill.weight must lie in [0, 1], got 1.5"),
+    ({"teacher": "baseline", "weight": 0.5}, False, "train.distill.teacher 'baseline' needs the baseline"),
+])
+def test_a_bad_teacher_exits_2_with_the_problem_named_and_nothing_written(tmp_path, distill, baseline, message):
+    r = raw()
+    (tmp_path / "empty").mkdir()
+    r["train"]["distill"] = {k: (str(tmp_path / "empty") if v == "EMPTY" else v) for k, v in distill.items()}
+    message = message.replace("EMPTY", str(tmp_path / "empty"))
+    r["baseline"] = {"enabled": baseline}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(r))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "lonas_ray.cli", "run", "--config", str(tmp_path / "bad.yaml"),
+                           "--output", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not out.exists()
 
 
 @pytest.mark.parametrize("change, message", [

@@ -15,8 +15,10 @@ from lonas_ray.config_io import ConfigError, YamlConfig, from_dict, help_field, 
 from lonas_ray.data.spec import DataSpec
 from lonas_ray.search.config import ParetoSpec, PoolSpec, QualitySpec, SearchConfig, StrategySpec
 from lonas_ray.train.config import TrainConfig, TrainSettings
+from lonas_ray.train.teacher import BASELINE
 
 EXPORT_SELECTIONS = ("picks", "front")
+BASELINE_DIR = "baseline"  # out/baseline/ (its training run) and models/baseline/ (its export)
 
 
 @dataclass
@@ -82,16 +84,29 @@ class PipelineConfig(YamlConfig):
     export: ExportSpec = help_field(default_factory=ExportSpec, help="merge tasks and what they export")
 
     def __post_init__(self):
+        if self.train.distill.frozen_teacher and self.train.distill.teacher == BASELINE and not self.baseline.enabled:
+            raise ConfigError(f"train.distill.teacher '{BASELINE}' needs the baseline: set baseline.enabled: true, "
+                              "or name a teacher directory, or distill in place (teacher: maximal)")
         self.train_config(".")  # the stage configs' own checks, now
         self.search_config(".", ".")
+
+    def teacher_dir(self, output_dir: str | Path) -> Path | None:
+        """The frozen teacher's directory for a run in ``output_dir`` (None: in place or no distillation)."""
+        d = self.train.distill
+        if not d.frozen_teacher:
+            return None
+        return Path(output_dir) / BASELINE_DIR / "supernet" if d.teacher == BASELINE else Path(d.teacher)
 
     def train_config(self, output_dir: str | Path, *, baseline: bool = False) -> TrainConfig:
         raw = {**to_dict(self.train), "supernet": to_dict(self.supernet), "data": to_dict(self.data),
                "output_dir": str(output_dir)}
-        if baseline:
+        if baseline:  # plain LoRA: the maximal alone, no teacher (it is the teacher)
             raw["sampling"] = {"strategy": "fixed:maximal", "sandwich_random": 0}
+            raw["distill"] = {**raw["distill"], "weight": 0.0}
             if self.baseline.steps:  # its own step count replaces the super-adapter's steps or epochs
                 raw["optim"] = {**raw["optim"], "steps": self.baseline.steps, "epochs": None}
+        elif self.train.distill.frozen_teacher:
+            raw["distill"] = {**raw["distill"], "teacher": str(self.teacher_dir(output_dir))}
         return from_dict(TrainConfig, raw, where="pipeline config (train)")
 
     def search_config(self, supernet_dir: str | Path, output_dir: str | Path) -> SearchConfig:

@@ -1,4 +1,8 @@
-"""The pipeline driver: train -> baseline -> search -> export -> report, each stage resumable.
+"""The pipeline driver: baseline -> train -> zero-shot -> search -> export -> report, each stage resumable.
+
+The baseline (plain LoRA: the maximal network trained alone) runs first because it can be the
+super-adapter's frozen teacher (``train.distill.teacher: baseline``); it and the super-adapter
+share one prepared (importance-reordered) base, which whichever runs first prepares.
 
 Output directory (the contract tests and users rely on)::
 
@@ -29,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lonas_ray.atomic import read_parquet
-from lonas_ray.build import load_prepared
+from lonas_ray.build import load_prepared, prepare_once
 from lonas_ray.config_io import ConfigError, to_dict
 from lonas_ray.data.spec import check_data
 from lonas_ray.merge.save import MANIFEST
@@ -38,6 +42,8 @@ from lonas_ray.pipeline.figures import BASELINE, ZERO_SHOT, collect, select_mode
 from lonas_ray.pipeline.stages import STAGES, STRICT, StageLog, fingerprint
 from lonas_ray.search.driver import PARETO, RESULTS, SUMMARY, evaluate_configs, local_pool_tags, rows_by_pool
 from lonas_ray.train.state import STATE_FILE
+from lonas_ray.train.teacher import BASELINE as TEACHER_BASELINE
+from lonas_ray.train.teacher import check_teacher
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,7 @@ class Pipeline:
 
         bdir = self.out / BASELINE
         if not (bdir / "prepared").exists():  # the same reordered base and space as the super-network
+            prepare_once(self.cfg.supernet, self.out / "prepared", self.cfg.data)
             shutil.copytree(self.out / "prepared", bdir / "prepared")
         result = train(self.cfg.train_config(bdir, baseline=True))
         self.score_maximal(result.supernet_dir, bdir)
@@ -120,6 +127,10 @@ class Pipeline:
             recover = {"data": to_dict(self.cfg.data), "quality": to_dict(self.cfg.quality),
                        "steps": self.cfg.export.recover_steps, "batch_size": optim.batch_size, "lr": optim.lr,
                        "seed": self.cfg.train.seed, "first_step": int(trained)}
+            teacher = self.cfg.teacher_dir(self.out)
+            if teacher is not None:  # the frozen teacher teaches the recovery as it taught the training
+                d = self.cfg.train.distill
+                recover["distill"] = {"teacher": str(teacher), "weight": d.weight, "temperature": d.temperature}
         manifests = export_models(jobs, models, self.cfg.export, judge, recover, recover_names=set(chosen))
         self.write_cards(chosen, manifests)
         return {"models": sorted(jobs)}
@@ -152,9 +163,11 @@ class Pipeline:
         c = to_dict(self.cfg)
         base = {"supernet": c["supernet"], "data": c["data"], "train": c["train"]}
         search = {**base, **{k: c[k] for k in ("pools", "search", "quality", "pareto")}}
+        baseline = fingerprint({**base, "baseline": c["baseline"], "pools": c["pools"], "quality": c["quality"]})
+        taught = self.cfg.train.distill.frozen_teacher and self.cfg.train.distill.teacher == TEACHER_BASELINE
         return {
-            "train": fingerprint(base),
-            "baseline": fingerprint({**base, "baseline": c["baseline"], "pools": c["pools"], "quality": c["quality"]}),
+            "train": fingerprint({**base, "teacher": baseline}) if taught else fingerprint(base),
+            "baseline": baseline,
             "zero_shot": fingerprint({k: c[k] for k in ("supernet", "data", "pools", "quality", "zero_shot")}),
             "search": fingerprint(search),
             "export": (export := fingerprint({**search, "export": c["export"], "baseline": c["baseline"]})),
@@ -182,6 +195,8 @@ def run_pipeline(cfg: PipelineConfig, output: str | Path | None = None, address:
         raise ConfigError(f"--stop-after '{stop_after}' is not a stage; stages: {', '.join(STAGES)}")
     out = Path(output or cfg.output_dir).resolve()
     check_data(cfg.data)
+    if cfg.train.distill.frozen_teacher:
+        check_teacher(cfg.train.distill.teacher, in_pipeline=True)
     out.mkdir(parents=True, exist_ok=True)
     read_results(out / RESULTS)  # a corrupt results file fails now, not after training
     stages = StageLog(out)

@@ -30,18 +30,21 @@ RECOVERY = "recovery.json"
 
 
 def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter: bool,
-                   judge: dict | None = None, recover: dict | None = None) -> dict[str, bytes]:
+                   judge: dict | None = None, recover: dict | None = None,
+                   teacher_files: dict[str, bytes] | None = None) -> dict[str, bytes]:
     """Extract + merge + save ``config`` of the super-network (and judge it); the model directory as bytes.
 
     ``judge``: ``{"data": ..., "quality": ...}`` (the pipeline's sections as dicts) to cross-check with lm-eval.
     ``recover``: ``{"data", "quality", "steps", "batch_size", "lr", "seed", "first_step"}``: a recovery
-    fine-tune of this sub-network before the merge, and its saved checkpoint scored again (``RECOVERY``).
+    fine-tune of this sub-network before the merge, and its saved checkpoint scored again (``RECOVERY``);
+    with ``"distill": {"teacher", "weight", "temperature"}`` the frozen teacher (its directory's files in
+    ``teacher_files``, through the object store like the super-network's) teaches the recovery.
     """
     from lonas_ray.merge.save import save_subnetwork
     from lonas_ray.search.evaluator import load_supernet_files
 
     supernet, tokenizer = load_supernet_files(supernet_files)
-    losses = recover_subnetwork(supernet, config, tokenizer, recover) if recover else None
+    losses = recover_subnetwork(supernet, config, tokenizer, recover, teacher_files) if recover else None
     with tempfile.TemporaryDirectory(prefix="lonas-export-") as d:
         model_dir = Path(d) / "model"
         save_subnetwork(supernet, config, model_dir, tokenizer=tokenizer, with_adapter=with_adapter)
@@ -50,7 +53,8 @@ def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter:
         if recover:
             scored = score_final(model_dir, recover)
             (model_dir / RECOVERY).write_text(json.dumps(
-                {"steps": recover["steps"], "first_loss": losses[0], "last_loss": losses[-1],
+                {"steps": recover["steps"], "distill": recover.get("distill"), "first_loss": losses[0],
+                 "last_loss": losses[-1],
                  **asdict(scored.quality)}, indent=1))
         if judge is not None:
             verdict = judge_saved(model_dir, judge, Path(d) / "task", scored)
@@ -58,17 +62,25 @@ def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter:
         return read_tree(model_dir)
 
 
-def recover_subnetwork(supernet, config: dict, tokenizer, recover: dict) -> list[float]:
+def recover_subnetwork(supernet, config: dict, tokenizer, recover: dict,
+                       teacher_files: dict[str, bytes] | None = None) -> list[float]:
     """The recovery fine-tune (``lonas_ray.train.recover``) on the pipeline's training data."""
     from lonas_ray.config_io import from_dict
     from lonas_ray.data.spec import DataSpec
     from lonas_ray.data.tokenize import build_train_dataset
     from lonas_ray.train.recover import recover as run_recovery
+    from lonas_ray.train.teacher import TeacherLogits, load_teacher
 
     dataset = build_train_dataset(from_dict(DataSpec, recover["data"], where="data"), tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    distill, teacher = recover.get("distill") or {}, None
+    if distill:
+        with tempfile.TemporaryDirectory(prefix="lonas-teacher-") as d:
+            teacher = TeacherLogits(load_teacher(write_tree(teacher_files, Path(d) / "teacher"),
+                                                 next(supernet.parameters()).device))
     return run_recovery(supernet, config, dataset, pad_id, steps=recover["steps"], batch_size=recover["batch_size"],
-                        lr=recover["lr"], seed=recover["seed"], first_step=recover["first_step"])
+                        lr=recover["lr"], seed=recover["seed"], first_step=recover["first_step"], teacher=teacher,
+                        distill_weight=distill.get("weight", 0.0), temperature=distill.get("temperature", 1.0))
 
 
 def score_final(model_dir: Path, sections: dict):
@@ -116,7 +128,9 @@ def recovered_as(model_dir: Path, recover: dict | None) -> bool:
     if recover is None:
         return not path.is_file()
     try:
-        return path.is_file() and json.loads(path.read_text())["steps"] == recover["steps"]
+        done = json.loads(path.read_text()) if path.is_file() else None
+        return done is not None and done["steps"] == recover["steps"] \
+            and done.get("distill") == recover.get("distill")
     except (json.JSONDecodeError, KeyError):
         return False
 
@@ -134,6 +148,8 @@ def export_models(jobs: dict[str, tuple[Path, dict]], target: Path, spec: Export
     task = ray.remote(merge_and_save).options(num_cpus=spec.cpus, num_gpus=spec.gpus,
                                               resources=dict(spec.resources) or None, name="lonas-merge")
     files_ref: dict[Path, Any] = {}
+    distill = (recover or {}).get("distill")
+    teacher_ref = ray.put(read_tree(Path(distill["teacher"]), recursive=False)) if distill else None
     pending = {}
     for name, (supernet_dir, config) in jobs.items():
         own_recovery = recover if name in recover_names else None
@@ -143,7 +159,8 @@ def export_models(jobs: dict[str, tuple[Path, dict]], target: Path, spec: Export
             continue
         if supernet_dir not in files_ref:
             files_ref[supernet_dir] = ray.put(read_tree(supernet_dir, recursive=False))
-        pending[task.remote(files_ref[supernet_dir], config, spec.with_adapter, judge, own_recovery)] = name
+        pending[task.remote(files_ref[supernet_dir], config, spec.with_adapter, judge, own_recovery,
+                            teacher_ref if own_recovery else None)] = name
     with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="merge + export", unit="model") as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -17,11 +17,11 @@ from typing import Any
 
 from lonas_ray.crosscheck import JUDGE_FILE
 from lonas_ray.merge.save import MANIFEST
+from lonas_ray.pipeline.config import BASELINE_DIR as BASELINE
 from lonas_ray.pipeline.export import RECOVERY
 from lonas_ray.search.driver import FINAL, RESULTS, SUMMARY, rows_by_pool
 from lonas_ray.search.metric import accuracy_interval
 
-BASELINE = "baseline"
 ZERO_SHOT = "zero_shot"
 LATENCY_KEYS = ("latency_ms", "latency_p90_ms", "latency_runtime", "prefill_ms", "decode_ms")
 COUNT_KEYS = ("params", "nonzero_params", "macs", "weight_bytes")

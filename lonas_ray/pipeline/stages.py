@@ -18,8 +18,9 @@ from typing import Any
 from lonas_ray.atomic import write_json
 from lonas_ray.config_io import ConfigError
 
-STAGES = ("train", "baseline", "zero_shot", "search", "export", "report")
-STRICT = ("train", "baseline")  # a changed config here is an error, not a re-run
+# the baseline first: it can be the super-adapter's teacher (lonas_ray/pipeline/driver.py)
+STAGES = ("baseline", "train", "zero_shot", "search", "export", "report")
+STRICT = ("baseline", "train")  # a changed config here is an error, not a re-run
 FILE = "stages.json"
 
 

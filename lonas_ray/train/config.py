@@ -10,6 +10,7 @@ from lonas_ray.build import SupernetSpec
 from lonas_ray.config_io import ConfigError, YamlConfig, help_field
 from lonas_ray.data.spec import DataSpec
 from lonas_ray.train.schedule import STRATEGIES
+from lonas_ray.train.teacher import BASELINE, IN_PLACE
 
 
 @dataclass
@@ -26,16 +27,29 @@ class SamplingSpec:
 
 @dataclass
 class DistillSpec:
-    """In-place distillation in sandwich steps: the maximal sub-network's logits teach the smaller ones."""
+    """Knowledge distillation: a teacher's answer logits teach every sub-network beside the labels."""
 
+    teacher: str = help_field(
+        IN_PLACE, help=f"'{IN_PLACE}' (in place: the sandwich step's maximal teaches the others), '{BASELINE}' "
+        "(lonas-ray run: the plain-LoRA baseline, trained first, frozen) or a directory: a lonas-ray supernet/ "
+        "or a Hugging Face model"
+    )
     weight: float = help_field(0.0, help="share of the soft (teacher) term in a student's loss, 0 (off) to 1")
     temperature: float = help_field(1.0, help="softmax temperature of teacher and student (> 0)")
 
     def __post_init__(self):
+        if not isinstance(self.teacher, str) or not self.teacher:
+            raise ConfigError(f"distill.teacher must be '{IN_PLACE}', '{BASELINE}' or a model directory, "
+                              f"got {self.teacher!r}")
         if not 0.0 <= self.weight <= 1.0:
             raise ConfigError(f"distill.weight must lie in [0, 1], got {self.weight}")
         if not self.temperature > 0:
             raise ConfigError(f"distill.temperature must be > 0, got {self.temperature}")
+
+    @property
+    def frozen_teacher(self) -> bool:
+        """Whether a separate, frozen model teaches (rather than the step's maximal, in place)."""
+        return self.weight > 0 and self.teacher != IN_PLACE
 
 
 @dataclass
@@ -111,7 +125,7 @@ class TrainSettings:
     """
 
     sampling: SamplingSpec = help_field(default_factory=SamplingSpec, help="sub-network sampling per step")
-    distill: DistillSpec = help_field(default_factory=DistillSpec, help="in-place distillation (sandwich only)")
+    distill: DistillSpec = help_field(default_factory=DistillSpec, help="knowledge distillation (teacher, weight, T)")
     optim: OptimSpec = help_field(default_factory=OptimSpec, help="optimizer and batch sizes")
     deepspeed: DeepSpeedSpec = help_field(default_factory=DeepSpeedSpec, help="DeepSpeed settings")
     scaling: ScalingSpec = help_field(default_factory=ScalingSpec, help="Ray Train workers and resources")
@@ -128,10 +142,11 @@ class TrainSettings:
             )
         if self.log_every < 1:
             raise ConfigError("log_every must be >= 1")
-        if self.distill.weight > 0 and self.sampling.strategy != "sandwich":
+        if self.distill.weight > 0 and self.distill.teacher == IN_PLACE and self.sampling.strategy != "sandwich":
             raise ConfigError(
-                f"distill.weight > 0 needs sampling.strategy: sandwich (the maximal sub-network, first in each "
-                f"sandwich step, is the teacher); got '{self.sampling.strategy}'. Set distill.weight: 0 or use sandwich"
+                f"distill.weight > 0 with distill.teacher: {IN_PLACE} needs sampling.strategy: sandwich (the maximal "
+                f"sub-network, first in each sandwich step, is the teacher); got '{self.sampling.strategy}'. Set "
+                f"distill.weight: 0, use sandwich, or name a frozen teacher ('{BASELINE}' or a model directory)"
             )
 
     @property

@@ -36,6 +36,7 @@ from lonas_ray.train.config import TrainConfig
 from lonas_ray.train.schedule import batch_indices, rank_micro_batches, subnets_for_step
 from lonas_ray.train.state import read_checkpoint, write_checkpoint
 from lonas_ray.train.step import train_step
+from lonas_ray.train.teacher import TeacherLogits, load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class Worker:
     params: list
     prepared_dir: Path
     out: Path
+    teacher: Any = None  # a frozen teacher's TeacherLogits (train.distill.teacher), None in place or off
     start: int = 0  # the first step to run (after a resume, the checkpoint's)
     params_of: dict[str, int] = field(default_factory=dict)  # sub-network id -> params (counted once)
 
@@ -178,10 +180,13 @@ def build_worker(loop_config: dict) -> Worker:
         model=supernet, optimizer=optimizer, lr_scheduler=scheduler, model_parameters=params,
         config=deepspeed_config(cfg, n_subnets, use_bf16), dist_init_required=False,
     )
+    teacher = None
+    if cfg.distill.frozen_teacher:
+        teacher = TeacherLogits(load_teacher(cfg.distill.teacher, device, torch.bfloat16 if use_bf16 else None))
     worker = Worker(cfg, ctx.get_world_rank(), ctx.get_world_size(), device, supernet, space,
                     build_train_dataset(cfg.data, tokenizer),
                     tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, engine, params,
-                    prepared_dir, Path(loop_config["output_dir"]))
+                    prepared_dir, Path(loop_config["output_dir"]), teacher=teacher)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -221,7 +226,7 @@ def report_step(w: Worker, step: int, subnets: list, ids: list[str], micro: list
     params_mean = sum(w.params_of[sid] for sid in ids) / len(ids)
     with w.rank_log.open("a") as f:
         f.write(json.dumps({"step": step, "subnets": ids, "indices": micro, "loss": rank_loss,
-                            "tokens": stats.tokens, "step_s": step_s, "restart_from": w.start,
+                            "tokens": stats.tokens, "teacher_passes": stats.teacher_passes, "step_s": step_s, "restart_from": w.start,
                             "node": ray.get_runtime_context().get_node_id()}) + "\n")
     done = step + 1
     metrics = {"step": done, "loss": loss_mean, "tokens_per_s": tokens_per_s, "subnet_params": params_mean,
@@ -260,7 +265,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         subnets, ids, micro, batches = step_batches(w, step)
         stats = train_step(subnets, batches, activate=w.supernet.activate, forward=lambda b: w.engine(**b),
                            backward=backward_and_step,
-                           distill_weight=w.cfg.distill.weight, temperature=w.cfg.distill.temperature)
+                           distill_weight=w.cfg.distill.weight, temperature=w.cfg.distill.temperature,
+                           teacher=w.teacher)
         report_step(w, step, subnets, ids, micro, stats, time.perf_counter() - t0, bar, probe_batch)
     if bar is not None:
         bar.close()

@@ -30,8 +30,12 @@ def warmup_then_constant(opt: torch.optim.Optimizer, steps: int) -> torch.optim.
 
 
 def recover(supernet, config: SubnetConfig, dataset, pad_id: int, *, steps: int, batch_size: int, lr: float,
-            seed: int = 0, first_step: int = 0, grad_clip: float = 1.0) -> list[float]:
-    """Train ``config``'s adapter slices for ``steps`` steps in place; returns the loss of each step."""
+            seed: int = 0, first_step: int = 0, grad_clip: float = 1.0, teacher=None, distill_weight: float = 0.0,
+            temperature: float = 1.0) -> list[float]:
+    """Train ``config``'s adapter slices for ``steps`` steps in place; returns the loss of each step.
+
+    ``teacher`` (a ``TeacherLogits``): a frozen teacher's soft targets join the labels at ``distill_weight``.
+    """
     device = next(supernet.parameters()).device
     params = supernet.adapter_parameters()
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -42,7 +46,8 @@ def recover(supernet, config: SubnetConfig, dataset, pad_id: int, *, steps: int,
         take = batch_indices(len(dataset), step, batch_size, seed)
         batch = {k: v.to(device) for k, v in collate(dataset.select(take), pad_id).items()}
         stats = train_step([config], [batch], activate=supernet.activate, forward=lambda b: supernet(**b),
-                           backward=lambda loss: loss.backward())
+                           backward=lambda loss: loss.backward(), teacher=teacher,
+                           distill_weight=distill_weight if teacher is not None else 0.0, temperature=temperature)
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()

@@ -23,6 +23,7 @@ class StepStats:
     loss_sum: float = 0.0  # sum over passes of the loss that was back-propagated
     ce_sum: float = 0.0  # sum over passes of the plain cross-entropy
     passes: int = 0  # (sub-network, micro-batch) forwards
+    teacher_passes: int = 0  # forwards of a frozen teacher: one per micro-batch, whatever the sub-networks
     tokens: int = 0  # attention-mask tokens through a forward
 
     @property
@@ -33,22 +34,28 @@ class StepStats:
 def train_step(subnets: Sequence[SubnetConfig], micro_batches: Sequence[dict[str, torch.Tensor]], *,
                activate: Callable[[SubnetConfig], None], forward: Callable[[dict], Any],
                backward: Callable[[torch.Tensor], None], distill_weight: float = 0.0,
-               temperature: float = 1.0) -> StepStats:
-    """Run the step; with ``distill_weight`` > 0 the first sub-network (the maximal) teaches the others."""
+               temperature: float = 1.0,
+               teacher: Callable[[dict], torch.Tensor] | None = None) -> StepStats:
+    """Run the step. With ``distill_weight`` > 0 soft targets join the labels: a frozen ``teacher``'s answer
+    logits (``lonas_ray.train.teacher``: computed once per micro-batch, reused by every sub-network, the maximal
+    included) or, without one, in place: the first sub-network (the maximal) teaches the others."""
     stats = StepStats()
-    teacher: dict[int, torch.Tensor] = {}
+    targets: dict[int, torch.Tensor] = {}
     for k, sub in enumerate(subnets):
         activate(sub)
         for j, batch in enumerate(micro_batches):
+            if distill_weight > 0 and teacher is not None and j not in targets:
+                targets[j] = teacher(batch)
+                stats.teacher_passes += 1
             out = forward(batch)
             ce = out.loss
             loss = ce
             if distill_weight > 0:
-                if k == 0:  # the teacher: its own loss is plain CE; keep its answer logits, without graph
-                    teacher[j] = answer_logits(out.logits, batch["labels"]).detach()
+                student = answer_logits(out.logits, batch["labels"])
+                if teacher is None and k == 0:  # in place: the maximal's own loss is plain CE; keep its logits
+                    targets[j] = student.detach()
                 else:
-                    kd = distillation_loss(answer_logits(out.logits, batch["labels"]), teacher[j], temperature)
-                    loss = mixed_loss(ce, kd, distill_weight)
+                    loss = mixed_loss(ce, distillation_loss(student, targets[j], temperature), distill_weight)
             backward(loss)
             stats.loss_sum += float(loss.detach())
             stats.ce_sum += float(ce.detach())

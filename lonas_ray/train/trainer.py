@@ -22,6 +22,7 @@ from lonas_ray.data.spec import check_data
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.train.config import TrainConfig
 from lonas_ray.train.state import ADAPTER_FILE, PROBE_FILE, STATE_FILE, load_adapter
+from lonas_ray.train.teacher import check_teacher
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class TrainResult:
 def train(cfg: TrainConfig, address: str | None = None) -> TrainResult:
     """Train the super-adapter; returns where the trained super-network was written."""
     check_data(cfg.data)
+    if cfg.distill.frozen_teacher:
+        check_teacher(cfg.distill.teacher, in_pipeline=False)
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     prepared = prepare_once(cfg.supernet, out / "prepared", cfg.data)
