@@ -27,8 +27,11 @@ with the 95 % Wilson interval and the number of examples:
   each, so every pick starts from the same weights.
 * ``prune_lora:<name>`` (part ``prune_lora``): each pick's exact shape cut from
   the base model by the same importance order, then plain peft LoRA on it alone
-  for as many sub-network passes as the super-adapter's training made (equal
-  training compute per pass).
+  for ``--budget-share`` x lonas-ray's whole cost in sub-network passes (the
+  super-adapter's training plus every recovery; equal training compute per pass).
+* ``minitron:<name>`` (part ``minitron``, with ``--teacher peft_lora``): the same
+  pruned shape and budget, its LoRA distilled from the dense plain-LoRA teacher
+  (Minitron: prune by importance, then distil from the task-tuned dense model).
 
 Evaluation: the task's recorded test split, seeded into a *selection* part
 (``--select-share``, used only to choose the picks) and a *report* part that every
@@ -68,6 +71,7 @@ from lonas_ray.model_source import ModelSource, load_model  # noqa: E402
 from lonas_ray.merge.extract import extract  # noqa: E402
 from lonas_ray.search.latency import measure  # noqa: E402
 from lonas_ray.search.quality import build_eval_set, evaluate_quality, subset, subset_indices  # noqa: E402
+from lonas_ray.train.distill import answer_logits, distillation_loss, mixed_loss  # noqa: E402
 from lonas_ray.train.recover import recover, warmup_then_constant  # noqa: E402  (one schedule for every row)
 from lonas_ray.train.schedule import batch_indices, subnets_for_step  # noqa: E402
 from lonas_ray.train.step import train_step  # noqa: E402
@@ -77,7 +81,7 @@ from lonas_ray.stats import wilson_interval  # noqa: E402
 log = logging.getLogger("bench_quality")
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-PARTS = ("zero_shot", "peft_lora", "supernet", "recover", "prune_lora")
+PARTS = ("zero_shot", "peft_lora", "supernet", "recover", "prune_lora", "minitron")
 
 
 def data_spec(task: str, cutoff_len: int) -> DataSpec:
@@ -117,8 +121,9 @@ def step_batch(dataset, step: int, args, pad_id: int, device: torch.device) -> d
     return {k: v.to(device) for k, v in collate(dataset.select(take), pad_id).items()}
 
 
-def train_peft_lora(model, dataset, pad_id: int, steps: int, args, device: torch.device):
-    """Plain LoRA on every linear with peft, AdamW, the shared learning-rate schedule."""
+def train_peft_lora(model, dataset, pad_id: int, steps: int, args, device: torch.device, teacher=None):
+    """Plain LoRA on every linear with peft, AdamW, the shared learning-rate schedule; with ``teacher`` (a
+    ``TeacherLogits``) its soft targets join the labels at --distill, as in lonas-ray's own step."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(args.seed)
@@ -129,7 +134,12 @@ def train_peft_lora(model, dataset, pad_id: int, steps: int, args, device: torch
     sched = warmup_then_constant(opt, steps)
     peft_model.train()
     for step in range(steps):
-        loss = peft_model(**step_batch(dataset, step, args, pad_id, device)).loss
+        batch = step_batch(dataset, step, args, pad_id, device)
+        out = peft_model(**batch)
+        loss = out.loss
+        if teacher is not None:
+            kd = distillation_loss(answer_logits(out.logits, batch["labels"]), teacher(batch), args.distill_temperature)
+            loss = mixed_loss(loss, kd, args.distill)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -300,15 +310,22 @@ def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: t
             del merged
             supernet.load_adapter_state_dict(trained)
         supernet.eval()
-    if "prune_lora" in args.parts:
+    # lonas-ray's whole cost in sub-network passes: the super-adapter's training and every recovery it made
+    total = passes + (args.recover_steps * (len(picks) - 1) if "recover" in args.parts else 0)
+    budget = max(1, round(args.budget_share * total))
+    result["supernet"].update(total_passes=total, baseline_steps=budget, budget_share=args.budget_share)
+    for part in ("prune_lora", "minitron"):
+        if part not in args.parts:
+            continue
         for name, entry in picks.items():
             if name == "maximal":
                 continue  # the maximal's shape is the base model: peft_lora above is its prune-then-LoRA
             with torch.no_grad():
                 pruned = extract(supernet, entry["config"], merge=False)  # the base, cut in the same order
             t0 = time.perf_counter()
-            tuned = train_peft_lora(pruned, dataset, pad_id, passes, args, device)
-            rows.append(scorer.row(f"prune_lora:{name}", tuned, time.perf_counter() - t0, steps=passes,
+            tuned = train_peft_lora(pruned, dataset, pad_id, budget, args, device,
+                                    teacher=teacher if part == "minitron" else None)
+            rows.append(scorer.row(f"{part}:{name}", tuned, time.perf_counter() - t0, steps=budget,
                                    subnet_id=entry["subnet_id"], params_ratio=entry["params_ratio"]))
             del tuned, pruned
     compare_to_peft_lora(rows)
@@ -371,6 +388,9 @@ def main() -> int:
     add_arguments(p)
     p.add_argument("--parts", default="zero_shot,peft_lora", help=f"comma list of {', '.join(PARTS)}")
     p.add_argument("--recover-steps", type=int, default=50, help="recovery fine-tune steps per pick (part recover)")
+    p.add_argument("--budget-share", type=float, default=1.0,
+                   help="steps of each prune_lora / minitron row: this share of lonas-ray's whole cost in sub-network "
+                        "passes (super-adapter training + every recovery); 1/3 gives three targets lonas-ray's cost")
     p.add_argument("--teacher", choices=["maximal", "peft_lora"], default="maximal",
                    help="maximal: in place; peft_lora: the plain-LoRA row's model, frozen, teaches the super-adapter "
                         "and the recoveries (needs part peft_lora; train.distill.teacher: baseline in the pipeline)")
@@ -380,6 +400,8 @@ def main() -> int:
     unknown = [x for x in args.parts if x not in PARTS]
     if unknown:
         p.error(f"unknown part(s) {unknown}; use {', '.join(PARTS)}")
+    if "minitron" in args.parts and args.teacher != "peft_lora":
+        p.error("the minitron part distils from the plain-LoRA teacher: add --teacher peft_lora")
     if args.teacher == "peft_lora" and "peft_lora" not in args.parts:
         p.error("--teacher peft_lora needs the peft_lora part (its model is the teacher): add it to --parts")
     source, space_spec, device, out = start(

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(600)
 def result(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("quality") / "q.json"
     cmd = [sys.executable, "jobs/bench_quality.py", "--quick", "--tasks", "intent_recognition",
-           "--parts", "zero_shot,peft_lora,supernet,recover,prune_lora", "--space-config", "jobs/configs/tiny.yaml",
+           "--parts", "zero_shot,peft_lora,supernet,recover,prune_lora,minitron", "--space-config", "jobs/configs/tiny.yaml",
            "--targets", "0.95,0.9", "--band", "0.1", "--latency-repeats", "1", "--teacher", "peft_lora",
            "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=540)
@@ -53,17 +53,22 @@ def test_each_recovery_fine_tune_keeps_its_picks_shape_and_trains_the_steps_aske
         assert rows[name]["steps"] == result["settings"]["recover_steps"] == 2
 
 
-def test_prune_then_lora_has_exactly_the_shape_of_its_pick(result):
+@pytest.mark.parametrize("part", ["prune_lora", "minitron"])
+def test_the_prune_first_baselines_have_exactly_the_shape_of_their_pick_and_lonas_rays_cost(result, part):
     (task,) = result["tasks"]
     rows = {r["model"]: r for r in task["rows"]}
-    picks = task["supernet"]["picks"]
-    pruned = [name for name in rows if name.startswith("prune_lora:")]
-    assert pruned and "prune_lora:maximal" not in rows  # the maximal's shape is the base: that is peft_lora
+    picks, sn = task["supernet"]["picks"], task["supernet"]
+    pruned = [name for name in rows if name.startswith(f"{part}:")]
+    assert pruned and f"{part}:maximal" not in rows  # the maximal's shape is the base: that is peft_lora
+    assert len(pruned) == len(picks) - 1
+    # lonas-ray's whole cost: the super-adapter's passes and every recovery's steps; --budget-share 1 gives all of it
+    assert sn["total_passes"] == sn["passes"] + result["settings"]["recover_steps"] * (len(picks) - 1)
+    assert sn["baseline_steps"] == sn["total_passes"] and sn["budget_share"] == 1.0
     for name in pruned:
         pick = name.split(":", 1)[1]
         assert rows[name]["subnet_id"] == rows[f"supernet:{pick}"]["subnet_id"] == picks[pick]["subnet_id"]
         assert rows[name]["params"] == rows[f"supernet:{pick}"]["params"]  # merged LoRA adds nothing
-        assert rows[name]["steps"] == task["supernet"]["passes"]  # equal training passes
+        assert rows[name]["steps"] == sn["baseline_steps"]
     assert rows["supernet:maximal"]["params"] == rows["peft_lora"]["params"] == rows["zero_shot"]["params"]
     for name, pick in picks.items():
         if name.startswith("pick_"):
@@ -77,4 +82,8 @@ def test_the_plain_lora_model_teaches_with_one_forward_per_training_step(result)
     assert task["supernet"]["teacher"] == "peft_lora" and task["supernet"]["distill"] > 0
     # one batch per step and three sub-networks per sandwich step, yet one teacher forward per step
     assert task["teacher"]["forwards_in_training"] == steps
+    # the Minitron-style rows learn from the teacher: their models differ from prune-then-LoRA's of the same shape
+    rows = {r["model"]: r for r in task["rows"]}
+    assert any(rows[n]["task_loss"] != rows[n.replace("minitron", "prune_lora")]["task_loss"]
+               for n in rows if n.startswith("minitron:"))
     assert task["supernet"]["passes"] == 3 * steps

@@ -147,6 +147,7 @@ def run(tmp_path_factory):
         assert status == "SUCCEEDED", logs[-4000:]
         seen["logs"] = logs
         seen["out"] = out
+        seen["gcs"] = f"127.0.0.1:{head.gcs}"
         yield seen
     finally:
         head.ray("stop", "--force", check=False)
@@ -282,3 +283,49 @@ def test_a_changed_training_config_is_refused_before_any_work(run, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "stage 'baseline' finished" in proc.stderr and "different config" in proc.stderr  # the first strict stage
     assert (run["out"] / "stages.json").read_text() == before
+
+
+def test_recover_then_rank_exports_each_targets_best_candidate_after_recovery(run, tmp_path):
+    """The finished run again with export.select: targets: only export and report run; every candidate is
+    recovered into candidates/, and each target's model is its best candidate on the recovered score."""
+    from safetensors.torch import load_file
+
+    raw = yaml.safe_load(TINY.read_text())
+    raw["export"] = {**raw["export"], "select": "targets", "candidates": 2, "latency_targets": [1.0, 0.95]}
+    cfg = tmp_path / "targets.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    out, before = run["out"], stages(run["out"])
+    proc = subprocess.run([sys.executable, "-m", "lonas_ray.cli", "run", "--config", str(cfg), "--output", str(out),
+                           "--address", run["gcs"]], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, **ENV})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    after = stages(out)
+    for stage in ("baseline", "train", "search"):  # nothing before the export ran again
+        assert after[stage]["runs"] == before[stage]["runs"] and after[stage]["finished"] == before[stage]["finished"]
+    assert after["export"]["runs"] == before["export"]["runs"] + 1
+    ranking = json.loads((out / "ranking.json").read_text())
+    assert ranking["objective"] == raw["search"]["objective"] == "task_loss"
+    assert any(role.startswith("100% of the maximal's latency") for role in ranking["targets"])
+    winners = set()
+    for role, target in ranking["targets"].items():
+        assert 1 <= len(target["candidates"]) <= 2
+        recovered = {}
+        for c in target["candidates"]:
+            rec = json.loads((out / "candidates" / c["subnet_id"] / "recovery.json").read_text())
+            assert rec["steps"] == 3 and rec["seconds"] > 0 and rec["distill"]["teacher"].endswith("baseline/supernet")
+            assert rec["selection"]["examples"] == raw["quality"]["examples"]  # ranked on the search's examples
+            assert rec["examples"] == raw["quality"]["final_examples"]  # reported on the final ones
+            assert c["recovered"]["objective"] == pytest.approx(-rec["selection"]["task_loss"])
+            recovered[c["subnet_id"]] = -rec["selection"]["task_loss"]
+        best = max(recovered.values())
+        assert target["chosen"] == next(sid for sid, v in recovered.items() if v == best)
+        winners.add(target["chosen"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert {m["subnet_id"] for m in summary["models"]} == winners
+    for sid in winners:  # the exported model is the recovered candidate itself, not a second recovery
+        got = load_file(out / "models" / sid / "model.safetensors")
+        want = load_file(out / "candidates" / sid / "model.safetensors")
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+        assert (out / "models" / sid / "lm_eval.json").is_file() and (out / "models" / sid / "README.md").is_file()
+    report = (out / "report.md").read_text()
+    assert "## Recover-then-rank" in report and all(f"`{sid}`" in report for sid in winners)

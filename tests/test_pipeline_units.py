@@ -41,18 +41,22 @@ def test_the_pipeline_config_derives_the_stage_configs():
     assert base.distill.weight == 0.0 and not base.distill.frozen_teacher
 
 
-@pytest.mark.parametrize("distill, baseline, message", [
-    ({"teacher": "/nonexistent/teacher", "weight": 0.5}, True, "distill.teacher '/nonexistent/teacher' is not a directory"),
-    ({"teacher": "EMPTY", "weight": 0.5}, True, "holds no model"),
-    ({"teacher": "baseline", "weight": 1.5}, True, "distill.weight must lie in [0, 1], got 1.5"),
-    ({"teacher": "baseline", "weight": 0.5}, False, "train.distill.teacher 'baseline' needs the baseline"),
+@pytest.mark.parametrize("change, message", [
+    (lambda r, d: r["train"].update(distill={"teacher": "/nonexistent/teacher", "weight": 0.5}),
+     "distill.teacher '/nonexistent/teacher' is not a directory"),
+    (lambda r, d: r["train"].update(distill={"teacher": str(d), "weight": 0.5}), "holds no model"),
+    (lambda r, d: r["train"].update(distill={"teacher": "baseline", "weight": 1.5}),
+     "distill.weight must lie in [0, 1], got 1.5"),
+    (lambda r, d: r.update(baseline={"enabled": False}, train={**r["train"], "distill": {"teacher": "baseline",
+                                                                                          "weight": 0.5}}),
+     "train.distill.teacher 'baseline' needs the baseline"),
+    (lambda r, d: r.update(export={"select": "targets", "recover_steps": 3, "candidates": 0}),
+     "export.candidates must be an integer >= 1"),
 ])
-def test_a_bad_teacher_exits_2_with_the_problem_named_and_nothing_written(tmp_path, distill, baseline, message):
+def test_a_bad_teacher_or_ranking_exits_2_with_the_problem_named_and_nothing_written(tmp_path, change, message):
     r = raw()
     (tmp_path / "empty").mkdir()
-    r["train"]["distill"] = {k: (str(tmp_path / "empty") if v == "EMPTY" else v) for k, v in distill.items()}
-    message = message.replace("EMPTY", str(tmp_path / "empty"))
-    r["baseline"] = {"enabled": baseline}
+    change(r, tmp_path / "empty")
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(r))
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "lonas_ray.cli", "run", "--config", str(tmp_path / "bad.yaml"),
@@ -340,3 +344,59 @@ def test_the_shears_and_sqft_recipes_are_the_quick_start_with_a_compressed_base(
     assert (q.bits if q.enabled else None) == bits and q.qa == (bits is not None)
     assert cfg.supernet.space == quick.supernet.space and cfg.data == quick.data and cfg.output_dir != quick.output_dir
     assert cfg.supernet.generate.align % 32 == 0  # every generated width cuts into 32-input groups (and 2:4)
+
+
+# --------------------------------------------------------------------------- recover-then-rank
+
+
+def front_row(sid: str, pool: str, latency: float, task_loss: float, member: bool = True) -> dict:
+    return {"subnet_id": sid, "pool": pool, "front": "latency", "member": member, "latency_ms": latency,
+            "task_loss": task_loss, "quality": 1.0 - task_loss / 10, "config": json.dumps({"id": sid})}
+
+
+def test_each_latency_target_gets_the_fronts_best_k_members_within_its_budget():
+    from lonas_ray.pipeline.ranking import target_candidates, target_role
+
+    rows = [front_row("max", "a", 10.0, 0.5), front_row("x", "a", 8.5, 0.9), front_row("y", "a", 7.0, 1.1),
+            front_row("z", "a", 6.0, 2.0), front_row("dominated", "a", 7.5, 3.0, member=False),
+            front_row("max", "b", 20.0, 0.5), front_row("y", "b", 19.0, 1.1)]
+    got = target_candidates(rows, ["a", "b"], "max", [1.0, 0.9, 0.7, 0.5], k=2, objective="task_loss")
+    assert got == {target_role("a", 1.0): ["max", "x"],  # the maximal competes only at 100 %
+                   target_role("a", 0.9): ["x", "y"],  # best task loss first, within 9 ms
+                   target_role("a", 0.7): ["y", "z"],
+                   target_role("b", 1.0): ["max", "y"]}  # pool b: nothing within 90 % or less; a: nothing <= 5 ms
+    assert target_role("a", 0.9) == "90% of the maximal's latency on a"
+
+
+def test_recover_then_rank_chooses_by_the_score_after_recovery_when_the_ranking_flips():
+    from lonas_ray.pipeline.ranking import choose_after_recovery, ranking_record
+
+    candidates = {"t": ["x", "y", "z"]}  # as sliced: x best, then y, then z
+    sliced = {"x": {"task_loss": 0.9, "quality": 0.5}, "y": {"task_loss": 1.1, "quality": 0.4},
+              "z": {"task_loss": 2.0, "quality": 0.1}}
+    recovered = {"x": {"task_loss": 0.40, "quality": 0.70, "examples": 16},
+                 "y": {"task_loss": 0.25, "quality": 0.80, "examples": 16},  # y overtakes x after recovery
+                 "z": {"task_loss": 0.60, "quality": 0.60, "examples": 16}}
+    assert choose_after_recovery(candidates, recovered, "task_loss") == {"t": "y"}
+    assert choose_after_recovery(candidates, recovered, "quality") == {"t": "y"}
+    # a tie after recovery goes to the better slice; a candidate that was not recovered is not chosen
+    tie = dict(recovered, y=dict(recovered["x"]))
+    assert choose_after_recovery(candidates, tie, "task_loss") == {"t": "x"}
+    assert choose_after_recovery(candidates, {"z": recovered["z"]}, "task_loss") == {"t": "z"}
+    assert choose_after_recovery({"t": ["x"]}, {}, "task_loss") == {}
+    record = ranking_record(candidates, sliced, recovered, {"t": "y"}, "task_loss")
+    assert record["targets"]["t"]["chosen"] == "y"
+    assert [c["sliced"]["objective"] for c in record["targets"]["t"]["candidates"]] == [-0.9, -1.1, -2.0]
+    assert [c["recovered"]["objective"] for c in record["targets"]["t"]["candidates"]] == [-0.4, -0.25, -0.6]
+
+
+@pytest.mark.parametrize("export, message", [
+    ({"select": "targets", "recover_steps": 3, "candidates": 0}, "export.candidates must be an integer >= 1"),
+    ({"select": "targets", "recover_steps": 0}, "export.select: targets ranks candidates after their recovery"),
+    ({"select": "targets", "recover_steps": 3, "latency_targets": [0.9, 1.5]}, "export.latency_targets must be"),
+])
+def test_bad_recover_then_rank_settings_are_refused(export, message):
+    r = raw()
+    r["export"] = export
+    with pytest.raises(ConfigError, match=message):
+        PipelineConfig.from_dict(r)

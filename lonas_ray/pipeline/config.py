@@ -17,7 +17,7 @@ from lonas_ray.search.config import ParetoSpec, PoolSpec, QualitySpec, SearchCon
 from lonas_ray.train.config import TrainConfig, TrainSettings
 from lonas_ray.train.teacher import BASELINE
 
-EXPORT_SELECTIONS = ("picks", "front")
+EXPORT_SELECTIONS = ("picks", "front", "targets")
 BASELINE_DIR = "baseline"  # out/baseline/ (its training run) and models/baseline/ (its export)
 
 
@@ -42,8 +42,17 @@ class ZeroShotSpec:
 @dataclass
 class ExportSpec:
     select: str = help_field(
-        "picks", help="which sub-networks become models: picks (each pool's latency and params picks) or front "
-        "(every member of every pool's latency front)"
+        "picks", help="which sub-networks become models: picks (each pool's latency and params picks), front "
+        "(every member of every pool's latency front) or targets (per pool and latency target, the best of the "
+        "front's top export.candidates after each one's recovery fine-tune: recover-then-rank)"
+    )
+    latency_targets: list[float] = help_field(
+        default_factory=lambda: [0.9, 0.8, 0.7],
+        help="select: targets: the latency budgets, as fractions of the maximal sub-network's latency on each pool"
+    )
+    candidates: int = help_field(
+        3, help="select: targets: front members per target (best search objective first) that are recovered and "
+        "re-scored on the search's examples before the best is exported (K)"
     )
     cpus: float = help_field(1, help="CPUs of one merge task")
     gpus: float = help_field(0, help="GPUs of one merge task (merging is cheap; CPUs are enough)")
@@ -65,6 +74,15 @@ class ExportSpec:
             raise ConfigError("export.cpus and export.gpus must be >= 0")
         if not isinstance(self.recover_steps, int) or self.recover_steps < 0:
             raise ConfigError(f"export.recover_steps must be an integer >= 0, got {self.recover_steps!r}")
+        if not isinstance(self.candidates, int) or self.candidates < 1:
+            raise ConfigError(f"export.candidates must be an integer >= 1 (K candidates per target), got "
+                              f"{self.candidates!r}")
+        if not self.latency_targets or any(not 0 < t <= 1 for t in self.latency_targets):
+            raise ConfigError(f"export.latency_targets must be fractions in (0, 1] of the maximal's latency, got "
+                              f"{self.latency_targets}")
+        if self.select == "targets" and self.recover_steps < 1:
+            raise ConfigError("export.select: targets ranks candidates after their recovery fine-tune: set "
+                              "export.recover_steps >= 1 (or use select: picks)")
 
 
 @dataclass

@@ -14,6 +14,7 @@ Output directory (the contract tests and users rely on)::
     zero_shot/           the untouched base model's results.parquet (scored, not exported: it is the input)
     report.md, pareto.png, summary.json   the figures: baseline vs every exported model, per pool
     baseline/            the baseline's own training run and results.parquet
+    candidates/<id>/     export.select: targets: every recovered candidate; ranking.json: how each was ranked
     stages.json          finished stages (a re-run skips them), prepared/, ray_results/ as in train/search
 
 The report's first question is whether fine-tuning helped at all: the base
@@ -32,13 +33,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lonas_ray.atomic import read_parquet
+from lonas_ray.atomic import atomic_dir, read_parquet, write_json
 from lonas_ray.build import load_prepared, prepare_once
 from lonas_ray.config_io import ConfigError, to_dict
 from lonas_ray.data.spec import check_data
 from lonas_ray.merge.save import MANIFEST
 from lonas_ray.pipeline.config import PipelineConfig
-from lonas_ray.pipeline.figures import BASELINE, ZERO_SHOT, collect, select_models
+from lonas_ray.pipeline.figures import BASELINE, ZERO_SHOT, collect, ranked_models, row_config, select_models
+from lonas_ray.pipeline.ranking import RANKING, choose_after_recovery, ranking_record, target_candidates
 from lonas_ray.pipeline.stages import STAGES, STRICT, StageLog, fingerprint
 from lonas_ray.search.driver import PARETO, RESULTS, SUMMARY, evaluate_configs, local_pool_tags, rows_by_pool
 from lonas_ray.train.state import STATE_FILE
@@ -48,6 +50,7 @@ from lonas_ray.train.teacher import check_teacher
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE, REPORT, PLOT, MODELS = "summary.json", "report.md", "pareto.png", "models"
+CANDIDATES = "candidates"  # export.select: targets: every recovered candidate, chosen or not
 
 
 def _say(stage: str, text: str) -> None:
@@ -102,12 +105,62 @@ class Pipeline:
 
     def chosen(self) -> dict[str, dict]:
         rows = read_parquet(self.out / PARETO).to_pylist()
+        if self.cfg.export.select == "targets":  # recover-then-rank's winners (the export stage wrote them)
+            return ranked_models(json.loads((self.out / RANKING).read_text()), rows)
         summary = json.loads((self.out / SUMMARY).read_text())
         return select_models(rows, summary["pools"], self.search_cfg.search.pools, self.cfg.export.select)
+
+    def rank_targets(self, recover: dict) -> None:
+        """Recover-then-rank (``lonas_ray.pipeline.ranking``): recover every target's top-K front members into
+        ``candidates/``, choose each target's best after recovery (``ranking.json``), copy it to ``models/``."""
+        from lonas_ray.pipeline.export import RECOVERY, already_exported, export_models
+
+        e, objective = self.cfg.export, self.cfg.search.objective
+        rows = read_parquet(self.out / PARETO).to_pylist()
+        space = load_prepared(self.out / "supernet")[1]
+        candidates = target_candidates(rows, self.search_cfg.search.pools, space.subnet_id(space.maximal()),
+                                       e.latency_targets, e.candidates, objective)
+        if not candidates:
+            log.warning("no latency-front member meets any of export.latency_targets %s: only the baseline is "
+                        "exported", e.latency_targets)
+        by_id = {r["subnet_id"]: r for r in rows}
+        jobs = {sid: (self.out / "supernet", row_config(by_id[sid])) for sids in candidates.values() for sid in sids}
+        judge = self.judge()
+        export_models(jobs, self.out / CANDIDATES, e, judge, {**recover, "rank": True}, recover_names=set(jobs))
+        recovered = {sid: json.loads((self.out / CANDIDATES / sid / RECOVERY).read_text())["selection"]
+                     for sid in jobs}
+        winners = choose_after_recovery(candidates, recovered, objective)
+        write_json(self.out / RANKING, ranking_record(candidates, by_id, recovered, winners, objective))
+        for sid in set(winners.values()):
+            if not already_exported(self.out / MODELS / sid, jobs[sid][1]):
+                with atomic_dir(self.out / MODELS / sid) as tmp:
+                    shutil.copytree(self.out / CANDIDATES / sid, tmp, dirs_exist_ok=True)
+
+    def recovery(self) -> dict | None:
+        """The recovery fine-tune's settings as the merge tasks take them (None: export.recover_steps 0)."""
+        if not self.cfg.export.recover_steps:
+            return None
+        optim = self.cfg.train.optim
+        trained = json.loads((self.out / "supernet" / STATE_FILE).read_text())["step"]  # steps it made
+        recover = {"data": to_dict(self.cfg.data), "quality": to_dict(self.cfg.quality),
+                   "steps": self.cfg.export.recover_steps, "batch_size": optim.batch_size, "lr": optim.lr,
+                   "seed": self.cfg.train.seed, "first_step": int(trained)}
+        teacher = self.cfg.teacher_dir(self.out)
+        if teacher is not None:  # the frozen teacher teaches the recovery as it taught the training
+            d = self.cfg.train.distill
+            recover["distill"] = {"teacher": str(teacher), "weight": d.weight, "temperature": d.temperature}
+        return recover
+
+    def judge(self) -> dict | None:
+        return {"data": to_dict(self.cfg.data), "quality": to_dict(self.cfg.quality)} if self.cfg.export.lm_eval \
+            else None
 
     def export(self) -> dict:
         from lonas_ray.pipeline.export import export_models
 
+        recover = self.recovery()
+        if self.cfg.export.select == "targets":
+            self.rank_targets(recover)
         chosen = self.chosen()
         jobs = {sid: (self.out / "supernet", entry["config"]) for sid, entry in chosen.items()}
         if self.cfg.baseline.enabled:
@@ -118,19 +171,7 @@ class Pipeline:
             if stale.name not in jobs and (stale / MANIFEST).is_file():
                 log.info("removing %s: no longer chosen", stale)
                 shutil.rmtree(stale)
-        judge = {"data": to_dict(self.cfg.data), "quality": to_dict(self.cfg.quality)} if self.cfg.export.lm_eval \
-            else None
-        recover = None
-        if self.cfg.export.recover_steps:
-            optim = self.cfg.train.optim
-            trained = json.loads((self.out / "supernet" / STATE_FILE).read_text())["step"]  # steps it made
-            recover = {"data": to_dict(self.cfg.data), "quality": to_dict(self.cfg.quality),
-                       "steps": self.cfg.export.recover_steps, "batch_size": optim.batch_size, "lr": optim.lr,
-                       "seed": self.cfg.train.seed, "first_step": int(trained)}
-            teacher = self.cfg.teacher_dir(self.out)
-            if teacher is not None:  # the frozen teacher teaches the recovery as it taught the training
-                d = self.cfg.train.distill
-                recover["distill"] = {"teacher": str(teacher), "weight": d.weight, "temperature": d.temperature}
+        judge = self.judge()
         manifests = export_models(jobs, models, self.cfg.export, judge, recover, recover_names=set(chosen))
         self.write_cards(chosen, manifests)
         return {"models": sorted(jobs)}

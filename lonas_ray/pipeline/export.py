@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,9 @@ def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter:
     from lonas_ray.search.evaluator import load_supernet_files
 
     supernet, tokenizer = load_supernet_files(supernet_files)
+    t0 = time.perf_counter()
     losses = recover_subnetwork(supernet, config, tokenizer, recover, teacher_files) if recover else None
+    recover_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="lonas-export-") as d:
         model_dir = Path(d) / "model"
         save_subnetwork(supernet, config, model_dir, tokenizer=tokenizer, with_adapter=with_adapter)
@@ -52,10 +55,12 @@ def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter:
         scored = None  # the saved checkpoint scored once, for the recovery's figures and the judge alike
         if recover:
             scored = score_final(model_dir, recover)
-            (model_dir / RECOVERY).write_text(json.dumps(
-                {"steps": recover["steps"], "distill": recover.get("distill"), "first_loss": losses[0],
-                 "last_loss": losses[-1],
-                 **asdict(scored.quality)}, indent=1))
+            record = {"steps": recover["steps"], "distill": recover.get("distill"), "seconds": round(recover_s, 2),
+                      "first_loss": losses[0], "last_loss": losses[-1], **asdict(scored.quality)}
+            if recover.get("rank"):  # recover-then-rank: the search's examples choose, the final ones report
+                record["selection"] = asdict(score_final(model_dir, recover, examples=recover["quality"]["examples"])
+                                             .quality)
+            (model_dir / RECOVERY).write_text(json.dumps(record, indent=1))
         if judge is not None:
             verdict = judge_saved(model_dir, judge, Path(d) / "task", scored)
             (model_dir / JUDGE_FILE).write_text(json.dumps(verdict, indent=1))
@@ -83,15 +88,19 @@ def recover_subnetwork(supernet, config: dict, tokenizer, recover: dict,
                         distill_weight=distill.get("weight", 0.0), temperature=distill.get("temperature", 1.0))
 
 
-def score_final(model_dir: Path, sections: dict):
-    """lonas-ray's scorer on a saved checkpoint, the final examples of the pipeline's data and quality sections."""
+def score_final(model_dir: Path, sections: dict, examples: int | None | str = "final"):
+    """lonas-ray's scorer on a saved checkpoint, the final examples of the pipeline's data and quality sections
+    (or the first ``examples`` of the same seeded order: the search's examples)."""
     from lonas_ray.config_io import from_dict
     from lonas_ray.crosscheck import score_saved
     from lonas_ray.data.spec import DataSpec
     from lonas_ray.search.config import QualitySpec
 
+    quality = dict(sections["quality"])
+    if examples != "final":
+        quality["final_examples"] = examples
     return score_saved(model_dir, from_dict(DataSpec, sections["data"], where="data"),
-                       from_dict(QualitySpec, sections["quality"], where="quality"))
+                       from_dict(QualitySpec, quality, where="quality"))
 
 
 def judge_saved(model_dir: Path, judge: dict, work_dir: Path, scored=None) -> dict[str, Any]:
@@ -130,7 +139,7 @@ def recovered_as(model_dir: Path, recover: dict | None) -> bool:
     try:
         done = json.loads(path.read_text()) if path.is_file() else None
         return done is not None and done["steps"] == recover["steps"] \
-            and done.get("distill") == recover.get("distill")
+            and done.get("distill") == recover.get("distill") and ("selection" in done or not recover.get("rank"))
     except (json.JSONDecodeError, KeyError):
         return False
 

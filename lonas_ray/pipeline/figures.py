@@ -19,6 +19,7 @@ from lonas_ray.crosscheck import JUDGE_FILE
 from lonas_ray.merge.save import MANIFEST
 from lonas_ray.pipeline.config import BASELINE_DIR as BASELINE
 from lonas_ray.pipeline.export import RECOVERY
+from lonas_ray.pipeline.ranking import RANKING
 from lonas_ray.search.driver import FINAL, RESULTS, SUMMARY, rows_by_pool
 from lonas_ray.search.metric import accuracy_interval
 
@@ -36,7 +37,7 @@ def select_models(pareto_rows: Sequence[Mapping[str, Any]], pools_summary: Mappi
     def add(sid: str | None, role: str) -> None:
         if sid is None or sid not in by_id:
             return
-        entry = chosen.setdefault(sid, {"config": _config(by_id[sid]), "roles": []})
+        entry = chosen.setdefault(sid, {"config": row_config(by_id[sid]), "roles": []})
         if role not in entry["roles"]:
             entry["roles"].append(role)
 
@@ -51,7 +52,18 @@ def select_models(pareto_rows: Sequence[Mapping[str, Any]], pools_summary: Mappi
     return chosen
 
 
-def _config(row: Mapping[str, Any]) -> dict:
+def ranked_models(ranking: Mapping[str, Any], pareto_rows: Sequence[Mapping[str, Any]]) -> dict[str, dict]:
+    """subnet id -> {config, roles} of recover-then-rank's winners (``ranking.json``, ``pipeline.ranking``)."""
+    by_id = {r["subnet_id"]: r for r in pareto_rows}
+    chosen: dict[str, dict] = {}
+    for role, target in ranking["targets"].items():
+        if target["chosen"] is not None:
+            chosen.setdefault(target["chosen"], {"config": row_config(by_id[target["chosen"]]), "roles": []})
+            chosen[target["chosen"]]["roles"].append(f"best after recovery of {len(target['candidates'])} at {role}")
+    return chosen
+
+
+def row_config(row: Mapping[str, Any]) -> dict:
     c = row["config"]
     return json.loads(c) if isinstance(c, str) else dict(c)
 
@@ -112,7 +124,9 @@ def recovered(figures: dict[str, Any], model_dir: Path) -> dict[str, Any]:
     rec = json.loads(path.read_text())
     before = {k: figures[k] for k in ("quality", "loss", "task_loss", "eval_examples", "quality_ci95")}
     out = dict(figures, quality=rec["quality"], loss=rec["loss"], task_loss=rec["task_loss"],
-               eval_examples=rec["examples"], recovery={"steps": rec["steps"], "before": before})
+               eval_examples=rec["examples"], recovery={"steps": rec["steps"], "seconds": rec.get("seconds"),
+                                                        "teacher": (rec.get("distill") or {}).get("teacher"),
+                                                        "before": before})
     interval = accuracy_interval(rec["metric"], rec["quality"], rec["examples"])
     out["quality_ci95"] = list(interval) if interval else None
     return out
@@ -202,4 +216,5 @@ def collect(out: Path, pools: Sequence[str], chosen: Mapping[str, dict], *, stag
         "search": {"strategy": search["strategy"], "space_size": search["space_size"], "maximal": search["maximal"],
                    "pools": search["pools"]},
         "stages": {k: {"seconds": v.get("seconds"), "runs": v.get("runs")} for k, v in dict(stages).items()},
+        "ranking": json.loads((out / RANKING).read_text()) if (out / RANKING).is_file() else None,
     }

@@ -8,6 +8,25 @@ from pathlib import Path
 from typing import Any
 
 
+def ranking_lines(ranking: dict | None) -> list[str]:
+    """Recover-then-rank's table: every candidate of each latency target as sliced and as recovered."""
+    if not ranking:
+        return []
+    lines = ["", "## Recover-then-rank", "",
+             f"Per latency target, the best front members on the search objective (`{ranking['objective']}`, higher "
+             "is better) were each recovered (`export.recover_steps`) and scored again on the search's examples; "
+             "the best after recovery was exported (`ranking.json`; every candidate's export is in `candidates/`).",
+             "", "| target | candidate | sliced objective | sliced quality | recovered objective | recovered quality "
+             "| chosen |", "|---|---|---|---|---|---|---|"]
+    for role, target in ranking["targets"].items():
+        for c in target["candidates"]:
+            s, r = c["sliced"] or {}, c["recovered"] or {}
+            lines.append(f"| {role} | `{c['subnet_id']}` | {_num(s.get('objective'))} | {_num(s.get('quality'))} | "
+                         f"{_num(r.get('objective'))} | {_num(r.get('quality'))} | "
+                         f"{'yes' if c['subnet_id'] == target['chosen'] else ''} |")
+    return lines
+
+
 def _num(v: Any, fmt: str = ".4f") -> str:
     return "-" if v is None else format(v, fmt)
 
@@ -102,9 +121,13 @@ def report_markdown(fig: Mapping[str, Any]) -> str:
     for m in fig["models"]:
         if m.get("recovery"):
             b = m["recovery"]["before"]
-            lines.append(f"\n`{m['subnet_id']}`: after a recovery fine-tune of {m['recovery']['steps']} steps "
+            r = m["recovery"]
+            cost = f" in {r['seconds']:.0f} s" if r.get("seconds") is not None else ""
+            taught = f", taught by `{r['teacher']}`" if r.get("teacher") else ""
+            lines.append(f"\n`{m['subnet_id']}`: after a recovery fine-tune of {r['steps']} steps{cost}{taught} "
                          f"before its merge (`export.recover_steps`); the super-network's slice scored "
                          f"{_num(b['quality'])} {_interval(b.get('quality_ci95'))} on {b['eval_examples']} examples.")
+    lines += ranking_lines(fig.get("ranking"))
     if not base:
         lines += ["", "No baseline was run (`baseline.enabled: false`)."]
     if not zero:
