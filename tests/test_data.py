@@ -83,7 +83,11 @@ def test_recorded_split_is_a_fresh_computation_and_a_partition(task):
     side = {}
     for i, ex in enumerate(examples):
         assert side.setdefault(ex["input"], i in train) == (i in train)
-    assert "canary" in data  # BIG-bench's canary string travels with every copy
+    if task.startswith("rg_"):  # generated: the generator, its config and seed travel with the examples
+        assert data["generator"]["seed"] == 0 and data["generator"]["size"] == len(examples)
+        assert "reasoning-gym==" in data["source"] and "Apache-2.0" in data["source"]
+    else:
+        assert "canary" in data  # BIG-bench's canary string travels with every copy
     assert len(examples) == {"social_iqa": 1954, "intent_recognition": 693}.get(task, 1000)
 
 

@@ -1,6 +1,9 @@
 """Task data shipped inside the package, and its fixed train/test split.
 
-BIG-bench tasks have no train split upstream. Each shipped task gets one by a
+Two sources, each in its own folder with its ``SOURCE.md`` (licence, provenance): BIG-bench
+tasks copied unchanged (``assets/bigbench/``) and reasoning-gym tasks generated once by
+``jobs/make_reasoning_gym.py`` (``assets/reasoning_gym/``, names starting ``rg_``), all in
+BIG-bench's record format. Neither has a train split upstream. Each shipped task gets one by a
 hash of its ``input`` text, computed once by ``jobs/make_split.py`` and recorded
 beside the task as ``<task>.split.json``, so every run (and every Ray worker)
 trains and evaluates on the same examples. Equal inputs hash alike, so a
@@ -15,6 +18,7 @@ from pathlib import Path
 
 PREFIX = "shipped:"
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "bigbench"
+RG_ASSETS = ASSETS.parent / "reasoning_gym"
 # name -> the data.format its records take: multiple_choice (BIG-bench input, target_scores) or
 # generation (BIG-bench input, target: scored by exact match of greedy generations)
 FORMATS = {
@@ -22,6 +26,8 @@ FORMATS = {
     "intent_recognition": "multiple_choice",
     "arithmetic_3_digit_addition": "generation",
     "arithmetic_2_digit_multiplication": "generation",
+    "rg_chain_sum": "generation",
+    "rg_word_sequence_reversal": "generation",
 }
 TASKS = tuple(FORMATS)
 TRAIN_PERCENT = 80
@@ -40,12 +46,16 @@ def task_name(source: str) -> str:
     return source[len(PREFIX):]
 
 
+def _folder(name: str) -> Path:
+    return RG_ASSETS if name.startswith("rg_") else ASSETS
+
+
 def task_path(name: str) -> Path:
-    return ASSETS / f"{name}.json"
+    return _folder(name) / f"{name}.json"
 
 
 def split_path(name: str) -> Path:
-    return ASSETS / f"{name}.split.json"
+    return _folder(name) / f"{name}.split.json"
 
 
 def in_train(text: str) -> bool:
