@@ -109,8 +109,9 @@ def summary_table(fig: dict) -> str:
             cells += f" {ms if ms is None else round(ms, 2)!s:>17} {('%.2f' % lat['speedup']) if lat.get('speedup') else '-':>6}"
         lines.append(f"{name:<22} {m['quality']:>8.4f} {m['params'] / 1e6:>8.2f}M{cells}")
     out = fig["output_dir"]
-    if fig.get("verdict"):
-        lines.append(fig["verdict"]["text"])
+    for verdict in ("verdict", "deployment"):
+        if fig.get(verdict):
+            lines.append(fig[verdict]["text"])
     lines.append(f"models under {out}/models, report in {out}/report.md and {out}/pareto.png, figures in "
                  f"{out}/summary.json")
     return "\n".join(lines)

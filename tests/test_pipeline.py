@@ -197,6 +197,8 @@ def test_the_output_directory_holds_the_whole_contract(run):
     assert zero["params"] == summary["baseline"]["params"] and zero["path"] is None
     assert f"| base model (zero-shot) | base model, zero-shot (no fine-tuning) | {zero['quality']:.4f} |" in report
     assert summary["verdict"]["text"] in report and summary["verdict"]["text"] in run["logs"]
+    # and whether any compressed model is worth deploying against plain LoRA, said plainly either way
+    assert summary["deployment"]["text"] in report and summary["deployment"]["text"] in run["logs"]
     assert (out / "zero_shot" / "results.parquet").is_file() and "zero_shot" in stages(out)
     for m in [summary["baseline"], *summary["models"]]:
         d = out / m["path"]

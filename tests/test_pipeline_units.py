@@ -400,3 +400,36 @@ def test_bad_recover_then_rank_settings_are_refused(export, message):
     r["export"] = export
     with pytest.raises(ConfigError, match=message):
         PipelineConfig.from_dict(r)
+
+
+def deploy_model(sid: str, quality: float, params: float, speedups: dict[str, float]) -> dict:
+    return {"subnet_id": sid, "quality": quality, "params": params,
+            "latency": {pool: {"latency_ms": 10.0 / s, "speedup": s} for pool, s in speedups.items()}}
+
+
+def test_the_deployment_verdict_says_plainly_whether_a_compressed_model_is_worth_deploying():
+    from lonas_ray.cli import summary_table
+    from lonas_ray.pipeline.figures import deployment_verdict
+
+    base = {"quality": 0.80, "params": 100.0, "latency": {"a": {"latency_ms": 10.0}, "b": {"latency_ms": 20.0}}}
+    maximal = deploy_model("max", 0.78, 100.0, {"a": 1.0, "b": 1.0})
+    # the quick-start case: only the uncompressed maximal was exported
+    v = deployment_verdict(base, [maximal])
+    assert v["worth_deploying"] == [] and "every exported model is the uncompressed maximal" in v["text"]
+    # compressed, but too slow (1.1x) or too poor (0.7 / 0.8 = 88 %): not worth it; the best-kept one is named
+    slow = deploy_model("slow", 0.79, 90.0, {"a": 1.1, "b": 1.15})
+    poor = deploy_model("poor", 0.70, 70.0, {"a": 1.5, "b": 1.4})
+    v = deployment_verdict(base, [maximal, slow, poor])
+    assert v["worth_deploying"] == [] and "keeps 99% at 1.15x on b" in v["text"] and "not" not in v["text"][:3]
+    assert v["text"].startswith("No compressed model worth deploying yet")
+    # 90 % of plain LoRA at 1.25x on one pool is enough; the fastest worthy one is named
+    good = deploy_model("good", 0.72, 85.0, {"a": 1.25, "b": 1.1})
+    better = deploy_model("better", 0.76, 80.0, {"a": 1.3, "b": 1.35})
+    v = deployment_verdict(base, [maximal, slow, poor, good, better])
+    assert v["worth_deploying"] == ["good", "better"]
+    assert v["text"].startswith("Worth deploying: 2 compressed model(s)") and "better, keeps 95% at 1.35x on b" in v["text"]
+    assert deployment_verdict(None, [good]) is None and deployment_verdict(dict(base, quality=0.0), [good]) is None
+    # printed at the end of the run and in the report
+    fig = _fig()
+    fig["deployment"] = v
+    assert v["text"] in summary_table(fig).splitlines() and f"**Compression:** {v['text']}" in report_markdown(fig)

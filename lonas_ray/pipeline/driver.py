@@ -113,7 +113,7 @@ class Pipeline:
     def rank_targets(self, recover: dict) -> None:
         """Recover-then-rank (``lonas_ray.pipeline.ranking``): recover every target's top-K front members into
         ``candidates/``, choose each target's best after recovery (``ranking.json``), copy it to ``models/``."""
-        from lonas_ray.pipeline.export import RECOVERY, already_exported, export_models
+        from lonas_ray.pipeline.export import RECOVERY, export_models
 
         e, objective = self.cfg.export, self.cfg.search.objective
         rows = read_parquet(self.out / PARETO).to_pylist()
@@ -131,10 +131,11 @@ class Pipeline:
                      for sid in jobs}
         winners = choose_after_recovery(candidates, recovered, objective)
         write_json(self.out / RANKING, ranking_record(candidates, by_id, recovered, winners, objective))
-        for sid in set(winners.values()):
-            if not already_exported(self.out / MODELS / sid, jobs[sid][1]):
-                with atomic_dir(self.out / MODELS / sid) as tmp:
-                    shutil.copytree(self.out / CANDIDATES / sid, tmp, dirs_exist_ok=True)
+        for sid in set(winners.values()):  # the ranked checkpoint itself, whatever an earlier export left there
+            src, dst = self.out / CANDIDATES / sid, self.out / MODELS / sid
+            if not (dst / RECOVERY).is_file() or (dst / RECOVERY).read_bytes() != (src / RECOVERY).read_bytes():
+                with atomic_dir(dst) as tmp:
+                    shutil.copytree(src, tmp, dirs_exist_ok=True)
 
     def recovery(self) -> dict | None:
         """The recovery fine-tune's settings as the merge tasks take them (None: export.recover_steps 0)."""

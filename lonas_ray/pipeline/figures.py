@@ -3,8 +3,9 @@
 Pure functions over the output directory's tables: which sub-networks become
 models (``select_models``), and per model its quality, counts and latency on
 every pool next to the plain-LoRA baseline's and the base model's zero-shot
-(``collect``), and whether any fine-tuned model beats that zero-shot row beyond
-noise (``fine_tuning_verdict``). The report, the model cards, the run's printed
+(``collect``), whether any fine-tuned model beats that zero-shot row beyond
+noise (``fine_tuning_verdict``) and whether any compressed model is worth deploying
+against plain LoRA (``deployment_verdict``). The report, the model cards, the run's printed
 table and ``summary.json`` are all rendered from this one dict, so they agree.
 """
 
@@ -176,6 +177,46 @@ def fine_tuning_verdict(zero_shot: Mapping[str, Any] | None, trained: Sequence[M
     return {"real_gain": bool(better), "better": better, "worse": worse, "level": level, "text": text}
 
 
+# What "worth deploying" means in the deployment verdict: against plain LoRA, at least this share of its quality
+# at this measured speed-up on some pool (the quick start's goal; README "Run").
+MIN_KEPT, MIN_SPEEDUP = 0.9, 1.2
+
+
+def deployment_verdict(baseline: Mapping[str, Any] | None, models: Sequence[Mapping[str, Any]]) -> dict | None:
+    """Is any exported sub-network a compressed model worth deploying? Said plainly either way.
+
+    A model counts when it is smaller than plain LoRA's, keeps at least ``MIN_KEPT`` of its quality and is at
+    least ``MIN_SPEEDUP`` x faster on some pool. None without a baseline (or one that scored 0) to compare to.
+    """
+    if baseline is None or not baseline.get("quality"):
+        return None
+
+    def figures(m: Mapping[str, Any]) -> tuple[float, float, str | None]:
+        best = max(((lat.get("speedup") or 0.0, pool) for pool, lat in m["latency"].items()), default=(0.0, None))
+        return m["quality"] / baseline["quality"], best[0], best[1]
+
+    compressed = [m for m in models if m["params"] < baseline["params"]]
+    eps = 1e-9  # "at least 90 %" includes 0.72 / 0.80, whatever the floating-point division gives
+    worthy = [m for m in compressed if figures(m)[0] >= MIN_KEPT - eps and figures(m)[1] >= MIN_SPEEDUP - eps]
+    goal = f"at least {MIN_KEPT:.0%} of plain LoRA's quality at {MIN_SPEEDUP:.1f}x its latency"
+    if worthy:
+        kept, speedup, pool = figures(max(worthy, key=lambda m: figures(m)[1]))
+        text = (f"Worth deploying: {len(worthy)} compressed model(s) keep {goal}; the fastest, "
+                f"{max(worthy, key=lambda m: figures(m)[1])['subnet_id']}, keeps {kept:.0%} at {speedup:.2f}x on "
+                f"{pool}.")
+    elif not compressed:
+        text = (f"No compressed model worth deploying: every exported model is the uncompressed maximal (the goal: "
+                f"{goal}). Train longer, use a narrower space, or rank after recovery (export.select: targets with "
+                "export.recover_steps): README, Benchmarks.")
+    else:
+        kept, speedup, pool = figures(max(compressed, key=lambda m: figures(m)[0]))
+        text = (f"No compressed model worth deploying yet (the goal: {goal}): the best-kept compressed model keeps "
+                f"{kept:.0%} at {speedup:.2f}x on {pool}. Train longer, use a narrower space, or rank after recovery "
+                "(export.select: targets with export.recover_steps): README, Benchmarks.")
+    return {"worth_deploying": [m["subnet_id"] for m in worthy], "min_kept": MIN_KEPT, "min_speedup": MIN_SPEEDUP,
+            "text": text}
+
+
 def compression(out: Path, chosen: Mapping[str, dict]) -> dict | None:
     """What was done to the base (sparsity, quantization, export format), from an exported model's manifest."""
     for sid in chosen:
@@ -212,6 +253,7 @@ def collect(out: Path, pools: Sequence[str], chosen: Mapping[str, dict], *, stag
         "baseline": baseline,
         "models": models,
         "verdict": fine_tuning_verdict(zero_shot, ([baseline] if baseline else []) + models),
+        "deployment": deployment_verdict(baseline, models),
         "compression": compressed,
         "search": {"strategy": search["strategy"], "space_size": search["space_size"], "maximal": search["maximal"],
                    "pools": search["pools"]},

@@ -104,6 +104,8 @@ def report_markdown(fig: Mapping[str, Any]) -> str:
     ]
     if fig.get("verdict"):
         lines += [f"**Fine-tuning:** {fig['verdict']['text']}", ""]
+    if fig.get("deployment"):
+        lines += [f"**Compression:** {fig['deployment']['text']}", ""]
     if (text := compression_text(fig.get("compression"))) is not None:
         lines += [f"**Compression:** {text}", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
