@@ -133,6 +133,21 @@ def _calibration_batch(spec: SupernetSpec, tokenizer, vocab_size: int, n: int, m
     return calibration_batch(tokenizer, vocab_size, n, max_length, seed), describe(None, tokenizer, n)
 
 
+def _skippable_by_influence(supernet: SuperNetwork, space: SpaceSpec, n: int, batch: dict[str, torch.Tensor]) -> None:
+    """Add the ``n`` blocks of least influence (``elastic.block_influence``) to ``space``'s skippable blocks."""
+    from dataclasses import replace
+
+    from lonas_ray.elastic.block_influence import block_influence, least_influential
+
+    with supernet.activated(supernet.space.maximal()):
+        scores = block_influence(supernet.model, batch)
+    chosen = least_influential(scores, n)
+    supernet.set_space(replace(space, depth=replace(space.depth, skippable=sorted(
+        set(space.depth.skippable) | set(chosen)))))
+    log.info("block influence %s: blocks %s made skippable (depth.auto %d)",
+             [round(s, 4) for s in scores], chosen, n)
+
+
 def build_supernet(spec: SupernetSpec, data: DataSpec | None = None) -> Built:
     """Load, wrap, reorder, (optionally) generate the space, then compress the base, in that order.
 
@@ -159,12 +174,18 @@ def build_supernet(spec: SupernetSpec, data: DataSpec | None = None) -> Built:
         importance = score(supernet, batch, imp.method)
         reorder(supernet, importance)
         log.info("reordered channels and heads by %s importance on %s", imp.method, sources["importance"])
+    space_spec = spec.space
     if spec.generate.enabled:
         g = spec.generate
-        generated = generate_spec(spec.space, importance, supernet.shape, n_targets=g.n_targets,
+        generated = space_spec = generate_spec(spec.space, importance, supernet.shape, n_targets=g.n_targets,
                                   min_ratio=g.min_ratio, align=g.align, skip_below=g.skip_below, heads=g.heads)
         supernet.set_space(generated)
         log.info("generated space: %d dimensions, %.3g sub-networks", len(supernet.space.dims), supernet.space.size())
+        check_compressible(supernet.space, spec.sparsity, spec.quantization)
+    if spec.space.depth.auto:
+        imp = spec.importance
+        batch, sources["depth"] = batch_of(imp.examples, imp.max_length, imp.seed)
+        _skippable_by_influence(supernet, space_spec, spec.space.depth.auto, batch)
         check_compressible(supernet.space, spec.sparsity, spec.quantization)
     norms = None
     if spec.sparsity.method == "wanda":

@@ -109,6 +109,14 @@ class DepthSpec:
     """Elastic depth: decoder blocks that a sub-network may skip."""
 
     skippable: list[int] = help_field(default_factory=list, help="indices of decoder blocks that may be skipped")
+    auto: int = help_field(
+        0, help="also make the N decoder blocks of least block influence (1 - cos(input, output) on the "
+        "calibration batch) skippable, when the super-network is prepared (0: off)"
+    )
+
+    def __post_init__(self):
+        if not isinstance(self.auto, int) or self.auto < 0:
+            raise ConfigError(f"depth.auto must be an integer >= 0 (blocks to make skippable), got {self.auto!r}")
 
 
 @dataclass
@@ -222,6 +230,9 @@ class SearchSpace:
         check_layers(spec.depth.skippable, "depth.skippable")
         if len(set(spec.depth.skippable)) >= shape.num_layers:
             raise ConfigError("depth.skippable lists every layer: at least one decoder block must remain")
+        if spec.depth.auto >= shape.num_layers:
+            raise ConfigError(f"depth.auto: {spec.depth.auto} would make every one of the model's {shape.num_layers} "
+                              "decoder blocks skippable; at least one must remain")
 
         rank_choices = tuple(sorted(set(spec.lora.rank_choices), reverse=True))
         dims: dict[str, Dimension] = {}
