@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lonas_ray.calibration import task_batch  # noqa: E402
 from lonas_ray.data import shipped  # noqa: E402
+from lonas_ray.data.byte_tokenizer import byte_tokenizer  # noqa: E402
 from lonas_ray.data.spec import DataSpec  # noqa: E402
 from lonas_ray.elastic.block_influence import block_influence, least_influential  # noqa: E402
 from lonas_ray.model_source import ModelSource, load_model  # noqa: E402
@@ -37,7 +38,7 @@ def main() -> int:
     model, tokenizer = load_model(ModelSource(kind=args.model))
     source = shipped.PREFIX + args.task
     data = DataSpec(train=source, eval=source, format=shipped.FORMATS[args.task], cutoff_len=args.max_length)
-    batch = task_batch(data, tokenizer, args.examples, args.max_length, 0)
+    batch = task_batch(data, tokenizer or byte_tokenizer(), args.examples, args.max_length, 0)  # tiny: bytes
     scores = block_influence(model.eval(), batch)
     out = {"what": "block influence 1 - cos(block input, block output) over the batch's real tokens",
            "model": args.model, "task": args.task, "examples": args.examples, "max_length": args.max_length,

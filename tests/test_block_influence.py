@@ -81,3 +81,23 @@ def test_a_prepared_super_network_keeps_the_blocks_depth_auto_chose(tmp_path):
     save_prepared(built, spec, tmp_path)
     space = load_prepared(tmp_path)[1]
     assert sorted(d.layer for d in space.dims.values() if d.kind == "keep") == kept
+
+
+def test_the_block_influence_job_writes_every_blocks_score_and_the_order_depth_auto_uses(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "bi.json"
+    proc = subprocess.run([sys.executable, "jobs/block_influence.py", "--model", "tiny", "--examples", "4",
+                           "--max-length", "32", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    scores = result["scores"]
+    assert len(scores) == 4 and all(0.0 <= s <= 2.0 for s in scores)
+    assert sorted(result["order_least_first"]) == [0, 1, 2, 3]
+    assert result["depth_auto_4"] == least_influential(scores, 4) == [0, 1, 2, 3]
+    assert [scores[i] for i in result["order_least_first"]] == sorted(scores)
