@@ -23,7 +23,7 @@ from lonas_ray.calibration import task_batch  # noqa: E402
 from lonas_ray.data import shipped  # noqa: E402
 from lonas_ray.data.byte_tokenizer import byte_tokenizer  # noqa: E402
 from lonas_ray.data.spec import DataSpec  # noqa: E402
-from lonas_ray.elastic.block_influence import block_influence, least_influential  # noqa: E402
+from lonas_ray.elastic.block_influence import block_influence, influence_order, least_influential  # noqa: E402
 from lonas_ray.model_source import ModelSource, load_model  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def main() -> int:
            "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
                        "torch": torch.__version__}, "date": datetime.date.today().isoformat(),
            "scores": scores}
-    order = sorted(range(len(scores)), key=lambda i: (scores[i], -i))  # least_influential's order
+    order = influence_order(scores)
     out["order_least_first"] = order
     out["depth_auto_4"] = least_influential(scores, 4)
     Path(args.out).write_text(json.dumps(out, indent=1))

@@ -42,7 +42,11 @@ def block_influence(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> l
     return out
 
 
+def influence_order(scores: list[float]) -> list[int]:
+    """Block indices, least influential first (ties: the later block, whose removal disturbs less)."""
+    return sorted(range(len(scores)), key=lambda i: (scores[i], -i))
+
+
 def least_influential(scores: list[float], n: int) -> list[int]:
-    """The ``n`` blocks of least influence, in layer order (ties: the later block, whose removal disturbs less)."""
-    order = sorted(range(len(scores)), key=lambda i: (scores[i], -i))
-    return sorted(order[:n])
+    """The ``n`` blocks of least influence (``influence_order``), in layer order."""
+    return sorted(influence_order(scores)[:n])

@@ -158,7 +158,7 @@ def export_models(jobs: dict[str, tuple[Path, dict]], target: Path, spec: Export
                                               resources=dict(spec.resources) or None, name="lonas-merge")
     files_ref: dict[Path, Any] = {}
     distill = (recover or {}).get("distill")
-    teacher_ref = ray.put(read_tree(Path(distill["teacher"]), recursive=False)) if distill else None
+    teacher_ref = None  # put once, and only when a recovery that it teaches is pending
     pending = {}
     for name, (supernet_dir, config) in jobs.items():
         own_recovery = recover if name in recover_names else None
@@ -168,6 +168,8 @@ def export_models(jobs: dict[str, tuple[Path, dict]], target: Path, spec: Export
             continue
         if supernet_dir not in files_ref:
             files_ref[supernet_dir] = ray.put(read_tree(supernet_dir, recursive=False))
+        if own_recovery and distill and teacher_ref is None:
+            teacher_ref = ray.put(read_tree(Path(distill["teacher"]), recursive=False))
         pending[task.remote(files_ref[supernet_dir], config, spec.with_adapter, judge, own_recovery,
                             teacher_ref if own_recovery else None)] = name
     with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="merge + export", unit="model") as bar:

@@ -195,25 +195,24 @@ def deployment_verdict(baseline: Mapping[str, Any] | None, models: Sequence[Mapp
         best = max(((lat.get("speedup") or 0.0, pool) for pool, lat in m["latency"].items()), default=(0.0, None))
         return m["quality"] / baseline["quality"], best[0], best[1]
 
-    compressed = [m for m in models if m["params"] < baseline["params"]]
+    compressed = [(m, *figures(m)) for m in models if m["params"] < baseline["params"]]  # (model, kept, x, pool)
     eps = 1e-9  # "at least 90 %" includes 0.72 / 0.80, whatever the floating-point division gives
-    worthy = [m for m in compressed if figures(m)[0] >= MIN_KEPT - eps and figures(m)[1] >= MIN_SPEEDUP - eps]
+    worthy = [c for c in compressed if c[1] >= MIN_KEPT - eps and c[2] >= MIN_SPEEDUP - eps]
     goal = f"at least {MIN_KEPT:.0%} of plain LoRA's quality at {MIN_SPEEDUP:.1f}x its latency"
+    what_helps = ("Train longer, use a narrower space, or rank after recovery (export.select: targets with "
+                  "export.recover_steps): README, Benchmarks.")
     if worthy:
-        kept, speedup, pool = figures(max(worthy, key=lambda m: figures(m)[1]))
+        m, kept, speedup, pool = max(worthy, key=lambda c: c[2])
         text = (f"Worth deploying: {len(worthy)} compressed model(s) keep {goal}; the fastest, "
-                f"{max(worthy, key=lambda m: figures(m)[1])['subnet_id']}, keeps {kept:.0%} at {speedup:.2f}x on "
-                f"{pool}.")
+                f"{m['subnet_id']}, keeps {kept:.0%} at {speedup:.2f}x on {pool}.")
     elif not compressed:
         text = (f"No compressed model worth deploying: every exported model is the uncompressed maximal (the goal: "
-                f"{goal}). Train longer, use a narrower space, or rank after recovery (export.select: targets with "
-                "export.recover_steps): README, Benchmarks.")
+                f"{goal}). {what_helps}")
     else:
-        kept, speedup, pool = figures(max(compressed, key=lambda m: figures(m)[0]))
+        _, kept, speedup, pool = max(compressed, key=lambda c: c[1])
         text = (f"No compressed model worth deploying yet (the goal: {goal}): the best-kept compressed model keeps "
-                f"{kept:.0%} at {speedup:.2f}x on {pool}. Train longer, use a narrower space, or rank after recovery "
-                "(export.select: targets with export.recover_steps): README, Benchmarks.")
-    return {"worth_deploying": [m["subnet_id"] for m in worthy], "min_kept": MIN_KEPT, "min_speedup": MIN_SPEEDUP,
+                f"{kept:.0%} at {speedup:.2f}x on {pool}. {what_helps}")
+    return {"worth_deploying": [c[0]["subnet_id"] for c in worthy], "min_kept": MIN_KEPT, "min_speedup": MIN_SPEEDUP,
             "text": text}
 
 

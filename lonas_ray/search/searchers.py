@@ -44,7 +44,6 @@ from lonas_ray.space import SearchSpace, SubnetConfig
 log = logging.getLogger(__name__)
 
 MODES = ["max", "min"]
-DIRECTIONS = ["maximize", "minimize"]
 
 
 def metrics(objective: str) -> list[str]:
