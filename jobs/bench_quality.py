@@ -16,10 +16,12 @@ with the 95 % Wilson interval and the number of examples:
   ``--space-config``'s ``supernet`` section (importance reordering, the space it
   generates) trained with lonas-ray's own step (``lonas_ray.train.step``: sandwich,
   optional in-place distillation), then the maximal, the heuristic and searched
-  picks at ``--targets`` fractions of the maximal's params, extracted and merged.
-  The search here is in-process: ``--candidates`` seeded random sub-networks, and
-  per target the best task loss on the *selection* examples among those within
-  the params budget.
+  picks at ``--targets`` fractions of the maximal's params or, with ``--target-by
+  latency``, of its measured latency (each candidate's merged model timed with the
+  rows' request), extracted and merged. The search here is in-process:
+  ``--candidates`` seeded random sub-networks, and per target the best task loss on
+  the *selection* examples among those within budget; its cost (seconds,
+  candidates scored and timed) is recorded beside the training's.
 * ``recover:<name>`` (part ``recover``): each smaller pick's recovery fine-tune
   (LoNAS: extracted sub-networks can be tuned further): the super-adapter's
   weights, that one sub-network active, ``--recover-steps`` more steps of plain
@@ -29,6 +31,8 @@ with the 95 % Wilson interval and the number of examples:
   the base model by the same importance order, then plain peft LoRA on it alone
   for ``--budget-share`` x lonas-ray's whole cost in sub-network passes (the
   super-adapter's training plus every recovery; equal training compute per pass).
+  Several shares (``--budget-share 0.3333,1``: a third each for three targets, and
+  lonas-ray's whole cost) give rows named ``prune_lora@<share>:<pick>``.
 * ``minitron:<name>`` (part ``minitron``, with ``--teacher peft_lora``): the same
   pruned shape and budget, its LoRA distilled from the dense plain-LoRA teacher
   (Minitron: prune by importance, then distil from the task-tuned dense model).
@@ -97,7 +101,7 @@ class Scorer:
         self.runtime = "cuda_graph" if device.type == "cuda" else "static"
         self.reference_ms: float | None = None
 
-    def row(self, name: str, model, wall_s: float, **extra) -> dict:
+    def row(self, name: str, model, wall_s: float, latency: bool = True, **extra) -> dict:
         t0 = time.perf_counter()
         model.eval()
         q = evaluate_quality(model, self.report, self.args.eval_batch, decode=self.tokenizer.decode)
@@ -105,7 +109,7 @@ class Scorer:
                "eval_s": round(time.perf_counter() - t0, 1), **extra}
         if q.hits is not None:
             out["ci95"] = list(wilson_interval(q.hits, q.examples))
-        if self.args.latency_repeats and hasattr(model, "config"):
+        if latency and self.args.latency_repeats and hasattr(model, "config"):
             a = self.args
             stats = measure(model, self.runtime, batch_size=1, prompt_len=a.latency_prompt, new_tokens=a.latency_new,
                             warmup=2, repeats=a.latency_repeats)
@@ -176,25 +180,73 @@ def train_supernet(supernet, dataset, pad_id: int, args, device: torch.device, t
     return passes
 
 
-def search_picks(supernet, select, tokenizer, args) -> dict[str, dict]:
-    """maximal, heuristic and, per params target, the best task loss on the selection examples within budget."""
+def spread_sample(space, seed: int) -> dict:
+    """A sub-network whose overall cut depth is itself random: a share ``p ~ U(0, 1)`` of the dimensions take a
+    smaller choice. Uniform sampling lands near the middle of the space (every dimension independently), so far
+    latency targets (0.7 of the maximal) would see no candidate; this spreads candidates from the maximal to the
+    minimal."""
+    import random
+
+    rng = random.Random(seed)
+    p = rng.random()
+    return {n: (rng.choice(d.choices[1:]) if len(d.choices) > 1 and rng.random() < p else d.choices[0])
+            for n, d in space.dims.items()}
+
+
+def structure_key(config: dict) -> tuple:
+    """What a merged sub-network's latency depends on: its widths and kept blocks (merged ranks cost nothing)."""
+    return tuple(sorted((k, v) for k, v in config.items() if not k.startswith("rank.")))
+
+
+class LatencyOf:
+    """Measured latency of merged sub-networks (the scorer's request), memoised by shape."""
+
+    def __init__(self, supernet, args, runtime: str):
+        self.supernet, self.args, self.runtime = supernet, args, runtime
+        self.cache: dict[tuple, float] = {}
+
+    def __call__(self, config: dict) -> float:
+        key = structure_key(config)
+        if key not in self.cache:
+            a = self.args
+            with torch.no_grad():
+                model = extract(self.supernet, config)
+            self.cache[key] = measure(model, self.runtime, batch_size=1, prompt_len=a.latency_prompt,
+                                      new_tokens=a.latency_new, warmup=2, repeats=max(3, a.latency_repeats)).latency_ms
+            del model
+        return self.cache[key]
+
+
+def search_picks(supernet, select, tokenizer, args, runtime: str = "static") -> tuple[dict[str, dict], dict]:
+    """maximal, heuristic (unless --no-heuristic) and, per target, the best task loss on the selection examples
+    among candidates within budget: a share of the maximal's params (--target-by params) or of its measured
+    latency (--target-by latency). Returns the picks and the search's cost."""
+    t0 = time.perf_counter()
     space = supernet.space
     full = count_subnet(supernet, space.maximal()).params
-    picks = {"maximal": {"config": space.maximal()}, "heuristic": {"config": space.heuristic()}}
+    picks = {"maximal": {"config": space.maximal()}}
+    if args.heuristic:
+        picks["heuristic"] = {"config": space.heuristic()}
+    latency = LatencyOf(supernet, args, runtime) if args.target_by == "latency" else None
+    full_ms = latency(space.maximal()) if latency else None
+
+    def ratio(cfg: dict) -> float:
+        return latency(cfg) / full_ms if latency else count_subnet(supernet, cfg).params / full
+
     seen, pool = set(), []
     for seed in range(args.candidates * 4):
-        cfg = space.sample(seed)
+        cfg = spread_sample(space, seed) if latency else space.sample(seed)
         sid = space.subnet_id(cfg)
         if sid not in seen:
             seen.add(sid)
-            pool.append((cfg, count_subnet(supernet, cfg).params / full))
+            pool.append((cfg, ratio(cfg)))
         if len(pool) >= args.candidates:
             break
     scored: dict[str, float] = {}
     for target in args.targets:
         band = sorted((c for c in pool if target - args.band <= c[1] <= target), key=lambda c: -c[1])[: args.per_target]
         best = None
-        for cfg, ratio in band:
+        for cfg, r in band:
             sid = space.subnet_id(cfg)
             if sid not in scored:
                 with torch.no_grad():
@@ -202,16 +254,21 @@ def search_picks(supernet, select, tokenizer, args) -> dict[str, dict]:
                 scored[sid] = evaluate_quality(model, select, args.eval_batch, decode=tokenizer.decode).task_loss
                 del model
             if best is None or scored[sid] < best[2]:
-                best = (cfg, ratio, scored[sid])
+                best = (cfg, r, scored[sid])
         if best is None:
-            log.warning("no candidate within %.2f of params target %.2f: widen --band or raise --candidates",
-                        args.band, target)
+            log.warning("no candidate within %.2f of %s target %.2f: widen --band or raise --candidates",
+                        args.band, args.target_by, target)
             continue
-        picks[f"pick_{target:.2f}"] = {"config": best[0], "select_task_loss": best[2], "candidates": len(band)}
+        picks[f"pick_{target:.2f}"] = {"config": best[0], "select_task_loss": best[2], "candidates": len(band),
+                                       "target": target}
     for entry in picks.values():
         entry["params_ratio"] = count_subnet(supernet, entry["config"]).params / full
         entry["subnet_id"] = space.subnet_id(entry["config"])
-    return picks
+        if latency:
+            entry["latency_ratio"] = latency(entry["config"]) / full_ms
+    cost = {"search_s": round(time.perf_counter() - t0, 1), "candidates": len(pool), "scored": len(scored),
+            "selection_examples": len(select), "latency_measured": len(latency.cache) if latency else 0}
+    return picks, cost
 
 
 @dataclass
@@ -256,20 +313,28 @@ def compare_to_peft_lora(rows: list[dict]) -> None:
             r["quality_vs_peft_lora"] = r["quality"] / reference["quality"] if reference["quality"] else None
 
 
-def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: torch.device) -> dict:
+def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: torch.device,
+               save=lambda result: None) -> dict:
+    """Every row of one task; ``save(result)`` after each row, so a run cut short keeps what it measured."""
     t = load_task(task, args, source, device)
     model, tokenizer, dataset, select, scorer, pad_id, dtype = (
         t.model, t.tokenizer, t.dataset, t.select, t.scorer, t.pad_id, t.dtype)
     result = t.result
     rows = result["rows"]
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        compare_to_peft_lora(rows)
+        save(result)
+
     if "zero_shot" in args.parts:
-        rows.append(scorer.row("zero_shot", model.to(device, dtype), 0.0))
+        add(scorer.row("zero_shot", model.to(device, dtype), 0.0))
     teacher = None
     if "peft_lora" in args.parts:
         t0 = time.perf_counter()
         tuned = train_peft_lora(model.to(device, dtype), dataset, pad_id, args.steps, args, device)
         peft_s = time.perf_counter() - t0
-        rows.append(scorer.row("peft_lora", tuned, peft_s, steps=args.steps))
+        add(scorer.row("peft_lora", tuned, peft_s, steps=args.steps))
         if args.teacher == "peft_lora":  # the dense, task-tuned model teaches the super-adapter and the recoveries
             tuned.eval().requires_grad_(False)
             teacher = TeacherLogits(tuned)
@@ -284,15 +349,17 @@ def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: t
     train_s = time.perf_counter() - t0
     if teacher is not None:
         result["teacher"]["forwards_in_training"] = teacher.calls
-    picks = search_picks(supernet, select, tokenizer, args)
-    result["supernet"] = {"space_size": supernet.space.size(), "passes": passes, "train_s": round(train_s, 1),
-                          "distill": args.distill, "teacher": args.teacher, "picks": picks}
+    picks, search_cost = search_picks(supernet, select, tokenizer, args, scorer.runtime)
+    result["supernet"] = sn = {"space_size": supernet.space.size(), "passes": passes, "train_s": round(train_s, 1),
+                               "distill": args.distill, "teacher": args.teacher, "target_by": args.target_by,
+                               "search": search_cost, "picks": picks}
     for name, entry in picks.items():
         with torch.no_grad():
             merged = extract(supernet, entry["config"])
-        rows.append(scorer.row(f"supernet:{name}", merged, train_s, subnet_id=entry["subnet_id"],
-                               params_ratio=entry["params_ratio"]))
+        add(scorer.row(f"supernet:{name}", merged, train_s, subnet_id=entry["subnet_id"],
+                       params_ratio=entry["params_ratio"]))
         del merged
+    recover_s = 0.0
     if "recover" in args.parts:
         trained = {k: v.detach().clone() for k, v in supernet.adapter_state_dict().items()}
         for name, entry in picks.items():
@@ -304,32 +371,55 @@ def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: t
                     teacher=teacher, distill_weight=args.distill, temperature=args.distill_temperature)
             with torch.no_grad():
                 merged = extract(supernet, entry["config"])
-            rows.append(scorer.row(f"recover:{name}", merged, train_s + time.perf_counter() - t0,  # both trainings
-                                   steps=args.recover_steps, subnet_id=entry["subnet_id"],
-                                   params_ratio=entry["params_ratio"]))
+            recover_s += time.perf_counter() - t0
+            add(scorer.row(f"recover:{name}", merged, train_s + time.perf_counter() - t0,  # both trainings
+                           steps=args.recover_steps, subnet_id=entry["subnet_id"], params_ratio=entry["params_ratio"]))
             del merged
             supernet.load_adapter_state_dict(trained)
         supernet.eval()
     # lonas-ray's whole cost in sub-network passes: the super-adapter's training and every recovery it made
     total = passes + (args.recover_steps * (len(picks) - 1) if "recover" in args.parts else 0)
-    budget = max(1, round(args.budget_share * total))
-    result["supernet"].update(total_passes=total, baseline_steps=budget, budget_share=args.budget_share)
+    sn.update(total_passes=total, recover_s=round(recover_s, 1),
+              total_s=round(train_s + search_cost["search_s"] + recover_s, 1),
+              budgets=[{"share": share, "steps": max(1, round(share * total))} for share in args.budget_share])
     for part in ("prune_lora", "minitron"):
         if part not in args.parts:
             continue
-        for name, entry in picks.items():
-            if name == "maximal":
-                continue  # the maximal's shape is the base model: peft_lora above is its prune-then-LoRA
-            with torch.no_grad():
-                pruned = extract(supernet, entry["config"], merge=False)  # the base, cut in the same order
-            t0 = time.perf_counter()
-            tuned = train_peft_lora(pruned, dataset, pad_id, budget, args, device,
-                                    teacher=teacher if part == "minitron" else None)
-            rows.append(scorer.row(f"{part}:{name}", tuned, time.perf_counter() - t0, steps=budget,
-                                   subnet_id=entry["subnet_id"], params_ratio=entry["params_ratio"]))
-            del tuned, pruned
-    compare_to_peft_lora(rows)
+        for budget in sn["budgets"]:
+            label = part if len(sn["budgets"]) == 1 else f"{part}@{budget['share']:g}"
+            for name, entry in picks.items():
+                if name == "maximal":
+                    continue  # the maximal's shape is the base model: peft_lora above is its prune-then-LoRA
+                with torch.no_grad():
+                    pruned = extract(supernet, entry["config"], merge=False)  # the base, cut in the same order
+                t0 = time.perf_counter()
+                tuned = train_peft_lora(pruned, dataset, pad_id, budget["steps"], args, device,
+                                        teacher=teacher if part == "minitron" else None)
+                add(scorer.row(f"{label}:{name}", tuned, time.perf_counter() - t0, steps=budget["steps"],
+                               budget_share=budget["share"], subnet_id=entry["subnet_id"],
+                               params_ratio=entry["params_ratio"]))
+                del tuned, pruned
     return result
+
+
+def run_saving(path: str, out: dict, run) -> dict:
+    """One task of a benchmark: ``run(save)`` returns its result and calls ``save(result)`` as rows land. The JSON
+    at ``path`` then always holds every finished task and this one's rows so far: a run cut short (a device's time
+    limit) keeps what it measured."""
+    done, t0 = list(out["tasks"]), time.perf_counter()
+
+    def save(result: dict) -> None:
+        result["wall_s"] = round(time.perf_counter() - t0, 1)
+        out["tasks"] = done + [result]
+        Path(path).write_text(json.dumps(out, indent=1))
+
+    result = run(save)
+    save(result)
+    return result
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",")]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -345,8 +435,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space-config", default="jobs/configs/quickstart.yaml", help="a config with a supernet section")
     p.add_argument("--distill", type=float, default=0.5, help="distillation weight (0: off)")
     p.add_argument("--distill-temperature", type=float, default=1.0)
-    p.add_argument("--targets", type=lambda v: [float(x) for x in v.split(",")], default=[0.9, 0.75, 0.6])
-    p.add_argument("--band", type=float, default=0.08, help="a pick's params ratio lies in [target - band, target]")
+    p.add_argument("--targets", type=floats, default=[0.9, 0.75, 0.6],
+                   help="the picks' budgets: fractions of the maximal's params or measured latency (--target-by)")
+    p.add_argument("--target-by", choices=["params", "latency"], default="params",
+                   help="latency: each candidate's merged model is timed (the rows' request) and the targets are "
+                        "fractions of the maximal's latency; candidates then spread from the maximal to the minimal")
+    p.add_argument("--heuristic", action=argparse.BooleanOptionalAction, default=True,
+                   help="also pick (and recover, and prune-then-LoRA) the space's median sub-network")
+    p.add_argument("--band", type=float, default=0.08, help="a pick's ratio lies in [target - band, target]")
     p.add_argument("--candidates", type=int, default=48, help="sampled sub-networks the in-process search weighs")
     p.add_argument("--per-target", type=int, default=6, help="candidates scored on the selection set per target")
     p.add_argument("--select-share", type=float, default=0.25, help="share of the test split used to choose picks")
@@ -388,9 +484,10 @@ def main() -> int:
     add_arguments(p)
     p.add_argument("--parts", default="zero_shot,peft_lora", help=f"comma list of {', '.join(PARTS)}")
     p.add_argument("--recover-steps", type=int, default=50, help="recovery fine-tune steps per pick (part recover)")
-    p.add_argument("--budget-share", type=float, default=1.0,
+    p.add_argument("--budget-share", type=floats, default=[1.0],
                    help="steps of each prune_lora / minitron row: this share of lonas-ray's whole cost in sub-network "
-                        "passes (super-adapter training + every recovery); 1/3 gives three targets lonas-ray's cost")
+                        "passes (super-adapter training + every recovery); 1/3 gives three targets lonas-ray's cost; "
+                        "a comma list gives rows at each share (named part@share:pick)")
     p.add_argument("--teacher", choices=["maximal", "peft_lora"], default="maximal",
                    help="maximal: in place; peft_lora: the plain-LoRA row's model, frozen, teaches the super-adapter "
                         "and the recoveries (needs part peft_lora; train.distill.teacher: baseline in the pipeline)")
@@ -408,11 +505,7 @@ def main() -> int:
         args, "per task: base zero-shot, plain PEFT LoRA, lonas-ray's super-network picks, prune-then-LoRA; "
               "lonas-ray's scorer on the report part of the recorded test split")
     for task in args.tasks.split(","):
-        t0 = time.perf_counter()
-        result = bench_task(task, args, source, space_spec, device)
-        result["wall_s"] = round(time.perf_counter() - t0, 1)
-        out["tasks"].append(result)
-        Path(args.out).write_text(json.dumps(out, indent=1))  # after every task: a later failure keeps these
+        run_saving(args.out, out, lambda save: bench_task(task, args, source, space_spec, device, save))
     return 0
 
 

@@ -25,7 +25,6 @@ against the training-time (fake-quantized) super-network's, max |diff| / max |re
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -36,8 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from bench_quality import (add_arguments, compare_to_peft_lora, load_task, search_picks, start,  # noqa: E402
-                           train_peft_lora, train_supernet)
+from bench_quality import (add_arguments, compare_to_peft_lora, load_task, run_saving, search_picks,  # noqa: E402
+                           start, train_peft_lora, train_supernet)
 
 from lonas_ray.build import SupernetSpec, build_supernet  # noqa: E402
 from lonas_ray.config_io import from_dict  # noqa: E402
@@ -81,7 +80,7 @@ def bench_variant(name: str, task, args, source, space_spec: dict, device: torch
     t0 = time.perf_counter()
     passes = train_supernet(supernet, task.dataset, task.pad_id, args, device)
     train_s = time.perf_counter() - t0
-    picks = search_picks(supernet, task.select, task.tokenizer, args)
+    picks, _ = search_picks(supernet, task.select, task.tokenizer, args)
     ids = [task.dataset[i]["input_ids"] for i in range(2)]
     probe = torch.tensor([row[: min(32, *map(len, ids))] for row in ids])
     rows = []
@@ -102,6 +101,22 @@ def bench_variant(name: str, task, args, source, space_spec: dict, device: torch
     return rows
 
 
+def bench_task(name: str, variants: list[str], args, source, space_spec: dict, device, save) -> dict:
+    task = load_task(name, args, source, device)
+    rows = task.result["rows"]
+    t1 = time.perf_counter()
+    tuned = train_peft_lora(task.model.to(device, task.dtype), task.dataset, task.pad_id, args.steps, args, device)
+    rows.append(task.scorer.row("peft_lora", tuned, time.perf_counter() - t1, steps=args.steps,
+                                nonzero_params=count_model(tuned).nonzero_params))
+    save(task.result)
+    del tuned
+    for variant in variants:
+        rows.extend(bench_variant(variant, task, args, source, space_spec, device))
+        compare_to_peft_lora(rows)
+        save(task.result)
+    return task.result
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_arguments(p)
@@ -119,21 +134,7 @@ def main() -> int:
               "a searched pick), all at one training budget; lonas-ray's scorer on the report part of the test split")
     out["variants"] = {v: VARIANTS[v] for v in variants}
     for name in args.tasks.split(","):
-        t0 = time.perf_counter()
-        task = load_task(name, args, source, device)
-        rows = task.result["rows"]
-        t1 = time.perf_counter()
-        tuned = train_peft_lora(task.model.to(device, task.dtype), task.dataset, task.pad_id, args.steps, args, device)
-        rows.append(task.scorer.row("peft_lora", tuned, time.perf_counter() - t1, steps=args.steps,
-                                    nonzero_params=count_model(tuned).nonzero_params))
-        del tuned
-        for variant in variants:
-            rows.extend(bench_variant(variant, task, args, source, space_spec, device))
-            compare_to_peft_lora(rows)
-            Path(args.out).write_text(json.dumps({**out, "tasks": out["tasks"] + [task.result]}, indent=1))
-        task.result["wall_s"] = round(time.perf_counter() - t0, 1)
-        out["tasks"].append(task.result)
-        Path(args.out).write_text(json.dumps(out, indent=1))  # after every task: a later failure keeps these
+        run_saving(args.out, out, lambda save: bench_task(name, variants, args, source, space_spec, device, save))
     return 0
 
 

@@ -18,8 +18,8 @@ def result(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("quality") / "q.json"
     cmd = [sys.executable, "jobs/bench_quality.py", "--quick", "--tasks", "intent_recognition",
            "--parts", "zero_shot,peft_lora,supernet,recover,prune_lora,minitron", "--space-config", "jobs/configs/tiny.yaml",
-           "--targets", "0.95,0.9", "--band", "0.1", "--latency-repeats", "1", "--teacher", "peft_lora",
-           "--out", str(out)]
+           "--targets", "1.3,1.1", "--band", "0.8", "--target-by", "latency", "--budget-share", "0.5,1",
+           "--latency-repeats", "1", "--teacher", "peft_lora", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
@@ -32,7 +32,10 @@ def test_every_row_has_accuracy_with_its_interval_on_the_report_examples(result)
     names = [r["model"] for r in task["rows"]]
     assert names[:2] == ["zero_shot", "peft_lora"]
     assert {"supernet:maximal", "supernet:heuristic"} <= set(names)
-    assert any(n.startswith("prune_lora:") for n in names)
+    # the tiny model's latency barely depends on its widths: targets above 1 keep every band populated whatever the
+    # timing noise, so both picks exist; the bands themselves are checked below
+    assert {"supernet:pick_1.30", "supernet:pick_1.10"} <= set(names)
+    assert any(n.startswith("prune_lora@0.5:") for n in names) and any(n.startswith("prune_lora@1:") for n in names)
     for r in task["rows"]:
         assert r["examples"] == task["report_examples"] and r["metric"] == "mc_accuracy"
         lo, hi = r["ci95"]
@@ -54,26 +57,64 @@ def test_each_recovery_fine_tune_keeps_its_picks_shape_and_trains_the_steps_aske
 
 
 @pytest.mark.parametrize("part", ["prune_lora", "minitron"])
-def test_the_prune_first_baselines_have_exactly_the_shape_of_their_pick_and_lonas_rays_cost(result, part):
+def test_the_prune_first_baselines_have_exactly_the_shape_of_their_pick_at_each_share_of_lonas_rays_cost(result, part):
     (task,) = result["tasks"]
     rows = {r["model"]: r for r in task["rows"]}
     picks, sn = task["supernet"]["picks"], task["supernet"]
-    pruned = [name for name in rows if name.startswith(f"{part}:")]
-    assert pruned and f"{part}:maximal" not in rows  # the maximal's shape is the base: that is peft_lora
-    assert len(pruned) == len(picks) - 1
-    # lonas-ray's whole cost: the super-adapter's passes and every recovery's steps; --budget-share 1 gives all of it
+    # lonas-ray's whole cost: the super-adapter's passes and every recovery's steps
     assert sn["total_passes"] == sn["passes"] + result["settings"]["recover_steps"] * (len(picks) - 1)
-    assert sn["baseline_steps"] == sn["total_passes"] and sn["budget_share"] == 1.0
-    for name in pruned:
-        pick = name.split(":", 1)[1]
-        assert rows[name]["subnet_id"] == rows[f"supernet:{pick}"]["subnet_id"] == picks[pick]["subnet_id"]
-        assert rows[name]["params"] == rows[f"supernet:{pick}"]["params"]  # merged LoRA adds nothing
-        assert rows[name]["steps"] == sn["baseline_steps"]
+    assert [b["share"] for b in sn["budgets"]] == [0.5, 1.0]
+    assert [b["steps"] for b in sn["budgets"]] == [round(0.5 * sn["total_passes"]), sn["total_passes"]]
+    for budget in sn["budgets"]:
+        label = f"{part}@{budget['share']:g}"
+        pruned = [name for name in rows if name.startswith(f"{label}:")]
+        assert f"{label}:maximal" not in rows  # the maximal's shape is the base: that is peft_lora
+        assert len(pruned) == len(picks) - 1
+        for name in pruned:
+            pick = name.split(":", 1)[1]
+            assert rows[name]["subnet_id"] == rows[f"supernet:{pick}"]["subnet_id"] == picks[pick]["subnet_id"]
+            assert rows[name]["params"] == rows[f"supernet:{pick}"]["params"]  # merged LoRA adds nothing
+            assert rows[name]["steps"] == budget["steps"] and rows[name]["budget_share"] == budget["share"]
     assert rows["supernet:maximal"]["params"] == rows["peft_lora"]["params"] == rows["zero_shot"]["params"]
-    for name, pick in picks.items():
+
+
+def test_latency_targets_pick_within_their_band_of_the_maximals_measured_latency_and_cost_is_counted(result):
+    (task,) = result["tasks"]
+    sn = task["supernet"]
+    assert sn["target_by"] == "latency"
+    for name, pick in sn["picks"].items():
         if name.startswith("pick_"):
-            target = float(name.removeprefix("pick_"))
-            assert target - 0.1 <= pick["params_ratio"] <= target  # the budget the pick was searched within
+            assert pick["target"] - 0.8 <= pick["latency_ratio"] <= pick["target"]
+            assert pick["candidates"] >= 1
+    assert sn["picks"]["maximal"]["latency_ratio"] == 1.0
+    search = sn["search"]
+    assert search["latency_measured"] >= 2 and search["scored"] >= 1 and search["search_s"] > 0
+    assert search["candidates"] == result["settings"]["candidates"]
+    assert sn["total_s"] >= sn["train_s"] + search["search_s"]
+
+
+def test_spread_sampling_reaches_from_the_maximal_to_the_minimal_where_uniform_sampling_stays_in_the_middle():
+    sys.path.insert(0, str(ROOT / "jobs"))
+    from bench_quality import spread_sample
+
+    from lonas_ray.space import SearchSpace, SpaceSpec
+    from lonas_ray.shape import ModelShape
+
+    shape = ModelShape(family="llama", num_layers=8, hidden_size=64, intermediate_size=128, num_heads=4,
+                       num_kv_heads=2, head_dim=16, vocab_size=100, tie_word_embeddings=True)
+    space = SearchSpace.resolve(SpaceSpec.from_dict({"mlp": {"choices": [1.0, 0.5]}, "depth": {"skippable": [2, 5]}}),
+                                shape)
+
+    def cut_share(cfg: dict) -> float:
+        return sum(v != space.dims[k].choices[0] for k, v in cfg.items()) / len(cfg)
+
+    spread = [cut_share(spread_sample(space, seed)) for seed in range(64)]
+    uniform = [cut_share(space.sample(seed)) for seed in range(64)]
+    assert min(spread) < 0.15 and max(spread) > 0.85  # near-maximal and near-minimal candidates both occur
+    assert 0.15 < min(uniform) and max(uniform) < 0.85  # what latency targets far from the maximal would miss
+    for seed in range(64):
+        space.validate(spread_sample(space, seed))
+        assert spread_sample(space, seed) == spread_sample(space, seed)
 
 
 def test_the_plain_lora_model_teaches_with_one_forward_per_training_step(result):
@@ -84,6 +125,7 @@ def test_the_plain_lora_model_teaches_with_one_forward_per_training_step(result)
     assert task["teacher"]["forwards_in_training"] == steps
     # the Minitron-style rows learn from the teacher: their models differ from prune-then-LoRA's of the same shape
     rows = {r["model"]: r for r in task["rows"]}
-    assert any(rows[n]["task_loss"] != rows[n.replace("minitron", "prune_lora")]["task_loss"]
-               for n in rows if n.startswith("minitron:"))
+    minitron = [n for n in rows if n.startswith("minitron@")]
+    assert minitron and any(rows[n]["task_loss"] != rows[n.replace("minitron", "prune_lora")]["task_loss"]
+                            for n in minitron)
     assert task["supernet"]["passes"] == 3 * steps
