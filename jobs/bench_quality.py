@@ -313,12 +313,69 @@ def compare_to_peft_lora(rows: list[dict]) -> None:
             r["quality_vs_peft_lora"] = r["quality"] / reference["quality"] if reference["quality"] else None
 
 
+def lonas_rows(supernet, t: "Task", args, teacher, add) -> dict:
+    """lonas-ray's side: train the super-adapter, search the picks, score each sliced and (part recover) after its
+    recovery fine-tune; returns the JSON entry of the super-network with lonas-ray's whole cost."""
+    t0 = time.perf_counter()
+    passes = train_supernet(supernet, t.dataset, t.pad_id, args, t.scorer.device, teacher)
+    train_s = time.perf_counter() - t0
+    picks, search_cost = search_picks(supernet, t.select, t.tokenizer, args, t.scorer.runtime)
+    sn = {"space_size": supernet.space.size(), "passes": passes, "train_s": round(train_s, 1), "distill": args.distill,
+          "teacher": args.teacher, "target_by": args.target_by, "search": search_cost, "picks": picks,
+          "teacher_forwards": teacher.calls if teacher is not None else None}
+    for name, entry in picks.items():
+        with torch.no_grad():
+            merged = extract(supernet, entry["config"])
+        add(t.scorer.row(f"supernet:{name}", merged, train_s, subnet_id=entry["subnet_id"],
+                         params_ratio=entry["params_ratio"]))
+        del merged
+    recover_s = 0.0
+    if "recover" in args.parts:
+        trained = {k: v.detach().clone() for k, v in supernet.adapter_state_dict().items()}
+        for name, entry in picks.items():
+            if name == "maximal":
+                continue
+            t0 = time.perf_counter()
+            recover(supernet, entry["config"], t.dataset, t.pad_id, steps=args.recover_steps, batch_size=args.batch,
+                    lr=args.lr, seed=args.seed, first_step=args.steps,  # lonas_ray.train.recover, as the export does
+                    teacher=teacher, distill_weight=args.distill, temperature=args.distill_temperature)
+            with torch.no_grad():
+                merged = extract(supernet, entry["config"])
+            recover_s += time.perf_counter() - t0
+            add(t.scorer.row(f"recover:{name}", merged, train_s + time.perf_counter() - t0,  # both trainings
+                             steps=args.recover_steps, subnet_id=entry["subnet_id"],
+                             params_ratio=entry["params_ratio"]))
+            del merged
+            supernet.load_adapter_state_dict(trained)
+        supernet.eval()
+    # lonas-ray's whole cost in sub-network passes: the super-adapter's training and every recovery it made
+    sn.update(total_passes=passes + (args.recover_steps * (len(picks) - 1) if "recover" in args.parts else 0),
+              recover_s=round(recover_s, 1), total_s=round(train_s + search_cost["search_s"] + recover_s, 1))
+    return sn
+
+
+def earlier_supernet(path: str, task: str, space) -> dict:
+    """--picks-from: the super-network entry (picks, lonas-ray's cost) of ``task`` in an earlier run's JSON, so
+    baseline rows at another share need no second super-adapter. The picks must be sub-networks of this run's
+    space (same space config and model), else the run stops here."""
+    earlier = json.loads(Path(path).read_text())
+    entry = next((r.get("supernet") for r in earlier["tasks"] if r["task"] == task), None)
+    if not entry or "total_passes" not in entry:
+        raise SystemExit(f"--picks-from {path}: no finished super-network of task {task} in it")
+    for name, pick in entry["picks"].items():
+        try:
+            space.validate(pick["config"])
+        except ValueError as e:
+            raise SystemExit(f"--picks-from {path}: pick {name} is not in this run's space ({e}); use the same "
+                             "--space-config as that run") from None
+    return {**entry, "picks_from": str(path)}
+
+
 def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: torch.device,
                save=lambda result: None) -> dict:
     """Every row of one task; ``save(result)`` after each row, so a run cut short keeps what it measured."""
     t = load_task(task, args, source, device)
-    model, tokenizer, dataset, select, scorer, pad_id, dtype = (
-        t.model, t.tokenizer, t.dataset, t.select, t.scorer, t.pad_id, t.dtype)
+    model, dataset, scorer, pad_id, dtype = t.model, t.dataset, t.scorer, t.pad_id, t.dtype
     result = t.result
     rows = result["rows"]
 
@@ -327,6 +384,14 @@ def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: t
         compare_to_peft_lora(rows)
         save(result)
 
+    def build():
+        built = build_supernet(from_dict(SupernetSpec, {**space_spec, "model": vars(source)}, where="supernet"))
+        return built.supernet.to(device, dtype)
+
+    supernet = earlier = None
+    if args.picks_from:  # the earlier picks must fit this space: checked before anything is trained or written
+        supernet = build()
+        earlier = earlier_supernet(args.picks_from, task, supernet.space)
     if "zero_shot" in args.parts:
         add(scorer.row("zero_shot", model.to(device, dtype), 0.0))
     teacher = None
@@ -340,48 +405,17 @@ def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: t
             teacher = TeacherLogits(tuned)
             result["teacher"] = {"model": "peft_lora", "train_s": round(peft_s, 1)}
         del tuned
-    if "supernet" not in args.parts:
+    if "supernet" not in args.parts and earlier is None:
         return result
-    built = build_supernet(from_dict(SupernetSpec, {**space_spec, "model": vars(source)}, where="supernet"))
-    supernet = built.supernet.to(device, dtype)
-    t0 = time.perf_counter()
-    passes = train_supernet(supernet, dataset, pad_id, args, device, teacher)
-    train_s = time.perf_counter() - t0
-    if teacher is not None:
-        result["teacher"]["forwards_in_training"] = teacher.calls
-    picks, search_cost = search_picks(supernet, select, tokenizer, args, scorer.runtime)
-    result["supernet"] = sn = {"space_size": supernet.space.size(), "passes": passes, "train_s": round(train_s, 1),
-                               "distill": args.distill, "teacher": args.teacher, "target_by": args.target_by,
-                               "search": search_cost, "picks": picks}
-    for name, entry in picks.items():
-        with torch.no_grad():
-            merged = extract(supernet, entry["config"])
-        add(scorer.row(f"supernet:{name}", merged, train_s, subnet_id=entry["subnet_id"],
-                       params_ratio=entry["params_ratio"]))
-        del merged
-    recover_s = 0.0
-    if "recover" in args.parts:
-        trained = {k: v.detach().clone() for k, v in supernet.adapter_state_dict().items()}
-        for name, entry in picks.items():
-            if name == "maximal":
-                continue
-            t0 = time.perf_counter()
-            recover(supernet, entry["config"], dataset, pad_id, steps=args.recover_steps, batch_size=args.batch,
-                    lr=args.lr, seed=args.seed, first_step=args.steps,  # lonas_ray.train.recover, as the export does
-                    teacher=teacher, distill_weight=args.distill, temperature=args.distill_temperature)
-            with torch.no_grad():
-                merged = extract(supernet, entry["config"])
-            recover_s += time.perf_counter() - t0
-            add(scorer.row(f"recover:{name}", merged, train_s + time.perf_counter() - t0,  # both trainings
-                           steps=args.recover_steps, subnet_id=entry["subnet_id"], params_ratio=entry["params_ratio"]))
-            del merged
-            supernet.load_adapter_state_dict(trained)
-        supernet.eval()
-    # lonas-ray's whole cost in sub-network passes: the super-adapter's training and every recovery it made
-    total = passes + (args.recover_steps * (len(picks) - 1) if "recover" in args.parts else 0)
-    sn.update(total_passes=total, recover_s=round(recover_s, 1),
-              total_s=round(train_s + search_cost["search_s"] + recover_s, 1),
-              budgets=[{"share": share, "steps": max(1, round(share * total))} for share in args.budget_share])
+    if earlier is not None:
+        sn = result["supernet"] = earlier
+    else:
+        supernet = build()
+        sn = result["supernet"] = lonas_rows(supernet, t, args, teacher, add)
+        if teacher is not None:
+            result["teacher"]["forwards_in_training"] = sn.pop("teacher_forwards")
+    picks = sn["picks"]
+    sn["budgets"] = [{"share": share, "steps": max(1, round(share * sn["total_passes"]))} for share in args.budget_share]
     for part in ("prune_lora", "minitron"):
         if part not in args.parts:
             continue
@@ -491,9 +525,13 @@ def main() -> int:
     p.add_argument("--teacher", choices=["maximal", "peft_lora"], default="maximal",
                    help="maximal: in place; peft_lora: the plain-LoRA row's model, frozen, teaches the super-adapter "
                         "and the recoveries (needs part peft_lora; train.distill.teacher: baseline in the pipeline)")
+    p.add_argument("--picks-from", help="an earlier run's JSON: its picks and cost, no super-adapter trained here "
+                                        "(baseline rows at other --budget-share values); same --space-config")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     args.parts = args.parts.split(",")
+    if args.picks_from and {"supernet", "recover"} & set(args.parts):
+        p.error("--picks-from reuses an earlier run's super-network: leave supernet and recover out of --parts")
     unknown = [x for x in args.parts if x not in PARTS]
     if unknown:
         p.error(f"unknown part(s) {unknown}; use {', '.join(PARTS)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory) -> dict:
+def result_file(tmp_path_factory):
     out = tmp_path_factory.mktemp("quality") / "q.json"
     cmd = [sys.executable, "jobs/bench_quality.py", "--quick", "--tasks", "intent_recognition",
            "--parts", "zero_shot,peft_lora,supernet,recover,prune_lora,minitron", "--space-config", "jobs/configs/tiny.yaml",
@@ -22,7 +23,44 @@ def result(tmp_path_factory) -> dict:
            "--latency-repeats", "1", "--teacher", "peft_lora", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    return out
+
+
+@pytest.fixture(scope="module")
+def result(result_file) -> dict:
+    return json.loads(result_file.read_text())
+
+
+def test_picks_from_an_earlier_run_train_only_the_baselines_at_a_new_share_of_its_cost(result_file, result, tmp_path):
+    out = tmp_path / "later.json"
+    cmd = [sys.executable, "jobs/bench_quality.py", "--quick", "--tasks", "intent_recognition", "--parts",
+           "prune_lora", "--space-config", "jobs/configs/tiny.yaml", "--picks-from", str(result_file),
+           "--budget-share", "0.25", "--latency-repeats", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (earlier,), (later,) = result["tasks"], json.loads(out.read_text())["tasks"]
+    sn = later["supernet"]
+    assert sn["picks"] == earlier["supernet"]["picks"] and sn["total_passes"] == earlier["supernet"]["total_passes"]
+    assert sn["picks_from"] == str(result_file)
+    assert sn["budgets"] == [{"share": 0.25, "steps": round(0.25 * sn["total_passes"])}]
+    rows = {r["model"]: r for r in later["rows"]}
+    assert set(rows) == {f"prune_lora:{n}" for n in sn["picks"] if n != "maximal"}  # no super-adapter rows
+    for name, row in rows.items():
+        assert row["subnet_id"] == sn["picks"][name.split(":", 1)[1]]["subnet_id"]
+        assert row["steps"] == sn["budgets"][0]["steps"]
+
+
+def test_picks_from_a_run_of_another_space_stop_before_training_with_the_fix(result_file, tmp_path):
+    space = tmp_path / "other.yaml"
+    space.write_text(Path(ROOT / "jobs/configs/tiny.yaml").read_text().replace("choices: [1.0, 0.75, 0.5]",
+                                                                               "choices: [1.0, 0.25]"))
+    out = tmp_path / "later.json"
+    cmd = [sys.executable, "jobs/bench_quality.py", "--quick", "--tasks", "intent_recognition", "--parts",
+           "peft_lora,prune_lora", "--space-config", str(space), "--picks-from", str(result_file), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and not out.exists()
+    assert "is not in this run's space" in proc.stderr and "same --space-config" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_every_row_has_accuracy_with_its_interval_on_the_report_examples(result):
