@@ -12,6 +12,7 @@ from conftest import ROOT
 
 from lonas_ray.config_io import ConfigError
 from lonas_ray.pipeline.config import PipelineConfig
+from lonas_ray.train.loop import bar_label
 from lonas_ray.pipeline.figures import compare, fine_tuning_verdict, select_models
 from lonas_ray.pipeline.report import model_card, report_markdown
 from lonas_ray.pipeline.stages import STAGES, StageLog
@@ -31,6 +32,9 @@ def test_the_pipeline_config_derives_the_stage_configs():
     assert train.output_dir == "/o" and train.sampling.strategy == "sandwich" and train.optim.steps == 6
     base = cfg.train_config("/o/baseline", baseline=True)
     assert base.sampling.strategy == "fixed:maximal" and base.optim.steps == 6
+    # what the progress bars of the two stages say they train
+    assert bar_label(base.sampling.strategy) == "LoRA training (maximal only)"
+    assert bar_label(train.sampling.strategy) == "super-adapter training"
     r = raw()
     r["baseline"] = {"steps": 3}
     assert PipelineConfig.from_dict(r).train_config("/o", baseline=True).optim.steps == 3

@@ -45,7 +45,12 @@ def _stdout_print(*objects, sep=" ", end="\n", file=None, flush=False) -> None:
     sys.stdout.write(sep.join(map(str, objects)) + end)
 
 
-def _progress_bar(total: int, done: int):
+def bar_label(strategy: str) -> str:
+    """What the progress bar names: the baseline stage trains the maximal alone (plain LoRA), not a super-adapter."""
+    return "LoRA training (maximal only)" if strategy == "fixed:maximal" else "super-adapter training"
+
+
+def _progress_bar(total: int, done: int, label: str):
     """Rank 0's ``tqdm_ray`` bar, drawn by the driver, whose state lines bypass Ray Train's print patch.
 
     Ray Train patches ``print`` in its workers to tee into stdout *and* its logger
@@ -65,7 +70,7 @@ def _progress_bar(total: int, done: int):
             finally:
                 builtins.print = patched
 
-    bar = WorkerBar(total=total, desc="super-adapter training")
+    bar = WorkerBar(total=total, desc=label)
     bar.update(done)
     return bar
 
@@ -234,7 +239,7 @@ def report_step(w: Worker, step: int, subnets: list, ids: list[str], micro: list
     if w.rank == 0:
         set_gauges({"lonas_train_loss": loss_mean, "lonas_train_tokens_per_s": tokens_per_s,
                     "lonas_train_subnet_params": params_mean, "lonas_train_step": done}, run=w.out.name)
-        bar.set_description(f"super-adapter training (loss {loss_mean:.4f})")
+        bar.set_description(f"{bar_label(cfg.sampling.strategy)} (loss {loss_mean:.4f})")
         bar.update(1)
     last = done == cfg.optim.steps
     if done % cfg.checkpoint.every_steps == 0 or last:
@@ -254,7 +259,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     w.rank_log.parent.mkdir(parents=True, exist_ok=True)
     (w.out / "ranks" / f"rank{w.rank}.pid").write_text(str(os.getpid()))
     probe_batch = collate(w.dataset.select([0, 1]), w.pad_id)
-    bar = _progress_bar(w.cfg.optim.steps, w.start) if w.rank == 0 else None
+    bar = _progress_bar(w.cfg.optim.steps, w.start, bar_label(w.cfg.sampling.strategy)) if w.rank == 0 else None
 
     def backward_and_step(loss):  # DeepSpeed steps the optimizer itself at the accumulation boundary
         w.engine.backward(loss)
