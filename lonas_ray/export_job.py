@@ -20,7 +20,9 @@ from transformers import AutoModelForCausalLM
 from lonas_ray.build import SupernetSpec, build_supernet
 from lonas_ray.calibration import calibration_batch
 from lonas_ray.config_io import ConfigError, YamlConfig, help_field, to_dict
+from lonas_ray.merge.gguf_export import check_formats, check_gguf_source
 from lonas_ray.merge.save import save_subnetwork
+from lonas_ray.model_source import gguf_tokenizer_pre
 from lonas_ray.space import SearchSpace, SubnetConfig
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,14 @@ class ExportJobConfig(YamlConfig):
     seed: int = help_field(0, help="seed for random sub-networks")
     verify: bool = help_field(True, help="reload every export and compare its logits with the super-network's")
     with_adapter: bool = help_field(True, help="also export the unmerged base + a stock-PEFT adapter")
+    formats: list[str] = help_field(
+        default_factory=lambda: ["hf"], help="hf (always) and optionally gguf: model.gguf beside it for llama.cpp "
+        "(Llama/Mistral families, dense or sparse bases)")
 
     def __post_init__(self):
+        check_formats(self.formats, "formats")
+        if "gguf" in self.formats:
+            check_gguf_source(self.supernet.model, "formats")
         for s in self.subnets:
             if s in NAMED:
                 continue
@@ -77,12 +85,14 @@ def run_export(cfg: ExportJobConfig, output: str | Path) -> dict:
     build_s = time.perf_counter() - t0
     probe = calibration_batch(built.tokenizer, supernet.shape.vocab_size, 2, 32, seed=cfg.seed + 1)
     probe = {k: probe[k] for k in ("input_ids", "attention_mask")}
+    gguf = {"pre": gguf_tokenizer_pre(cfg.supernet.model), "dtype": "f16"} if "gguf" in cfg.formats else None
     rows = []
     for label, sub in chosen_subnets(supernet.space, cfg.subnets, cfg.seed).items():
         sid = supernet.space.subnet_id(sub)
         out_dir = output / "models" / sid
         t = time.perf_counter()
-        manifest = save_subnetwork(supernet, sub, out_dir, tokenizer=built.tokenizer, with_adapter=cfg.with_adapter)
+        manifest = save_subnetwork(supernet, sub, out_dir, tokenizer=built.tokenizer, with_adapter=cfg.with_adapter,
+                                   gguf=gguf)
         row = {"label": label, "subnet_id": sid, "path": str(out_dir), "export_s": time.perf_counter() - t,
                **manifest["counts"], "architecture": manifest["architecture"]}
         if cfg.verify:

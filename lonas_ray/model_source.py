@@ -15,6 +15,7 @@ Nothing here reaches the network: every load is from local files.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import os
 import shutil
@@ -112,6 +113,30 @@ class ModelSource:
             )
         if not isinstance(self.overrides, dict):
             raise ValueError(f"model source overrides must be a mapping, got {self.overrides!r}")
+
+
+def source_family(source: ModelSource) -> str | None:
+    """The model type of ``source`` without loading its weights (None where its config cannot be read yet)."""
+    if source.kind == "tiny":
+        return source.family
+    if source.kind == "smollm2":
+        return "llama"
+    config = Path(source.path).expanduser() / "config.json"
+    try:
+        return str(json.loads(config.read_text()).get("model_type")).removeprefix("lonas_")
+    except (OSError, ValueError):
+        return None
+
+
+def gguf_tokenizer_pre(source: ModelSource) -> str | None:
+    """llama.cpp's pre-tokenizer name of ``source``'s tokenizer where the model came from a GGUF (SmolLM2):
+    a Hugging Face tokenizer does not record it, and a GGUF export needs it (``merge/gguf_export.py``)."""
+    if source.kind != "smollm2":
+        return None
+    import gguf
+
+    field = gguf.GGUFReader(smollm2_gguf_path()).get_field("tokenizer.ggml.pre")
+    return field.contents() if field is not None else None
 
 
 def tiny_config(family: str = "llama", **overrides: Any) -> PretrainedConfig:

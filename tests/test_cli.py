@@ -90,3 +90,13 @@ def test_quickstart_on_smollm2(tmp_path):
     assert rows["minimal"]["params"] < 0.8 * rows["maximal"]["params"]
     assert all(r["max_rel_err"] < 1e-4 for r in rows.values())
     assert (Path(rows["heuristic"]["path"]) / "tokenizer.json").is_file()
+    # formats: [hf, gguf]: llama.cpp's file beside each export, per-layer shapes as deci, SmolLM2's pre-tokenizer
+    import gguf
+
+    for row in rows.values():
+        manifest = json.loads((Path(row["path"]) / "lonas_subnet.json").read_text())
+        assert manifest["gguf"]["file"] == "model.gguf" and manifest["gguf"]["pre"] == "smollm"
+        reader = gguf.GGUFReader(Path(row["path"]) / "model.gguf")
+        arch = reader.get_field("general.architecture").contents()
+        assert arch == ("llama" if row["architecture"] == "LlamaForCausalLM" else "deci"), row
+    assert rows["minimal"]["architecture"] == "LonasLlamaForCausalLM"  # EFTNAS widths differ per layer

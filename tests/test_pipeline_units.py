@@ -45,6 +45,14 @@ def test_the_pipeline_config_derives_the_stage_configs():
     assert base.distill.weight == 0.0 and not base.distill.frozen_teacher
 
 
+def qwen3_dir(d):
+    """A directory whose config.json names a Qwen3 model: what a GGUF export's config check reads."""
+    path = d.parent / "qwen3"
+    path.mkdir(exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    return path
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda r, d: r["train"].update(distill={"teacher": "/nonexistent/teacher", "weight": 0.5}),
      "distill.teacher '/nonexistent/teacher' is not a directory"),
@@ -56,8 +64,18 @@ def test_the_pipeline_config_derives_the_stage_configs():
      "train.distill.teacher 'baseline' needs the baseline"),
     (lambda r, d: r.update(export={"select": "targets", "recover_steps": 3, "candidates": 0}),
      "export.candidates must be an integer >= 1"),
+    (lambda r, d: r.update(export={"formats": ["gguf"]}), "export.formats must list hf and optionally gguf"),
+    (lambda r, d: r.update(export={"formats": ["hf", "gguf"]}),
+     "export.formats: gguf needs the model's Hugging Face tokenizer inside the GGUF, and tiny random models have none"),
+    (lambda r, d: (r.update(export={"formats": ["hf", "gguf"]}),
+                   r["supernet"].update(model={"kind": "local", "path": str(qwen3_dir(d))})),
+     "export.formats: GGUF export covers Llama and Mistral sub-networks; this model is 'qwen3'"),
+    (lambda r, d: (r.update(export={"formats": ["hf", "gguf"]}), r["supernet"].update(
+        model={"kind": "smollm2"}, quantization={"enabled": True, "bits": 4, "group_size": 32})),
+     "export.formats: gguf takes dense or sparse merges, and this base is quantized to INT4"),
 ])
-def test_a_bad_teacher_or_ranking_exits_2_with_the_problem_named_and_nothing_written(tmp_path, change, message):
+def test_a_bad_teacher_ranking_or_export_format_exits_2_with_the_problem_named_and_nothing_written(
+        tmp_path, change, message):
     r = raw()
     (tmp_path / "empty").mkdir()
     change(r, tmp_path / "empty")

@@ -4,6 +4,8 @@ Layout of ``out_dir``:
   config.json, model.safetensors, generation_config.json  the merged model
   tokenizer files                                        when a tokenizer is given
   lonas_subnet.json                                      subnet id, configuration, counts
+  model.gguf                                             the same model for llama.cpp (optional, Llama/Mistral;
+                                                         ``merge/gguf_export.py``)
   peft/base/, peft/adapter/                              sliced unmerged base + stock-PEFT adapter (optional;
                                                          not for SparsePEFT / QA: stock LoRA cannot mask a delta)
 
@@ -28,6 +30,7 @@ from lonas_ray.counting import count_subnet
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.merge.compressed import quantized_linears, save_int4
 from lonas_ray.merge.extract import extract
+from lonas_ray.merge.gguf_export import GGUF_FILE, check_gguf_family, write_gguf
 from lonas_ray.merge.peft_export import export_peft_adapter
 from lonas_ray.space import SubnetConfig
 
@@ -39,11 +42,16 @@ log = logging.getLogger(__name__)
 
 
 def save_subnetwork(supernet: SuperNetwork, config: SubnetConfig, out_dir: str | Path, *,
-                    tokenizer=None, with_adapter: bool = False) -> dict:
-    """Extract, merge and save sub-network ``config``; returns the manifest written beside it."""
+                    tokenizer=None, with_adapter: bool = False, gguf: dict | None = None) -> dict:
+    """Extract, merge and save sub-network ``config``; returns the manifest written beside it.
+
+    ``gguf``: ``{"pre": ..., "dtype": ...}`` (``write_gguf``'s options) also writes ``model.gguf``.
+    """
     supernet.space.validate(config)  # before anything is written
+    if gguf is not None:
+        check_gguf_family(supernet.family.name)
     with atomic_dir(out_dir) as tmp:
-        return _write(supernet, config, tmp, tokenizer, with_adapter)
+        return _write(supernet, config, tmp, tokenizer, with_adapter, gguf)
 
 
 def align_eos(model, tokenizer) -> None:
@@ -66,7 +74,8 @@ def align_eos(model, tokenizer) -> None:
         model.config.pad_token_id = gen.pad_token_id = tokenizer.pad_token_id
 
 
-def _write(supernet: SuperNetwork, config: SubnetConfig, tmp: Path, tokenizer, with_adapter: bool) -> dict:
+def _write(supernet: SuperNetwork, config: SubnetConfig, tmp: Path, tokenizer, with_adapter: bool,
+           gguf: dict | None) -> dict:
     model = extract(supernet, config, merge=True)
     if tokenizer is not None:
         align_eos(model, tokenizer)
@@ -89,6 +98,9 @@ def _write(supernet: SuperNetwork, config: SubnetConfig, tmp: Path, tokenizer, w
     }
     if compression:
         manifest["compression"] = compression
+    if gguf is not None:
+        path = write_gguf(tmp, tmp / GGUF_FILE, **gguf)
+        manifest["gguf"] = {"file": GGUF_FILE, "bytes": path.stat().st_size, **gguf}
     masked = any(m.mask_adapter or m.qa for m in supernet.elastic.values())
     if with_adapter and masked:
         log.warning("not writing peft/: a SparsePEFT / QA adapter's delta is masked or rounded, which stock "

@@ -13,6 +13,9 @@ from pathlib import Path
 from lonas_ray.build import SupernetSpec
 from lonas_ray.config_io import ConfigError, YamlConfig, from_dict, help_field, to_dict
 from lonas_ray.data.spec import DataSpec
+from lonas_ray.merge.gguf_export import DTYPES as GGUF_DTYPES
+from lonas_ray.merge.gguf_export import check_formats, check_gguf_source
+from lonas_ray.model_source import gguf_tokenizer_pre
 from lonas_ray.search.config import ParetoSpec, PoolSpec, QualitySpec, SearchConfig, StrategySpec
 from lonas_ray.train.config import TrainConfig, TrainSettings
 from lonas_ray.train.teacher import BASELINE
@@ -58,6 +61,11 @@ class ExportSpec:
     gpus: float = help_field(0, help="GPUs of one merge task (merging is cheap; CPUs are enough)")
     resources: dict[str, float] = help_field(default_factory=dict, help="extra Ray resources of a merge task")
     with_adapter: bool = help_field(False, help="also write the unmerged base + a stock-PEFT adapter (peft/)")
+    formats: list[str] = help_field(
+        default_factory=lambda: ["hf"], help="what each exported model is written as: hf (Hugging Face, always) "
+        "and gguf (models/<id>/model.gguf for llama.cpp; Llama/Mistral families, dense or sparse bases)"
+    )
+    gguf_dtype: str = help_field("f16", help="formats: gguf: the GGUF's matrix dtype, f16 or f32 (exact)")
     recover_steps: int = help_field(
         0, help="a recovery fine-tune of each chosen sub-network's adapter before its merge (that sub-network "
         "alone, train.optim's batch and lr; 0: off); its checkpoint is scored again and those figures are reported"
@@ -80,6 +88,9 @@ class ExportSpec:
         if not self.latency_targets or any(not 0 < t <= 1 for t in self.latency_targets):
             raise ConfigError(f"export.latency_targets must be fractions in (0, 1] of the maximal's latency, got "
                               f"{self.latency_targets}")
+        check_formats(self.formats, "export.formats")
+        if self.gguf_dtype not in GGUF_DTYPES:
+            raise ConfigError(f"export.gguf_dtype '{self.gguf_dtype}' is unknown; use one of {', '.join(GGUF_DTYPES)}")
         if self.select == "targets" and self.recover_steps < 1:
             raise ConfigError("export.select: targets ranks candidates after their recovery fine-tune: set "
                               "export.recover_steps >= 1 (or use select: picks)")
@@ -105,8 +116,24 @@ class PipelineConfig(YamlConfig):
         if self.train.distill.frozen_teacher and self.train.distill.teacher == BASELINE and not self.baseline.enabled:
             raise ConfigError(f"train.distill.teacher '{BASELINE}' needs the baseline: set baseline.enabled: true, "
                               "or name a teacher directory, or distill in place (teacher: maximal)")
+        if "gguf" in self.export.formats:
+            self.check_gguf()
         self.train_config(".")  # the stage configs' own checks, now
         self.search_config(".", ".")
+
+    def check_gguf(self) -> None:
+        """GGUF exports: a family and a base the writer covers, known before any stage runs."""
+        check_gguf_source(self.supernet.model, "export.formats")
+        if self.supernet.quantization.enabled:
+            raise ConfigError("export.formats: gguf takes dense or sparse merges, and this base is quantized to INT4 "
+                              "(supernet.quantization.enabled): leave gguf out, or quantize with llama.cpp's own "
+                              "tools after a dense export")
+
+    def gguf_options(self) -> dict | None:
+        """``save_subnetwork``'s gguf options for this run's models (None: no GGUF asked for)."""
+        if "gguf" not in self.export.formats:
+            return None
+        return {"pre": gguf_tokenizer_pre(self.supernet.model), "dtype": self.export.gguf_dtype}
 
     def teacher_dir(self, output_dir: str | Path) -> Path | None:
         """The frozen teacher's directory for a run in ``output_dir`` (None: in place or no distillation)."""

@@ -173,7 +173,8 @@ class Pipeline:
                 log.info("removing %s: no longer chosen", stale)
                 shutil.rmtree(stale)
         judge = self.judge()
-        manifests = export_models(jobs, models, self.cfg.export, judge, recover, recover_names=set(chosen))
+        manifests = export_models(jobs, models, self.cfg.export, judge, recover, recover_names=set(chosen),
+                                  gguf=self.cfg.gguf_options())
         self.write_cards(chosen, manifests)
         return {"models": sorted(jobs)}
 
@@ -187,7 +188,8 @@ class Pipeline:
         for m in ([fig["baseline"]] if fig["baseline"] else []) + fig["models"]:
             name = BASELINE if m is fig["baseline"] else m["subnet_id"]
             card = model_card(m, None if name == BASELINE else fig["baseline"], fig["pools"],
-                              manifests[name]["architecture"], manifests[name].get("compression"))
+                              manifests[name]["architecture"], manifests[name].get("compression"),
+                              manifests[name].get("gguf"))
             (self.out / MODELS / name / "README.md").write_text(card)
 
     def report(self) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lonas_ray.crosscheck import JUDGE_FILE
+from lonas_ray.merge.gguf_export import GGUF_FILE
 from lonas_ray.merge.save import MANIFEST
 from lonas_ray.pipeline.config import ExportSpec
 from lonas_ray.transfer import read_tree, write_tree
@@ -32,7 +33,7 @@ RECOVERY = "recovery.json"
 
 def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter: bool,
                    judge: dict | None = None, recover: dict | None = None,
-                   teacher_files: dict[str, bytes] | None = None) -> dict[str, bytes]:
+                   teacher_files: dict[str, bytes] | None = None, gguf: dict | None = None) -> dict[str, bytes]:
     """Extract + merge + save ``config`` of the super-network (and judge it); the model directory as bytes.
 
     ``judge``: ``{"data": ..., "quality": ...}`` (the pipeline's sections as dicts) to cross-check with lm-eval.
@@ -50,7 +51,7 @@ def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter:
     recover_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="lonas-export-") as d:
         model_dir = Path(d) / "model"
-        save_subnetwork(supernet, config, model_dir, tokenizer=tokenizer, with_adapter=with_adapter)
+        save_subnetwork(supernet, config, model_dir, tokenizer=tokenizer, with_adapter=with_adapter, gguf=gguf)
         del supernet
         scored = None  # the saved checkpoint scored once, for the recovery's figures and the judge alike
         if recover:
@@ -121,10 +122,12 @@ def judge_saved(model_dir: Path, judge: dict, work_dir: Path, scored=None) -> di
     return verdict.to_dict()
 
 
-def already_exported(model_dir: Path, config: dict) -> bool:
+def already_exported(model_dir: Path, config: dict, gguf: dict | None = None) -> bool:
     manifest = model_dir / MANIFEST
     if not manifest.is_file() or not (model_dir / "model.safetensors").is_file():
         return False
+    if gguf is not None and not (model_dir / GGUF_FILE).is_file():
+        return False  # asked for since it was exported
     try:
         return json.loads(manifest.read_text())["config"] == config
     except (json.JSONDecodeError, KeyError):
@@ -146,8 +149,10 @@ def recovered_as(model_dir: Path, recover: dict | None) -> bool:
 
 def export_models(jobs: dict[str, tuple[Path, dict]], target: Path, spec: ExportSpec,
                   judge: dict | None = None, recover: dict | None = None,
-                  recover_names: set[str] = frozenset()) -> dict[str, dict[str, Any]]:
+                  recover_names: set[str] = frozenset(), gguf: dict | None = None) -> dict[str, dict[str, Any]]:
     """Export each ``name -> (supernet_dir, config)`` to ``target/<name>``; returns name -> manifest.
+
+    ``gguf``: ``save_subnetwork``'s GGUF options (``PipelineConfig.gguf_options``), or None for no GGUF.
 
     The models in ``recover_names`` get the recovery fine-tune ``recover`` before their merge.
     """
@@ -162,7 +167,7 @@ def export_models(jobs: dict[str, tuple[Path, dict]], target: Path, spec: Export
     pending = {}
     for name, (supernet_dir, config) in jobs.items():
         own_recovery = recover if name in recover_names else None
-        if already_exported(target / name, config) and (judge is None or (target / name / JUDGE_FILE).is_file()) \
+        if already_exported(target / name, config, gguf) and (judge is None or (target / name / JUDGE_FILE).is_file()) \
                 and recovered_as(target / name, own_recovery):
             log.info("models/%s is already exported; kept", name)
             continue
@@ -171,7 +176,7 @@ def export_models(jobs: dict[str, tuple[Path, dict]], target: Path, spec: Export
         if own_recovery and distill and teacher_ref is None:
             teacher_ref = ray.put(read_tree(Path(distill["teacher"]), recursive=False))
         pending[task.remote(files_ref[supernet_dir], config, spec.with_adapter, judge, own_recovery,
-                            teacher_ref if own_recovery else None)] = name
+                            teacher_ref if own_recovery else None, gguf)] = name
     with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="merge + export", unit="model") as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -151,7 +151,8 @@ def report_markdown(fig: Mapping[str, Any]) -> str:
 
 
 def model_card(model: Mapping[str, Any], baseline: Mapping[str, Any] | None, pools: Sequence[str],
-               architecture: str, compression: Mapping[str, Any] | None = None) -> str:
+               architecture: str, compression: Mapping[str, Any] | None = None,
+               gguf: Mapping[str, Any] | None = None) -> str:
     """README.md of one exported model: what it is, its figures next to the baseline's, how to load it."""
     custom = architecture.startswith("Lonas")
     lines = [
@@ -204,6 +205,11 @@ def model_card(model: Mapping[str, Any], baseline: Mapping[str, Any] | None, poo
               "from transformers import AutoModelForCausalLM, AutoTokenizer",
               "model = AutoModelForCausalLM.from_pretrained(PATH)",
               "tokenizer = AutoTokenizer.from_pretrained(PATH)", "```", ""]
+    if gguf:
+        lines += [f"llama.cpp loads `{gguf['file']}` ({gguf.get('dtype', 'f16')}, "
+                  + ("its per-layer shapes as llama.cpp's `deci` architecture" if custom else "as `llama`")
+                  + "; no lonas-ray code):", "", "```bash", f"llama-server -m PATH/{gguf['file']}",
+                  f"llama-cli -m PATH/{gguf['file']} -p 'your prompt' -n 32 --temp 0", "```", ""]
     return "\n".join(lines)
 
 
