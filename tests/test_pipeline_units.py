@@ -264,7 +264,16 @@ def test_the_model_card_shows_its_figures_beside_the_baselines_and_how_to_load_i
     assert "| lm-eval on the same examples (agrees with the above on) | 0.4792 (47/48) | - |" in card
     assert "| latency on p (ms, static) | 8.00 (2.50x) | 20.00 |" in card
     assert "import lonas_ray" in card
-    assert "import lonas_ray" not in model_card(fig["models"][0], fig["baseline"], ["p"], "LlamaForCausalLM")
+    stock = model_card(fig["models"][0], fig["baseline"], ["p"], "LlamaForCausalLM")
+    assert "import lonas_ray" not in stock
+    # the engines that load it: vLLM (per-layer: with the plugin), llama.cpp where a GGUF was written
+    assert "vLLM serves it with lonas-ray's plugin" in card and "jobs/make_vllm_env.sh" in card
+    assert "vLLM serves it as it is" in stock and "vllm serve PATH" in stock
+    assert "llama" + ".cpp" not in card
+    gguf = model_card(fig["models"][0], fig["baseline"], ["p"], "LonasLlamaForCausalLM",
+                      gguf={"file": "model.gguf", "dtype": "f16", "pre": "smollm"})
+    assert "llama.cpp loads `model.gguf` (f16, its per-layer shapes as llama.cpp's `deci` architecture" in gguf
+    assert "llama-server -m PATH/model.gguf" in gguf
 
 
 def test_directories_travel_as_bytes_and_land_whole(tmp_path):
@@ -303,8 +312,12 @@ def test_the_quick_start_runs_on_a_task_with_signal_and_reports_against_zero_sho
     # a task where the base model scores 0 zero-shot and plain LoRA 0.85 (README, Data): a gain is visible
     assert cfg.data.train == cfg.data.eval == "shipped:arithmetic_3_digit_addition"
     assert cfg.data.format == shipped.FORMATS["arithmetic_3_digit_addition"] == "generation"
-    assert cfg.zero_shot.enabled and cfg.baseline.enabled and cfg.export.lm_eval
+    assert cfg.zero_shot.enabled and cfg.baseline.enabled
     assert STAGES.index("zero_shot") < STAGES.index("report")
+    # the recipe issue 28 measured best: depth from block influence, the baseline as teacher, recover-then-rank
+    assert cfg.supernet.space.depth.auto == 6 and not cfg.supernet.space.mlp.enabled
+    assert (cfg.train.distill.teacher, cfg.train.distill.weight) == ("baseline", 0.5)
+    assert cfg.export.select == "targets" and cfg.export.recover_steps > 0 and cfg.export.candidates >= 2
 
 
 def test_an_epoch_budget_becomes_steps_over_the_training_examples_and_the_baseline_follows_it():

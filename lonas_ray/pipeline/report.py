@@ -205,6 +205,10 @@ def model_card(model: Mapping[str, Any], baseline: Mapping[str, Any] | None, poo
               "from transformers import AutoModelForCausalLM, AutoTokenizer",
               "model = AutoModelForCausalLM.from_pretrained(PATH)",
               "tokenizer = AutoTokenizer.from_pretrained(PATH)", "```", ""]
+    lines += ["vLLM serves it" + (" with lonas-ray's plugin, which registers the per-layer architecture in vLLM "
+                                  "(an environment from lonas-ray's `jobs/make_vllm_env.sh`: vLLM pins an older "
+                                  "transformers than lonas-ray)" if custom else " as it is (a stock architecture)")
+              + ":", "", "```bash", "vllm serve PATH --dtype float32", "```", ""]
     if gguf:
         lines += [f"llama.cpp loads `{gguf['file']}` ({gguf.get('dtype', 'f16')}, "
                   + ("its per-layer shapes as llama.cpp's `deci` architecture" if custom else "as `llama`")

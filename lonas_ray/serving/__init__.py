@@ -1,0 +1,1 @@
+"""Serving exported sub-networks in engines other than transformers (vLLM through a plugin)."""

