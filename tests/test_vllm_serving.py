@@ -8,10 +8,7 @@ token ids; transformers runs here on the same exported directories.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,26 +22,12 @@ from lonas_ray.config_io import from_dict
 from lonas_ray.merge.save import save_subnetwork
 
 pytestmark = pytest.mark.timeout(1800)
-log = logging.getLogger(__name__)
 
 SPACE = {"lora": {"target_modules": ["q_proj", "v_proj", "up_proj"], "r_max": 8, "rank_choices": [8, 4]},
          "mlp": {"choices": [1.0, 0.75, 0.5], "align": 8}, "heads": {"choices": [1.0, 0.5]}}
 NEW_TOKENS = 8
 TINY_HEAD_32 = {"hidden_size": 128, "head_dim": 32}  # vLLM's CPU attention takes head sizes 32, 64, 80, ...
 TIE = 1e-3  # a greedy step whose top two log-probabilities lie this close is a tie either engine may break
-
-
-@pytest.fixture(scope="session")
-def vllm_python(tmp_path_factory) -> Path:
-    given = os.environ.get("LONAS_VLLM_ENV")
-    env = Path(given) if given else tmp_path_factory.mktemp("vllm") / "env"
-    if not given:
-        t0 = time.perf_counter()
-        proc = subprocess.run(["bash", "jobs/make_vllm_env.sh", str(env)], cwd=ROOT, capture_output=True, text=True,
-                              timeout=1200)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        log.warning("vLLM environment built in %.0f s", time.perf_counter() - t0)
-    return env / "bin" / "python"
 
 
 def shapes(space, kind: str) -> dict:

@@ -10,6 +10,8 @@ from lonas_ray.config_io import ConfigError, YamlConfig, help_field
 from lonas_ray.data.spec import DataSpec
 from lonas_ray.model_source import DTYPES
 from lonas_ray.search.latency import RUNTIMES
+
+POOL_RUNTIMES = RUNTIMES + ("vllm",)  # vllm: lonas_ray.search.vllm_runtime
 from lonas_ray.search.objective import OBJECTIVES
 
 POOL_LABEL = "lonas/pool"
@@ -31,8 +33,13 @@ class LatencySpec:
     repeats: int = help_field(10, help="measured requests; median and p90 over these")
     runtimes: list[str] = help_field(
         default_factory=lambda: ["auto"],
-        help=f"runtimes to time, the first is the search objective: {', '.join(RUNTIMES)}; "
-        "auto = cuda_graph + eager on GPU, static + eager on CPU",
+        help=f"runtimes to time, the first is the search objective: {', '.join(POOL_RUNTIMES)}; "
+        "auto = cuda_graph + eager on GPU, static + eager on CPU; vllm = served by vLLM's offline engine in "
+        "vLLM's own environment (latency.vllm_python)",
+    )
+    vllm_python: str = help_field(
+        "", help="runtime vllm: the python of vLLM's environment on the pool's nodes (`bash jobs/make_vllm_env.sh "
+        "DIR` makes one: DIR/bin/python); checked on the pool's own node before any trial"
     )
 
     def __post_init__(self):
@@ -46,8 +53,12 @@ class LatencySpec:
         if not self.runtimes:
             raise ConfigError("latency.runtimes must name at least one runtime")
         for r in self.runtimes:
-            if r != "auto" and r not in RUNTIMES:
-                raise ConfigError(f"latency.runtimes: '{r}' is unknown; use auto or {', '.join(RUNTIMES)}")
+            if r != "auto" and r not in POOL_RUNTIMES:
+                raise ConfigError(f"latency.runtimes: '{r}' is unknown; use auto or {', '.join(POOL_RUNTIMES)}")
+        if "vllm" in self.runtimes and not self.vllm_python:
+            raise ConfigError("latency.runtimes: vllm needs latency.vllm_python, the python of vLLM's environment "
+                              "on the pool's nodes: build one with `bash jobs/make_vllm_env.sh DIR` and set "
+                              "DIR/bin/python")
         if "auto" in self.runtimes and len(self.runtimes) > 1:
             raise ConfigError("latency.runtimes: 'auto' stands alone")
 

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from lonas_ray.atomic import atomic_file, write_json
 from lonas_ray.build import load_prepared
-from lonas_ray.config_io import to_dict
+from lonas_ray.config_io import ConfigError, to_dict
 from lonas_ray.data.spec import check_data
 from lonas_ray.search.config import SearchConfig
 from lonas_ray.search.front import pool_fronts
@@ -181,6 +181,23 @@ def _placement(cfg: SearchConfig, pool: str):
     return placement
 
 
+def check_pool_runtimes(cfg: SearchConfig) -> None:
+    """A pool timed by vLLM must have vLLM's environment on its own nodes: checked there, before any trial."""
+    import ray
+
+    from lonas_ray.search.vllm_runtime import check_vllm_python
+
+    for pool in cfg.search.pools:
+        latency = cfg.pools[pool].latency
+        if "vllm" not in latency.runtimes:
+            continue
+        task = ray.remote(check_vllm_python).options(**_placement(cfg, pool).task_options())
+        try:
+            ray.get(task.remote(latency.vllm_python, pool))
+        except ray.exceptions.RayTaskError as e:
+            raise ConfigError(str(getattr(e, "cause", None) or e)) from None
+
+
 def evaluate_configs(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path,
                      configs: list) -> int:
     """Evaluate the given sub-networks on ``pool`` (those not yet in results.parquet); returns how many."""
@@ -320,6 +337,7 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
 
     result = SearchResult(out)
     try:
+        check_pool_runtimes(cfg)
         for pool in cfg.search.pools:
             result.evaluated[pool] = search_pool(cfg, pool, space, source, out)
         if cfg.search.cross_evaluate and len(cfg.search.pools) > 1:

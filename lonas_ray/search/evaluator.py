@@ -13,6 +13,7 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from lonas_ray.merge.extract import extract
 from lonas_ray.model_source import DTYPES
 from lonas_ray.search.config import LatencySpec, PoolSpec, QualitySpec, SearchConfig
 from lonas_ray.search.latency import measure
+from lonas_ray.search.vllm_runtime import measure_vllm
 from lonas_ray.search.quality import build_eval_set, evaluate_quality, subset, subset_indices
 from lonas_ray.space import SearchSpace, SubnetConfig
 
@@ -120,8 +122,10 @@ class Evaluator:
         if with_latency:
             ls = self.latency
             for runtime in self.runtimes:
-                lat[runtime] = measure(model, runtime, batch_size=ls.batch_size, prompt_len=ls.prompt_len,
-                                       new_tokens=ls.new_tokens, warmup=ls.warmup, repeats=ls.repeats)
+                timer = partial(measure_vllm, python=ls.vllm_python) if runtime == "vllm" else \
+                    partial(measure, runtime=runtime)
+                lat[runtime] = timer(model, batch_size=ls.batch_size, prompt_len=ls.prompt_len,
+                                     new_tokens=ls.new_tokens, warmup=ls.warmup, repeats=ls.repeats)
         del model
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -48,6 +48,15 @@ class Placement:
             b[self.resource] = RESOURCE_UNIT
         return {k: v for k, v in b.items() if v}
 
+    def task_options(self) -> dict:
+        """``.options()`` of a Ray task that must run on one of the pool's nodes (a pre-search check)."""
+        opts = {"num_cpus": min(self.cpus, 1) if self.cpus else 0, "num_gpus": 0}
+        if self.mode == "resource":
+            opts["resources"] = {self.resource: RESOURCE_UNIT}
+        else:
+            opts["label_selector"] = dict(self.label)
+        return opts
+
     def trial_resources(self):
         """The ``PlacementGroupFactory`` a Tune trial of this pool asks for."""
         from ray import tune
