@@ -93,6 +93,12 @@ def data_spec(task: str, cutoff_len: int) -> DataSpec:
     return DataSpec(train=source, eval=source, format=shipped.FORMATS[task], cutoff_len=cutoff_len)
 
 
+def request_latency(model, runtime: str, args, repeats: int):
+    """One request of the benchmark's shape (batch 1, --latency-prompt + --latency-new tokens) on this device."""
+    return measure(model, runtime, batch_size=1, prompt_len=args.latency_prompt, new_tokens=args.latency_new,
+                   warmup=2, repeats=repeats)
+
+
 class Scorer:
     """Quality on the report examples, latency on this device, each row's figures in one dict."""
 
@@ -110,9 +116,7 @@ class Scorer:
         if q.hits is not None:
             out["ci95"] = list(wilson_interval(q.hits, q.examples))
         if latency and self.args.latency_repeats and hasattr(model, "config"):
-            a = self.args
-            stats = measure(model, self.runtime, batch_size=1, prompt_len=a.latency_prompt, new_tokens=a.latency_new,
-                            warmup=2, repeats=a.latency_repeats)
+            stats = request_latency(model, self.runtime, self.args, self.args.latency_repeats)
             out.update(latency_ms=stats.latency_ms, latency_p90_ms=stats.latency_p90_ms, latency_runtime=self.runtime)
         log.info("%-26s %s %.3f %s  task loss %.3f  params %.1fM  latency %s ms", name, q.metric, q.quality,
                  out.get("ci95"), q.task_loss, out["params"] / 1e6, f"{out.get('latency_ms', float('nan')):.1f}")
@@ -208,11 +212,10 @@ class LatencyOf:
     def __call__(self, config: dict) -> float:
         key = structure_key(config)
         if key not in self.cache:
-            a = self.args
             with torch.no_grad():
                 model = extract(self.supernet, config)
-            self.cache[key] = measure(model, self.runtime, batch_size=1, prompt_len=a.latency_prompt,
-                                      new_tokens=a.latency_new, warmup=2, repeats=max(3, a.latency_repeats)).latency_ms
+            self.cache[key] = request_latency(model, self.runtime, self.args,
+                                              max(3, self.args.latency_repeats)).latency_ms
             del model
         return self.cache[key]
 
@@ -415,7 +418,8 @@ def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: t
         if teacher is not None:
             result["teacher"]["forwards_in_training"] = sn.pop("teacher_forwards")
     picks = sn["picks"]
-    sn["budgets"] = [{"share": share, "steps": max(1, round(share * sn["total_passes"]))} for share in args.budget_share]
+    sn["budgets"] = [{"share": share, "steps": max(1, round(share * sn["total_passes"]))}
+                     for share in args.budget_share]
     for part in ("prune_lora", "minitron"):
         if part not in args.parts:
             continue
