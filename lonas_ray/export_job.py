@@ -20,9 +20,8 @@ from transformers import AutoModelForCausalLM
 from lonas_ray.build import SupernetSpec, build_supernet
 from lonas_ray.calibration import calibration_batch
 from lonas_ray.config_io import ConfigError, YamlConfig, help_field, to_dict
-from lonas_ray.merge.gguf_export import check_formats, check_gguf_source
+from lonas_ray.merge.gguf_export import check_formats, check_gguf_source, gguf_options
 from lonas_ray.merge.save import save_subnetwork
-from lonas_ray.model_source import gguf_tokenizer_pre
 from lonas_ray.space import SearchSpace, SubnetConfig
 
 log = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ def run_export(cfg: ExportJobConfig, output: str | Path) -> dict:
     build_s = time.perf_counter() - t0
     probe = calibration_batch(built.tokenizer, supernet.shape.vocab_size, 2, 32, seed=cfg.seed + 1)
     probe = {k: probe[k] for k in ("input_ids", "attention_mask")}
-    gguf = {"pre": gguf_tokenizer_pre(cfg.supernet.model), "dtype": "f16"} if "gguf" in cfg.formats else None
+    gguf = gguf_options(cfg.supernet.model) if "gguf" in cfg.formats else None
     rows = []
     for label, sub in chosen_subnets(supernet.space, cfg.subnets, cfg.seed).items():
         sid = supernet.space.subnet_id(sub)

@@ -56,6 +56,13 @@ def check_formats(formats, key: str) -> None:
         raise ConfigError(f"{key} must list hf and optionally gguf ({', '.join(EXPORT_FORMATS)}), got {formats!r}")
 
 
+def gguf_options(source, dtype: str = "f16") -> dict:
+    """``save_subnetwork``'s gguf options for models of ``source``: the pre-tokenizer name where it is known."""
+    from lonas_ray.model_source import gguf_tokenizer_pre
+
+    return {"pre": gguf_tokenizer_pre(source), "dtype": dtype}
+
+
 def check_gguf_source(source, key: str) -> None:
     """Config check of a GGUF export: the model source's family must be one the writer covers (a local model
     whose config cannot be read yet is checked again when its export is written)."""

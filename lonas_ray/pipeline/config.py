@@ -14,8 +14,7 @@ from lonas_ray.build import SupernetSpec
 from lonas_ray.config_io import ConfigError, YamlConfig, from_dict, help_field, to_dict
 from lonas_ray.data.spec import DataSpec
 from lonas_ray.merge.gguf_export import DTYPES as GGUF_DTYPES
-from lonas_ray.merge.gguf_export import check_formats, check_gguf_source
-from lonas_ray.model_source import gguf_tokenizer_pre
+from lonas_ray.merge.gguf_export import check_formats, check_gguf_source, gguf_options
 from lonas_ray.search.config import ParetoSpec, PoolSpec, QualitySpec, SearchConfig, StrategySpec
 from lonas_ray.train.config import TrainConfig, TrainSettings
 from lonas_ray.train.teacher import BASELINE
@@ -133,7 +132,7 @@ class PipelineConfig(YamlConfig):
         """``save_subnetwork``'s gguf options for this run's models (None: no GGUF asked for)."""
         if "gguf" not in self.export.formats:
             return None
-        return {"pre": gguf_tokenizer_pre(self.supernet.model), "dtype": self.export.gguf_dtype}
+        return gguf_options(self.supernet.model, self.export.gguf_dtype)
 
     def teacher_dir(self, output_dir: str | Path) -> Path | None:
         """The frozen teacher's directory for a run in ``output_dir`` (None: in place or no distillation)."""
