@@ -5,7 +5,14 @@
         --models out/quickstart/models/baseline,out/quickstart/models/<id>,... --out jobs/results/bench_serving_cpu.json
 
 ``--models``: export directories, the first being the maximal (the quick start's ``models/baseline`` is the
-maximal's shape); with none given, the maximal and two sub-networks of SmolLM2-135M in the quick start's
+maximal's shape). ``--run DIR --subnets ID,...``: a finished pipeline run's maximal and searched sub-networks
+(rows of its ``results.parquet``), sliced from its trained super-adapter and merged as its export merges them
+(no recovery: latency is the shape's), into ``--export-dir``:
+
+    python jobs/bench_serving.py --vllm-python /tmp/vllm-env/bin/python --run out/quickstart_widths \
+        --subnets d62ec31d70e0,a5922b4f185d,8db4857b7546 --out jobs/results/bench_serving_cpu_searched.json
+
+With neither given, the maximal and two sub-networks of SmolLM2-135M in the quick start's
 space plus per-layer MLP cuts are exported first (``--export-dir``). Per model and engine, ``--repeats`` timed
 requests after ``--warmup``, each ``--batch`` prompts of ``--prompt-len`` random tokens decoding exactly
 ``--new-tokens`` greedy tokens: transformers with a static KV cache (lonas-ray's ``static`` latency runtime) in
@@ -54,6 +61,38 @@ def export_defaults(out: Path) -> list[Path]:
     return dirs
 
 
+def export_searched(run: Path, ids: list[str], out: Path) -> list[Path]:
+    """The run's maximal, then its searched sub-networks ``ids``, exported from its trained ``supernet/``."""
+    from lonas_ray.merge.save import save_subnetwork
+    from lonas_ray.search.evaluator import load_supernet
+
+    supernet, tokenizer = load_supernet(run / "supernet")
+    dirs = []
+    for name, cfg in [("maximal", supernet.space.maximal()), *((i, searched_configs(run)[i]) for i in ids)]:
+        save_subnetwork(supernet, cfg, out / name, tokenizer=tokenizer)
+        dirs.append(out / name)
+    return dirs
+
+
+def searched_configs(run: Path) -> dict[str, dict]:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(run / "results.parquet", columns=["subnet_id", "config"]).to_pylist()
+    return {r["subnet_id"]: json.loads(r["config"]) for r in rows}
+
+
+def check_run(p: argparse.ArgumentParser, run: Path, ids: list[str]) -> None:
+    """A finished run's directory and ids it searched, before anything is built."""
+    missing = [f for f in ("supernet", "results.parquet") if not (run / f).exists()]
+    if missing:
+        p.error(f"--run {run} has no {' or '.join(missing)}: give the output directory of a run whose search "
+                "finished (`lonas-ray run --stop-after search` at least)")
+    unknown = sorted(set(ids) - set(searched_configs(run)))
+    if not ids or unknown:
+        p.error(f"--subnets: {', '.join(unknown) or '(none given)'} not among the sub-networks {run} searched; "
+                f"pick from {', '.join(sorted(searched_configs(run)))}")
+
+
 def transformers_row(model_dir: Path, args) -> dict:
     from transformers import AutoModelForCausalLM
 
@@ -72,7 +111,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--vllm-python", required=True, help="python of an environment made by jobs/make_vllm_env.sh")
     p.add_argument("--models", help="comma list of export directories, the maximal first")
-    p.add_argument("--export-dir", help="where the default models are exported (default: a temporary directory)")
+    p.add_argument("--run", help="a finished pipeline run's output directory, to export --subnets from")
+    p.add_argument("--subnets", default="", help="with --run: comma list of searched sub-network ids")
+    p.add_argument("--export-dir", help="where exports are written (default: a temporary directory)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=16)
@@ -84,7 +125,13 @@ def main() -> int:
         p.error(f"--vllm-python {args.vllm_python} does not exist: build vLLM's environment with "
                 "`bash jobs/make_vllm_env.sh DIR` and pass DIR/bin/python")
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        if args.models:
+        if args.run and args.models:
+            p.error("--run and --models exclude each other: time a run's searched sub-networks or given exports")
+        if args.run:
+            ids = [i for i in args.subnets.split(",") if i]
+            check_run(p, Path(args.run), ids)
+            dirs = export_searched(Path(args.run), ids, Path(args.export_dir or tmp))
+        elif args.models:
             dirs = [Path(d) for d in args.models.split(",")]
             missing = [str(d) for d in dirs if not (d / "config.json").is_file()]
             if missing:

