@@ -1,6 +1,6 @@
 """`ray job submit` entrypoint: the whole pipeline (train, baseline, search, merge/export, report).
 
-    ray job submit --working-dir . -- python jobs/pipeline.py --config jobs/configs/tiny.yaml --output /shared/out
+    ray job submit --working-dir . -- python jobs/pipeline.py --config jobs/configs/tiny.yaml --output s3://bucket/run
 """
 
 import sys

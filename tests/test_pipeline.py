@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -24,76 +22,11 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
+from helpers import ENV, TINY, Head
 
 from lonas_ray.search.results import SCHEMA, read_results
 
 pytestmark = pytest.mark.timeout(900)
-
-TINY = ROOT / "jobs" / "configs" / "tiny.yaml"
-ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-# what the job does not need; .gpu/ holds the GPU runs' wheels and model parts (jobs/gpu_bench.sh), ~100 MB,
-# with which `ray job submit` failed to upload the working directory here
-EXCLUDES = [".git", ".venv", ".whl", ".gguf1", ".gguf2", ".gpu", "out", "__pycache__"]
-
-
-def free_port(low: int = 20000) -> int:
-    """A free port outside Ray's worker range (10002-19999)."""
-    for port in range(low, low + 2000):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return port
-    raise RuntimeError("no free port")
-
-
-class Head:
-    def __init__(self, tmp: Path):
-        self.env = {**os.environ, **ENV}
-        self.gcs, self.dashboard = free_port(26379), free_port(28265)
-        self.metrics = free_port(self.dashboard + 1)
-        self.address = f"http://127.0.0.1:{self.dashboard}"
-        self.tmp = tmp
-
-    def ray(self, *args: str, timeout: int = 120, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([str(Path(sys.executable).parent / "ray"), *args], env=self.env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout, check=check)
-
-    def start(self) -> None:
-        self.ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.gcs}",
-                 "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}",
-                 f"--metrics-export-port={self.metrics}", "--num-cpus=2", "--object-store-memory=400000000",
-                 "--labels=lonas/pool=cpu_a", '--resources={"pool_cpu_a": 1, "pool_cpu_b": 1}',
-                 "--disable-usage-stats")
-
-    def submit(self, out: Path, *extra: str) -> str:
-        """``ray job submit --no-wait`` of the tiny pipeline; returns the submission id."""
-        proc = self.ray("job", "submit", f"--address={self.address}", "--no-wait", f"--working-dir={ROOT}",
-                        f"--runtime-env-json={json.dumps({'excludes': EXCLUDES})}", "--",
-                        "python", "jobs/pipeline.py", "--config", str(TINY), "--output", str(out), *extra)
-        found = re.search(r"(raysubmit_\w+)", proc.stdout + proc.stderr)
-        assert found, proc.stdout + proc.stderr
-        return found.group(1)
-
-    def client(self):
-        from ray.job_submission import JobSubmissionClient
-
-        return JobSubmissionClient(self.address)
-
-    def wait(self, job: str, timeout: float = 400) -> str:
-        client, end = self.client(), time.time() + timeout
-        while time.time() < end:
-            status = str(client.get_job_status(job).value)
-            if status in ("SUCCEEDED", "FAILED", "STOPPED"):
-                return status
-            time.sleep(1)
-        raise TimeoutError(f"job {job} still running after {timeout} s:\n{client.get_job_logs(job)[-3000:]}")
-
-    def scrape(self) -> str:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5) as r:
-                return r.read().decode()
-        except OSError:
-            return ""
-
 
 def stages(out: Path) -> dict:
     return json.loads((out / "stages.json").read_text())

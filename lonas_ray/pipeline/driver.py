@@ -43,6 +43,7 @@ from lonas_ray.pipeline.figures import BASELINE, ZERO_SHOT, collect, ranked_mode
 from lonas_ray.pipeline.ranking import RANKING, choose_after_recovery, ranking_record, target_candidates
 from lonas_ray.pipeline.stages import STAGES, STRICT, StageLog, fingerprint
 from lonas_ray.search.driver import PARETO, RESULTS, SUMMARY, evaluate_configs, local_pool_tags, rows_by_pool
+from lonas_ray.storage import RunStorage
 from lonas_ray.train.state import STATE_FILE
 from lonas_ray.train.teacher import BASELINE as TEACHER_BASELINE
 from lonas_ray.train.teacher import check_teacher
@@ -58,15 +59,15 @@ def _say(stage: str, text: str) -> None:
 
 
 class Pipeline:
-    def __init__(self, cfg: PipelineConfig, out: Path):
-        self.cfg, self.out = cfg, out
-        self.search_cfg = cfg.search_config(out / "supernet", out)
+    def __init__(self, cfg: PipelineConfig, storage: RunStorage):
+        self.cfg, self.storage, self.out = cfg, storage, storage.local
+        self.search_cfg = cfg.search_config(self.out / "supernet", self.out)
 
     # -- stages: each returns what stages.json records about it -------------------------------------------------
     def train(self) -> dict:
         from lonas_ray.train.trainer import train
 
-        result = train(self.cfg.train_config(self.out))
+        result = train(self.cfg.train_config(self.out), storage=self.storage)
         return {"steps": result.steps}
 
     def baseline(self) -> dict:
@@ -78,7 +79,7 @@ class Pipeline:
         if not (bdir / "prepared").exists():  # the same reordered base and space as the super-network
             prepare_once(self.cfg.supernet, self.out / "prepared", self.cfg.data)
             shutil.copytree(self.out / "prepared", bdir / "prepared")
-        result = train(self.cfg.train_config(bdir, baseline=True))
+        result = train(self.cfg.train_config(bdir, baseline=True), storage=self.storage.child(BASELINE))
         self.score_maximal(result.supernet_dir, bdir)
         return {"steps": result.steps}
 
@@ -179,7 +180,9 @@ class Pipeline:
         return {"models": sorted(jobs)}
 
     def figures(self, chosen: dict[str, dict]) -> dict[str, Any]:
-        return collect(self.out, self.search_cfg.search.pools, chosen, stages=StageLog(self.out).data)
+        fig = collect(self.out, self.search_cfg.search.pools, chosen, stages=StageLog(self.out).data)
+        fig["output_dir"] = self.storage.shared  # the URI of a run on storage, not the driver's working copy
+        return fig
 
     def write_cards(self, chosen: dict[str, dict], manifests: dict[str, dict]) -> None:
         from lonas_ray.pipeline.report import model_card
@@ -231,25 +234,36 @@ class Pipeline:
 def run_pipeline(cfg: PipelineConfig, output: str | Path | None = None, address: str | None = None,
                  stop_after: str | None = None) -> dict[str, Any] | None:
     """Run the stages not yet finished in ``output``; returns the figures (None when stopped early)."""
-    from lonas_ray.metrics import set_gauges
     from lonas_ray.ray_env import ensure_ray
     from lonas_ray.search.results import read_results
 
     if stop_after is not None and stop_after not in STAGES:
         raise ConfigError(f"--stop-after '{stop_after}' is not a stage; stages: {', '.join(STAGES)}")
-    out = Path(output or cfg.output_dir).resolve()
+    storage = RunStorage.open(output or cfg.output_dir)
     check_data(cfg.data)
     if cfg.train.distill.frozen_teacher:
         check_teacher(cfg.train.distill.teacher, in_pipeline=True)
-    out.mkdir(parents=True, exist_ok=True)
+    storage.pull()  # a URI run resumes from what the storage holds, whichever head runs it
+    out = storage.local
     read_results(out / RESULTS)  # a corrupt results file fails now, not after training
     stages = StageLog(out)
-    pipeline = Pipeline(cfg, out)
+    pipeline = Pipeline(cfg, storage)
     fps = pipeline.fingerprints()
     for stage in STRICT:  # a changed training config is refused before any cluster work
         stages.is_done(stage, fps[stage])
     (out / "pipeline_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     ensure_ray(address, dashboard=True, **local_pool_tags(pipeline.search_cfg))
+    storage.start_mirroring()
+    try:
+        return _run_stages(pipeline, stages, fps, stop_after)
+    finally:
+        storage.stop_mirroring()  # whatever the last seconds wrote, also after a failure
+
+
+def _run_stages(pipeline: Pipeline, stages: StageLog, fps: dict[str, str], stop_after: str | None):
+    from lonas_ray.metrics import set_gauges
+
+    out = pipeline.out
     for stage in STAGES:
         if stages.is_done(stage, fps[stage]) and all(p.exists() for p in pipeline.outputs(stage)):
             _say(stage, f"finished earlier ({stages.path}), skipped")
@@ -258,9 +272,10 @@ def run_pipeline(cfg: PipelineConfig, output: str | Path | None = None, address:
             stages.start(stage, fps[stage])
             info = getattr(pipeline, stage)()
             stages.finish(stage, **info)
+            pipeline.storage.push()
             _say(stage, f"done in {stages.entry(stage)['seconds']:.1f} s")
         try:
-            set_gauges({"lonas_pipeline_stage": stages.finished_count()}, run=out.name)
+            set_gauges({"lonas_pipeline_stage": stages.finished_count()}, run=pipeline.storage.name)
         except Exception as exc:  # a view only
             log.warning("could not publish the stage gauge: %s", exc)
         if stage == stop_after:

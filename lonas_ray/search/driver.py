@@ -34,6 +34,7 @@ from lonas_ray.search.config import SearchConfig
 from lonas_ray.search.front import pool_fronts
 from lonas_ray.search.results import SCHEMA, append_results, read_results
 from lonas_ray.space import SearchSpace
+from lonas_ray.storage import RunStorage
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,9 @@ def rows_by_pool(path: Path, pool: str) -> dict[str, dict]:
 def supernet_source(cfg: SearchConfig, out: Path) -> Path:
     """The directory evaluators load: the trained super-network, or one prepared here from the spec."""
     if cfg.supernet_dir:
-        return Path(cfg.supernet_dir).resolve()
+        source = RunStorage.open(cfg.supernet_dir, key="supernet_dir")  # a URI (lonas-ray train --output s3://...) is fetched once
+        source.pull()
+        return source.local
     from lonas_ray.build import prepare_once
 
     return prepare_once(cfg.supernet, out / "prepared", cfg.data)
@@ -324,8 +327,9 @@ def local_pool_tags(cfg: SearchConfig) -> dict:
 def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
     """The whole search stage (see the module doc); re-running continues where a run stopped."""
     check_data(cfg.data)
-    out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    storage = RunStorage.open(cfg.output_dir)  # a URI: a local copy, resumed from it and mirrored to it
+    storage.pull()
+    out = storage.local
     read_results(out / RESULTS)  # a corrupt results file fails here, before any cluster work
     source = supernet_source(cfg, out)
     space = load_prepared(source)[1]
@@ -336,6 +340,7 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
     from lonas_ray.search.pools import release_requests
 
     result = SearchResult(out)
+    storage.start_mirroring()
     try:
         check_pool_runtimes(cfg)
         for pool in cfg.search.pools:
@@ -344,11 +349,12 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
             for pool, n in cross_evaluate(cfg, space, source, out).items():
                 result.evaluated[pool] += n
         finals = final_evaluation(cfg, space, source, out)
-    finally:  # done or failed: no pool needs its nodes any more
+        pools = write_pareto(cfg, space, out, finals)
+        result.summary = {"config": to_dict(cfg), "strategy": cfg.search.strategy, "space_size": space.size(),
+                          "maximal": space.subnet_id(space.maximal()), "new_evaluations": result.evaluated,
+                          "pools": pools}
+        write_json(out / SUMMARY, result.summary)
+    finally:  # done or failed: no pool needs its nodes any more; the storage gets what was written
         release_requests()
-    pools = write_pareto(cfg, space, out, finals)
-    result.summary = {"config": to_dict(cfg), "strategy": cfg.search.strategy, "space_size": space.size(),
-                      "maximal": space.subnet_id(space.maximal()), "new_evaluations": result.evaluated,
-                      "pools": pools}
-    write_json(out / SUMMARY, result.summary)
+        storage.stop_mirroring()
     return result

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -36,7 +37,9 @@ from lonas_ray.train.config import TrainConfig
 from lonas_ray.train.schedule import batch_indices, rank_micro_batches, subnets_for_step
 from lonas_ray.train.state import read_checkpoint, write_checkpoint
 from lonas_ray.train.step import train_step
+from lonas_ray.storage import download_file, is_uri, upload_file
 from lonas_ray.train.teacher import TeacherLogits, load_teacher
+from lonas_ray.transfer import write_tree
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +138,9 @@ class Worker:
     engine: Any
     params: list
     prepared_dir: Path
-    out: Path
+    out: Path  # where this rank writes ranks/: the run's directory, or a node-local one when the run is on a URI
+    run: str  # the run's name (metric tags)
+    ranks_uri: str | None = None  # the run's URI: ranks/ logs are uploaded there
     teacher: Any = None  # a frozen teacher's TeacherLogits (train.distill.teacher), None in place or off
     start: int = 0  # the first step to run (after a resume, the checkpoint's)
     params_of: dict[str, int] = field(default_factory=dict)  # sub-network id -> params (counted once)
@@ -160,7 +165,9 @@ def build_worker(loop_config: dict) -> Worker:
     import ray.train.torch
 
     cfg = TrainConfig.from_dict(loop_config["train"])
-    prepared_dir = Path(loop_config["prepared_dir"])
+    local = Path(tempfile.mkdtemp(prefix="lonas-worker-"))  # this node's own: the driver's disk may be elsewhere
+    prepared_dir = write_tree(loop_config["prepared_files"], local / "prepared")
+    output = loop_config["output_dir"]
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device()
     built = restore_supernet(*load_prepared(prepared_dir), seed=cfg.seed)
@@ -187,11 +194,15 @@ def build_worker(loop_config: dict) -> Worker:
     )
     teacher = None
     if cfg.distill.frozen_teacher:
-        teacher = TeacherLogits(load_teacher(cfg.distill.teacher, device, torch.bfloat16 if use_bf16 else None))
+        source = cfg.distill.teacher  # a trained super-network comes through the object store, a model dir by path
+        if loop_config.get("teacher_files") is not None:
+            source = write_tree(ray.get(loop_config["teacher_files"]), local / "teacher")
+        teacher = TeacherLogits(load_teacher(source, device, torch.bfloat16 if use_bf16 else None))
     worker = Worker(cfg, ctx.get_world_rank(), ctx.get_world_size(), device, supernet, space,
                     build_train_dataset(cfg.data, tokenizer),
                     tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, engine, params,
-                    prepared_dir, Path(loop_config["output_dir"]), teacher=teacher)
+                    prepared_dir, local if is_uri(output) else Path(output), loop_config["run"],
+                    output if is_uri(output) else None, teacher=teacher)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -238,7 +249,7 @@ def report_step(w: Worker, step: int, subnets: list, ids: list[str], micro: list
                "lr": w.engine.get_lr()[0], "subnets": ids}
     if w.rank == 0:
         set_gauges({"lonas_train_loss": loss_mean, "lonas_train_tokens_per_s": tokens_per_s,
-                    "lonas_train_subnet_params": params_mean, "lonas_train_step": done}, run=w.out.name)
+                    "lonas_train_subnet_params": params_mean, "lonas_train_step": done}, run=w.run)
         bar.set_description(f"{bar_label(cfg.sampling.strategy)} (loss {loss_mean:.4f})")
         bar.update(1)
     last = done == cfg.optim.steps
@@ -249,14 +260,23 @@ def report_step(w: Worker, step: int, subnets: list, ids: list[str], micro: list
                              probe_batch=probe_batch if last else None, device=w.device)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"step_{done:06d}")
+        upload_rank_log(w)
     elif done % cfg.log_every == 0:
         ray.train.report(metrics)
+
+
+def upload_rank_log(w: Worker) -> None:
+    """On a URI run, this rank's log so far to ``<uri>/ranks/`` (whole: object stores do not append)."""
+    if w.ranks_uri is not None:
+        upload_file(w.rank_log, f"{w.ranks_uri}/ranks/{w.rank_log.name}")
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
     logging.getLogger("lonas_ray").setLevel(logging.INFO)  # not the root logger: dill would dump bytecode
     w = build_worker(loop_config)
     w.rank_log.parent.mkdir(parents=True, exist_ok=True)
+    if w.ranks_uri is not None:  # a resumed rank appends to the log its earlier attempts uploaded
+        download_file(f"{w.ranks_uri}/ranks/{w.rank_log.name}", w.rank_log)
     (w.out / "ranks" / f"rank{w.rank}.pid").write_text(str(os.getpid()))
     probe_batch = collate(w.dataset.select([0, 1]), w.pad_id)
     bar = _progress_bar(w.cfg.optim.steps, w.start, bar_label(w.cfg.sampling.strategy)) if w.rank == 0 else None
@@ -276,3 +296,4 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if bar is not None:
         bar.close()
         sys.stdout.flush()  # the closing state is a stdout line: out before Ray Train ends the worker
+    shutil.rmtree(w.prepared_dir.parent, ignore_errors=True)  # this rank's node-local copies

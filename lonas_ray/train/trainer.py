@@ -4,7 +4,10 @@ Everything that can be checked without a worker is checked first (config, data
 files, record fields), so a bad run fails in seconds with a message, not after
 a worker group has started. Re-running with the same ``output_dir`` resumes:
 the prepared super-network is reused and Ray Train continues the run of the
-same name from its latest checkpoint.
+same name from its latest checkpoint. ``output_dir`` may be a URI
+(``lonas_ray.storage``): checkpoints then go straight there, and the workers get
+what they need (the prepared super-network, a trained teacher) through the
+object store, never from the driver's disk.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from lonas_ray.data.spec import check_data
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.train.config import TrainConfig
 from lonas_ray.train.state import ADAPTER_FILE, PROBE_FILE, STATE_FILE, load_adapter
-from lonas_ray.train.teacher import check_teacher
+from lonas_ray.storage import RunStorage
+from lonas_ray.train.teacher import check_teacher, teacher_kind
+from lonas_ray.transfer import read_tree
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +41,17 @@ class TrainResult:
     metrics: dict | None
 
 
-def train(cfg: TrainConfig, address: str | None = None) -> TrainResult:
-    """Train the super-adapter; returns where the trained super-network was written."""
+def train(cfg: TrainConfig, address: str | None = None, storage: RunStorage | None = None) -> TrainResult:
+    """Train the super-adapter; returns where the trained super-network was written (in ``storage``'s local
+    copy; ``storage`` defaults to ``cfg.output_dir``, whose URI this call then pulls and pushes itself)."""
     check_data(cfg.data)
     if cfg.distill.frozen_teacher:
         check_teacher(cfg.distill.teacher, in_pipeline=False)
-    out = Path(cfg.output_dir).resolve()
+    own = storage is None
+    storage = storage or RunStorage.open(cfg.output_dir)
+    if own:
+        storage.pull()
+    out = storage.local
     out.mkdir(parents=True, exist_ok=True)
     prepared = prepare_once(cfg.supernet, out / "prepared", cfg.data)
     if cfg.optim.epochs is not None:
@@ -58,28 +68,35 @@ def train(cfg: TrainConfig, address: str | None = None) -> TrainResult:
     from lonas_ray.ray_env import ensure_ray
     from lonas_ray.train.loop import train_loop_per_worker
 
+    import ray
+
     ensure_ray(address)
     resources = dict(cfg.scaling.resources_per_worker)
+    teacher = cfg.distill.teacher if cfg.distill.frozen_teacher else None
+    shipped_teacher = teacher is not None and teacher_kind(teacher) == "supernet"  # a plain model dir stays a path
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": to_dict(cfg), "prepared_dir": str(prepared), "output_dir": str(out)},
+        train_loop_config={"train": to_dict(cfg), "prepared_files": read_tree(prepared), "output_dir": storage.shared,
+                           "run": storage.name, "teacher_files": ray.put(read_tree(teacher)) if shipped_teacher else None},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name=RUN_NAME,
-            storage_path=str(out / "ray_results"),
+            storage_path=storage.path("ray_results"),
             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
         ),
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"training finished without a checkpoint; see the logs under {out / 'ray_results'}")
+        raise RuntimeError(f"training finished without a checkpoint; see the logs under {storage.path('ray_results')}")
     supernet_dir = out / "supernet"
     with result.checkpoint.as_directory() as d:
         publish(Path(d), supernet_dir)
     steps = int(json.loads((supernet_dir / STATE_FILE).read_text())["step"])
     log.info("trained super-network written to %s (%d steps)", supernet_dir, steps)
+    if own:
+        storage.push()
     return TrainResult(supernet_dir, steps, result.metrics)
 
 

@@ -1,0 +1,233 @@
+"""Run output on storage every node reaches: a local path, or a URI such as ``s3://bucket/run``.
+
+On a cluster without a shared disk the output directory must live where every node (and a re-submitted
+job on a new head) can reach it. A URI output works like this:
+
+- the driver works in a local copy (``$LONAS_RAY_CACHE/runs/<name>``, default ``~/.cache/lonas_ray/runs/``), which
+  it fills from the URI when it starts (``pull``: resume after the head or its disk is gone) and mirrors
+  back to it while it runs (``push``: every few seconds and at the end of each stage, so a killed job loses
+  seconds of work, not a stage);
+- Ray Train writes checkpoints straight to ``<uri>/ray_results`` (each worker uploads its own part) and
+  resumes from there; training workers upload their ``ranks/`` logs; nothing a worker needs comes from
+  the driver's disk (the prepared super-network and the teacher travel through Ray's object store).
+
+Any filesystem ``pyarrow.fs.FileSystem.from_uri`` knows works (``s3://``, ``gs://``, ``hdfs://``); its
+credentials come from the usual environment (for S3: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_DEFAULT_REGION``, and ``AWS_ENDPOINT_URL_S3`` for an S3-compatible server), which must reach the
+driver and every node (``ray start``'s environment or the job's ``runtime_env.env_vars``). A path is a local
+directory, and on a cluster it must be a mount every node shares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lonas_ray.config_io import ConfigError
+
+log = logging.getLogger(__name__)
+
+# written by others straight to the URI (Ray Train's checkpoints, the training workers' logs), in the run or
+# in a sub-run (baseline/): never deleted by the mirror
+REMOTE_OWNED = ("ray_results/train/", "ranks/")
+PUSH_EVERY_S = 5.0
+
+
+def is_uri(output: str | os.PathLike) -> bool:
+    return isinstance(output, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", output) is not None \
+        and not output.startswith("file://")
+
+
+def filesystem(uri: str, key: str = "output"):
+    """(pyarrow filesystem, path inside it) of ``uri``, or a ConfigError that names the URI and the fix."""
+    import pyarrow.fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as exc:  # noqa: BLE001  (pyarrow raises ArrowInvalid, OSError, ValueError)
+        raise ConfigError(f"{key} '{uri}' is not a storage URI pyarrow can open ({exc}); give a local path or "
+                          "a URI such as s3://bucket/run (credentials and endpoint from the environment)") from None
+
+
+def check_not_in_job_copy(output: str | os.PathLike, cwd: str | os.PathLike | None = None,
+                          key: str = "output") -> None:
+    """A relative output inside a job's unpacked ``--working-dir`` lands in Ray's temporary copy of the code,
+    named by its hash: the next job with changed code cannot see it, and resume is lost."""
+    cwd = Path(cwd or os.getcwd())
+    if not Path(output).is_absolute() and "runtime_resources" in cwd.parts:
+        raise ConfigError(f"{key} '{output}' is relative, and this job runs in Ray's temporary copy of its working "
+                          f"directory ({cwd}), which the next job with changed code cannot see: give an absolute "
+                          "path every node shares, or a URI such as s3://bucket/run")
+
+
+def _under(rel: str, prefixes: tuple[str, ...]) -> bool:
+    return any(("/" + rel).find("/" + p) >= 0 for p in prefixes)
+
+
+def _skip(rel: str) -> bool:
+    """Work in progress that must not be mirrored: atomic writes' temporaries."""
+    parts = rel.split("/")
+    return any(p.endswith(".partial") or (p.startswith(".") and p.endswith(".tmp")) for p in parts)
+
+
+def local_files(root: Path) -> dict[str, tuple[int, int]]:
+    """Relative path -> (size, mtime_ns) of every file under ``root``."""
+    found = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            p = Path(dirpath) / name
+            rel = p.relative_to(root).as_posix()
+            if not _skip(rel):
+                try:
+                    st = p.stat()
+                except FileNotFoundError:  # replaced while we looked
+                    continue
+                found[rel] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def upload_file(local: Path, uri: str) -> None:
+    """One file to ``uri`` (whole: object stores have no append), directories made as needed."""
+    fs, path = filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with open(local, "rb") as src, fs.open_output_stream(path) as dst:
+        while chunk := src.read(1 << 22):
+            dst.write(chunk)
+
+
+def download_file(uri: str, local: Path) -> bool:
+    """``uri``'s file to ``local`` if it exists there; whether it did."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return False
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with fs.open_input_stream(path) as src, open(local, "wb") as dst:
+        while chunk := src.read(1 << 22):
+            dst.write(chunk)
+    return True
+
+
+@dataclass
+class RunStorage:
+    """Where a run's output lives (``uri``, None for a plain path) and the driver's working copy (``local``)."""
+
+    local: Path
+    uri: str | None = None
+    pushed: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stop: threading.Event | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, output: str | os.PathLike, key: str = "output") -> RunStorage:
+        """``key``: what the user called it (errors name it)."""
+        if not is_uri(output):
+            check_not_in_job_copy(output, key=key)
+            return cls(Path(output).resolve())
+        uri = str(output).rstrip("/")
+        if "?" in uri:
+            raise ConfigError(f"{key} '{uri}' carries options after '?': give the plain URI and set the endpoint "
+                              "and credentials in the environment (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ...)")
+        filesystem(uri, key)  # a bad URI fails before any work
+        from lonas_ray.model_source import cache_root
+
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", uri.split("://", 1)[1])[-80:]
+        local = cache_root() / "runs" / f"{slug}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
+        return cls(local.resolve(), uri)
+
+    def child(self, name: str) -> RunStorage:
+        """A sub-directory of the run as a storage of its own (the baseline's training run)."""
+        return RunStorage(self.local / name, f"{self.uri}/{name}" if self.uri else None)
+
+    @property
+    def name(self) -> str:
+        """The run's name (metric tags): the URI's or the directory's last part."""
+        return self.uri.rsplit("/", 1)[-1] if self.uri else self.local.name
+
+    @property
+    def shared(self) -> str:
+        """What other nodes are given: the URI, or the local path (which must then be a shared mount)."""
+        return self.uri or str(self.local)
+
+    def path(self, rel: str) -> str:
+        return f"{self.shared}/{rel}"
+
+    # -- mirroring ----------------------------------------------------------------------------------------
+    def pull(self) -> int:
+        """Fill the local copy with what the URI holds and the local copy lacks or holds in another size; the
+        number of files fetched. A new run (nothing at the URI yet) fetches nothing."""
+        self.local.mkdir(parents=True, exist_ok=True)
+        if self.uri is None:
+            return 0
+        import pyarrow.fs as pafs
+
+        fs, root = filesystem(self.uri)
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.NotFound:
+            return 0
+        fetched = 0
+        for f in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+            if f.type != pafs.FileType.File:
+                continue
+            rel = f.path[len(root):].lstrip("/")
+            if _under(rel, ("ray_results/",)) or _skip(rel):
+                continue  # Ray Train reads its checkpoints from the URI itself; Tune's logs are not resumed
+            dst = self.local / rel
+            if not dst.is_file() or dst.stat().st_size != f.size:
+                tmp = dst.with_name(f".{dst.name}.pull.tmp")
+                download_file(f"{self.uri}/{rel}", tmp)
+                os.replace(tmp, dst)
+                fetched += 1
+            st = dst.stat()
+            self.pushed[rel] = (st.st_size, st.st_mtime_ns)
+        if fetched:
+            log.info("resumed %d files from %s into %s", fetched, self.uri, self.local)
+        return fetched
+
+    def push(self) -> int:
+        """Mirror the local copy to the URI: new and changed files up, files the local copy no longer has
+        removed (except what others write there, ``REMOTE_OWNED``); the number of files uploaded."""
+        if self.uri is None:
+            return 0
+        with self._lock:
+            fs, root = filesystem(self.uri)
+            now = local_files(self.local)
+            changed = [rel for rel, stat in now.items() if self.pushed.get(rel) != stat]
+            for rel in changed:
+                upload_file(self.local / rel, f"{self.uri}/{rel}")
+                self.pushed[rel] = now[rel]
+            for rel in [r for r in self.pushed if r not in now]:
+                if not _under(rel, REMOTE_OWNED):
+                    try:
+                        fs.delete_file(f"{root}/{rel}")
+                    except FileNotFoundError:
+                        pass
+                del self.pushed[rel]
+            return len(changed)
+
+    def start_mirroring(self, every_s: float = PUSH_EVERY_S) -> None:
+        """Push in the background every ``every_s`` seconds until ``stop_mirroring``."""
+        if self.uri is None or self._stop is not None:
+            return
+        self._stop = threading.Event()
+
+        def loop(stop: threading.Event) -> None:
+            while not stop.wait(every_s):
+                try:
+                    self.push()
+                except Exception as exc:  # noqa: BLE001  (a transient storage error: the next round retries)
+                    log.warning("mirroring %s to %s failed, retrying: %s", self.local, self.uri, exc)
+
+        threading.Thread(target=loop, args=(self._stop,), name="lonas-storage-mirror", daemon=True).start()
+
+    def stop_mirroring(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
+        self.push()

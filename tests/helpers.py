@@ -1,0 +1,89 @@
+"""Helpers tests import (not fixtures): a Ray head started as users start one, and submitting the tiny pipeline to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = ROOT / "jobs" / "configs" / "tiny.yaml"
+ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# what the job does not need; .gpu/ holds the GPU runs' wheels and model parts (jobs/gpu_bench.sh), ~100 MB,
+# with which `ray job submit` failed to upload the working directory here
+EXCLUDES = [".git", ".venv", ".whl", ".gguf1", ".gguf2", ".gpu", "out", "__pycache__"]
+
+
+def free_port(low: int = 20000) -> int:
+    """A free port outside Ray's worker range (10002-19999)."""
+    for port in range(low, low + 2000):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise RuntimeError("no free port")
+
+
+# what a node serving tiny.yaml's pools cpu_a and cpu_b is started with
+POOL_NODE = ("--labels=lonas/pool=cpu_a", '--resources={"pool_cpu_a": 1, "pool_cpu_b": 1}')
+
+
+class Head:
+    def __init__(self, tmp: Path, **env: str):
+        self.env = {**os.environ, **ENV, **env}
+        self.gcs, self.dashboard = free_port(26379), free_port(28265)
+        self.metrics = free_port(self.dashboard + 1)
+        self.address = f"http://127.0.0.1:{self.dashboard}"
+        self.tmp = tmp
+
+    def ray(self, *args: str, timeout: int = 120, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([str(Path(sys.executable).parent / "ray"), *args], env=self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout, check=check)
+
+    def start(self, pools: bool = True, num_cpus: int = 2) -> None:
+        """The head; ``pools``: it also serves tiny.yaml's two pools (a one-node cluster)."""
+        self.ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.gcs}",
+                 "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}",
+                 f"--metrics-export-port={self.metrics}", f"--num-cpus={num_cpus}", "--object-store-memory=400000000",
+                 *(POOL_NODE if pools else ()), "--disable-usage-stats")
+
+    def submit(self, out: Path | str, *extra: str, working_dir: bool = True) -> str:
+        """``ray job submit --no-wait`` of the tiny pipeline; returns the submission id. ``working_dir=False``:
+        the code as installed instead of an uploaded copy (nodes sharing one host also share Ray's session
+        directory, and a second node unpacking the same copy there races the driver importing from it)."""
+        upload = [f"--working-dir={ROOT}", f"--runtime-env-json={json.dumps({'excludes': EXCLUDES})}"]
+        proc = self.ray("job", "submit", f"--address={self.address}", "--no-wait", *(upload if working_dir else []),
+                        "--", "python", "jobs/pipeline.py" if working_dir else str(ROOT / "jobs" / "pipeline.py"),
+                        "--config", str(TINY), "--output", str(out), *extra)
+        found = re.search(r"(raysubmit_\w+)", proc.stdout + proc.stderr)
+        assert found, proc.stdout + proc.stderr
+        return found.group(1)
+
+    def client(self):
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.address)
+
+    def wait(self, job: str, timeout: float = 400) -> str:
+        client, end = self.client(), time.time() + timeout
+        while time.time() < end:
+            status = str(client.get_job_status(job).value)
+            if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                return status
+            time.sleep(1)
+        raise TimeoutError(f"job {job} still running after {timeout} s:\n{client.get_job_logs(job)[-3000:]}")
+
+    def scrape(self) -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5) as r:
+                return r.read().decode()
+        except OSError:
+            return ""
+
+

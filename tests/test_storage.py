@@ -1,0 +1,207 @@
+"""Run output on a URI (lonas_ray.storage): the driver's working copy mirrored to an S3-compatible server (moto's,
+on loopback), resumed from it into a fresh copy, and the bad URIs and locations refused with the fix named."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+from helpers import ROOT, Head
+
+from lonas_ray.config_io import ConfigError
+from lonas_ray.storage import RunStorage, check_not_in_job_copy, download_file, upload_file
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """An S3 server on loopback with a bucket ``lonas``; the environment pyarrow (and Ray's workers) read."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", access_key="testing",
+                           secret_key="testing", region="us-east-1", allow_bucket_creation=True)
+    fs.create_dir("lonas")
+    try:
+        yield env, fs
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def remote_files(fs, prefix: str) -> dict[str, bytes]:
+    found = {}
+    for f in fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True)):
+        if f.type == pafs.FileType.File:
+            with fs.open_input_stream(f.path) as src:
+                found[f.path[len(prefix) + 1:]] = src.read()
+    return found
+
+
+def test_a_uri_run_is_mirrored_to_storage_and_resumed_into_a_fresh_copy(s3, tmp_path, monkeypatch):
+    _, fs = s3
+    monkeypatch.setenv("LONAS_RAY_CACHE", str(tmp_path / "head1"))
+    run = RunStorage.open("s3://lonas/runs/a")
+    assert run.uri == "s3://lonas/runs/a" and run.local.is_relative_to(tmp_path / "head1")
+    assert run.name == "a" and run.shared == "s3://lonas/runs/a" and run.path("ray_results") == "s3://lonas/runs/a/ray_results"
+    assert run.pull() == 0  # a new run: nothing there yet
+    (run.local / "models" / "m1").mkdir(parents=True)
+    (run.local / "models" / "m1" / "config.json").write_text("{}")
+    (run.local / "stages.json").write_text('{"train": {}}')
+    (run.local / "models" / "m2.partial").mkdir()  # an atomic write in progress
+    (run.local / "models" / "m2.partial" / "w").write_text("half")
+    (run.local / ".results.parquet.x.tmp").write_text("half")
+    assert run.push() == 2
+    assert remote_files(fs, "lonas/runs/a") == {"models/m1/config.json": b"{}", "stages.json": b'{"train": {}}'}
+    assert run.push() == 0  # nothing changed, nothing sent
+    (tmp_path / "rank0.jsonl").write_text("a\n")  # a training worker's log, uploaded by the worker itself
+    upload_file(tmp_path / "rank0.jsonl", "s3://lonas/runs/a/ranks/rank0.jsonl")
+    (run.local / "stages.json").write_text('{"train": {}, "search": {}}')
+    os.utime(run.local / "stages.json", ns=(1, 1))  # a rewrite is seen by size or time
+    (run.local / "models" / "m1" / "config.json").unlink()  # gone locally (a model no longer chosen)
+    assert run.push() == 1
+    assert remote_files(fs, "lonas/runs/a") == {"stages.json": b'{"train": {}, "search": {}}',
+                                                "ranks/rank0.jsonl": b"a\n"}  # what workers wrote stays
+
+    monkeypatch.setenv("LONAS_RAY_CACHE", str(tmp_path / "head2"))  # another head, an empty disk
+    again = RunStorage.open("s3://lonas/runs/a")
+    assert again.local != run.local and again.pull() == 2
+    assert (again.local / "stages.json").read_text() == '{"train": {}, "search": {}}'
+    assert (again.local / "ranks" / "rank0.jsonl").read_text() == "a\n"
+    assert again.push() == 0  # what it pulled is not sent back
+    assert again.child("baseline").uri == "s3://lonas/runs/a/baseline"
+    assert again.child("baseline").local == again.local / "baseline"
+    assert download_file("s3://lonas/runs/a/nothing", tmp_path / "n") is False and not (tmp_path / "n").exists()
+
+
+def test_a_local_path_is_its_own_working_copy_and_mirrors_nothing(tmp_path):
+    run = RunStorage.open(tmp_path / "out")
+    assert run.uri is None and run.local == (tmp_path / "out").resolve() and run.shared == str(run.local)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "f").write_text("x")
+    assert run.pull() == 0 and run.push() == 0
+
+
+@pytest.mark.parametrize("output, message", [
+    ("s3://lonas/run?endpoint_override=127.0.0.1:9", "carries options after '?': give the plain URI and set the "
+                                                     "endpoint and credentials in the environment"),
+    ("nosuchscheme://bucket/run", "is not a storage URI pyarrow can open"),
+])
+def test_a_bad_uri_is_refused_with_the_fix_named(s3, output, message):
+    with pytest.raises(ConfigError) as exc:
+        RunStorage.open(output)
+    assert f"output '{output}'" in str(exc.value) and message in str(exc.value)
+
+
+def test_a_relative_output_inside_a_jobs_unpacked_working_dir_is_refused(tmp_path):
+    job_copy = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc"
+    with pytest.raises(ConfigError, match="is relative, and this job runs in Ray's temporary copy"):
+        check_not_in_job_copy("out/run", cwd=job_copy)
+    with pytest.raises(ConfigError, match="^supernet_dir 'out/train/supernet' is relative"):
+        check_not_in_job_copy("out/train/supernet", cwd=job_copy, key="supernet_dir")
+    check_not_in_job_copy(str(tmp_path / "abs"), cwd=job_copy)  # absolute: fine
+    check_not_in_job_copy("out/run", cwd=tmp_path)  # an ordinary checkout: fine
+
+
+def start_isolated_node(gcs: str, hide: Path, env: dict) -> tuple[subprocess.Popen, str]:
+    """A worker node serving tiny.yaml's pools in a mount namespace of its own, an empty tmpfs over ``hide``;
+    (its process, its node id)."""
+    node = ["python", str(ROOT / "tests" / "ray_node.py"), gcs, "2", json.dumps({"pool_cpu_a": 1, "pool_cpu_b": 1}),
+            json.dumps({"lonas/pool": "cpu_a"})]
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             f"mount -t tmpfs lonas-hidden {shlex.quote(str(hide))} && exec {shlex.join(node)}"],
+                            env={**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    line = proc.stdout.readline()  # "ready <node id>", or the error it died of
+    assert line.startswith("ready "), f"the isolated worker node did not start: {line}{proc.stdout.read()[-2000:]}"
+    return proc, line.split()[1]
+
+
+@pytest.mark.timeout(900)
+def test_the_pipeline_runs_on_a_node_that_cannot_see_the_drivers_disk_with_its_output_on_s3(s3, tmp_path):
+    """A head that only drives (no CPUs, no pools) and a worker node started in its own mount namespace with an
+    empty tmpfs over the head's disk (the driver's working copy): every training worker, evaluator and merge runs
+    on a node that cannot read what the driver wrote, so whatever they need must travel through Ray or S3. The
+    job is stopped after training, the head's disk is wiped (a new head), and the re-submitted job resumes from
+    the bucket and finishes; every file of the output contract is in the bucket."""
+    env, fs = s3
+    disk = tmp_path / "head-disk"  # the driver's working copies ($LONAS_RAY_CACHE): the head's own disk
+    disk.mkdir()
+    head = Head(tmp_path, **env, LONAS_RAY_CACHE=str(disk))
+    node = None
+    try:
+        head.start(pools=False, num_cpus=0)
+        node, node_id = start_isolated_node(f"127.0.0.1:{head.gcs}", disk, head.env)
+        (disk / "seen-by-the-head").write_text("x")
+        assert os.readlink(f"/proc/{node.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+        assert not list(Path(f"/proc/{node.pid}/root{disk}").iterdir())  # the worker node sees an empty directory
+
+        uri = "s3://lonas/e2e"
+        job = head.submit(uri, "--stop-after", "train", working_dir=False)
+        assert head.wait(job, timeout=500) == "SUCCEEDED", head.client().get_job_logs(job)[-4000:]
+        for p in disk.iterdir():  # a new head: nothing of the run on its disk
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        job = head.submit(uri, working_dir=False)
+        assert head.wait(job, timeout=500) == "SUCCEEDED", head.client().get_job_logs(job)[-4000:]
+        logs = head.client().get_job_logs(job)
+        assert "[1/6] baseline: finished earlier" in logs and "[2/6] train: finished earlier" in logs
+        assert "[4/6] search: done" in logs and uri in logs  # the summary names the bucket, not a head's disk
+        assert not list(Path(f"/proc/{node.pid}/root{disk}").iterdir())
+    finally:
+        if node is not None:
+            os.killpg(node.pid, signal.SIGTERM)
+            node.wait(timeout=60)
+        head.ray("stop", "--force", check=False)
+
+    stored = set(remote_files(fs, "lonas/e2e"))
+    for contract in ("stages.json", "supernet/adapter.safetensors", "results.parquet", "pareto.parquet",
+                     "search_summary.json", "models/baseline/config.json", "models/baseline/README.md",
+                     "report.md", "summary.json", "pareto.png", "zero_shot/results.parquet",
+                     "baseline/results.parquet", "baseline/supernet/adapter.safetensors", "ranks/rank0.jsonl",
+                     "ranks/rank1.jsonl", "baseline/ranks/rank0.jsonl"):
+        assert contract in stored, contract
+    assert any(re.fullmatch(r"ray_results/train/step_\d+/adapter\.safetensors", f) for f in stored)
+    models = {f.split("/")[1] for f in stored if f.startswith("models/") and f.endswith("/config.json")}
+    assert len(models) >= 2  # the baseline and at least one searched sub-network
+    # every training step and every evaluation ran on the isolated node
+    nodes = {json.loads(line)["node"] for f in ("ranks/rank0.jsonl", "ranks/rank1.jsonl")
+             for line in remote_files(fs, "lonas/e2e")[f].decode().splitlines()}
+    with fs.open_input_file("lonas/e2e/results.parquet") as f:
+        rows = pq.read_table(f).to_pylist()
+    assert nodes == {node_id} and {r["node_id"] for r in rows} == {node_id}
+
+
+@pytest.mark.parametrize("output, message", [
+    ("nosuchscheme://bucket/run", "output 'nosuchscheme://bucket/run' is not a storage URI pyarrow can open"),
+    ("s3://lonas/run?region=x", "carries options after '?'"),
+])
+def test_lonas_ray_run_with_a_bad_output_uri_exits_2_before_any_work(tmp_path, output, message):
+    proc = subprocess.run([sys.executable, "-m", "lonas_ray.cli", "run", "--config", str(ROOT / "jobs/configs/tiny.yaml"),
+                           "--output", output], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "LONAS_RAY_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "cache").exists() and not list(tmp_path.iterdir())
