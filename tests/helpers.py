@@ -53,14 +53,14 @@ class Head:
                  f"--metrics-export-port={self.metrics}", f"--num-cpus={num_cpus}", "--object-store-memory=400000000",
                  *(POOL_NODE if pools else ()), "--disable-usage-stats")
 
-    def submit(self, out: Path | str, *extra: str, working_dir: bool = True) -> str:
+    def submit(self, out: Path | str, *extra: str, working_dir: bool = True, config: Path = TINY) -> str:
         """``ray job submit --no-wait`` of the tiny pipeline; returns the submission id. ``working_dir=False``:
         the code as installed instead of an uploaded copy (nodes sharing one host also share Ray's session
         directory, and a second node unpacking the same copy there races the driver importing from it)."""
         upload = [f"--working-dir={ROOT}", f"--runtime-env-json={json.dumps({'excludes': EXCLUDES})}"]
         proc = self.ray("job", "submit", f"--address={self.address}", "--no-wait", *(upload if working_dir else []),
                         "--", "python", "jobs/pipeline.py" if working_dir else str(ROOT / "jobs" / "pipeline.py"),
-                        "--config", str(TINY), "--output", str(out), *extra)
+                        "--config", str(config), "--output", str(out), *extra)
         found = re.search(r"(raysubmit_\w+)", proc.stdout + proc.stderr)
         assert found, proc.stdout + proc.stderr
         return found.group(1)

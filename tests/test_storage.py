@@ -17,7 +17,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from helpers import ROOT, Head
+import yaml
+from helpers import ROOT, TINY, Head
 
 from lonas_ray.config_io import ConfigError
 from lonas_ray.storage import RunStorage, check_not_in_job_copy, download_file, upload_file
@@ -149,6 +150,12 @@ def test_the_pipeline_runs_on_a_node_that_cannot_see_the_drivers_disk_with_its_o
     job is stopped after training, the head's disk is wiped (a new head), and the re-submitted job resumes from
     the bucket and finishes; every file of the output contract is in the bucket."""
     env, fs = s3
+    config = tmp_path / "tiny_storage.yaml"  # tiny.yaml cut to what this test is about: one pool, no lm-eval
+    raw = yaml.safe_load(TINY.read_text())
+    raw["pools"] = {"cpu_a": raw["pools"]["cpu_a"]}
+    raw["search"]["budget"] = 4
+    raw["export"].update(lm_eval=False, recover_steps=0)
+    config.write_text(yaml.safe_dump(raw))
     disk = tmp_path / "head-disk"  # the driver's working copies ($LONAS_RAY_CACHE): the head's own disk
     disk.mkdir()
     head = Head(tmp_path, **env, LONAS_RAY_CACHE=str(disk))
@@ -161,11 +168,11 @@ def test_the_pipeline_runs_on_a_node_that_cannot_see_the_drivers_disk_with_its_o
         assert not list(Path(f"/proc/{node.pid}/root{disk}").iterdir())  # the worker node sees an empty directory
 
         uri = "s3://lonas/e2e"
-        job = head.submit(uri, "--stop-after", "train", working_dir=False)
+        job = head.submit(uri, "--stop-after", "train", working_dir=False, config=config)
         assert head.wait(job, timeout=500) == "SUCCEEDED", head.client().get_job_logs(job)[-4000:]
         for p in disk.iterdir():  # a new head: nothing of the run on its disk
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-        job = head.submit(uri, working_dir=False)
+        job = head.submit(uri, working_dir=False, config=config)
         assert head.wait(job, timeout=500) == "SUCCEEDED", head.client().get_job_logs(job)[-4000:]
         logs = head.client().get_job_logs(job)
         assert "[1/6] baseline: finished earlier" in logs and "[2/6] train: finished earlier" in logs
