@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from lonas_ray.config_io import ConfigError
+from lonas_ray.storage import is_uri
 
 
 def _export(args) -> int:
@@ -45,7 +46,8 @@ def _train(args) -> int:
     if args.output:
         cfg.output_dir = args.output
     result = train(cfg, address=args.address)
-    print(f"trained super-network ({result.steps} steps) written to {result.supernet_dir}")
+    where = f"{cfg.output_dir.rstrip('/')}/supernet" if is_uri(cfg.output_dir) else result.supernet_dir
+    print(f"trained super-network ({result.steps} steps) written to {where}")
     return 0
 
 
@@ -62,7 +64,8 @@ def _search(args) -> int:
         print(f"pool {pool}: {info['evaluated']} evaluated ({result.evaluated.get(pool, 0)} new), "
               f"latency front {lat.get('members', 0)} members, hypervolume {lat.get('hypervolume', float('nan')):.4g}, "
               f"pick {lat.get('pick')}")
-    print(f"results.parquet, pareto.parquet and search_summary.json written under {result.output_dir}")
+    where = cfg.output_dir if is_uri(cfg.output_dir) else result.output_dir  # a URI, not the driver's copy
+    print(f"results.parquet, pareto.parquet and search_summary.json written under {where}")
     return 0
 
 
