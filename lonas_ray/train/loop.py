@@ -33,11 +33,11 @@ from lonas_ray.data.byte_tokenizer import byte_tokenizer
 from lonas_ray.data.tokenize import build_train_dataset, collate
 from lonas_ray.hf_compat import enable_activation_checkpointing
 from lonas_ray.space import SearchSpace
+from lonas_ray.storage import download_file, is_uri, upload_file
 from lonas_ray.train.config import TrainConfig
 from lonas_ray.train.schedule import batch_indices, rank_micro_batches, subnets_for_step
 from lonas_ray.train.state import read_checkpoint, write_checkpoint
 from lonas_ray.train.step import train_step
-from lonas_ray.storage import download_file, is_uri, upload_file
 from lonas_ray.train.teacher import TeacherLogits, load_teacher
 from lonas_ray.transfer import write_tree
 

@@ -23,9 +23,9 @@ from lonas_ray.build import load_prepared, prepare_once, prepared_file_names, re
 from lonas_ray.config_io import to_dict
 from lonas_ray.data.spec import check_data
 from lonas_ray.elastic.supernet import SuperNetwork
+from lonas_ray.storage import RunStorage
 from lonas_ray.train.config import TrainConfig
 from lonas_ray.train.state import ADAPTER_FILE, PROBE_FILE, STATE_FILE, load_adapter
-from lonas_ray.storage import RunStorage
 from lonas_ray.train.teacher import check_teacher, teacher_kind
 from lonas_ray.transfer import read_tree
 
