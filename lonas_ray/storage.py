@@ -91,13 +91,25 @@ def local_files(root: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
-def upload_file(local: Path, uri: str) -> None:
-    """One file to ``uri`` (whole: object stores have no append), directories made as needed."""
-    fs, path = filesystem(uri)
+def _put(fs, local: Path, path: str) -> None:
+    """``local`` to ``path`` of ``fs`` (whole: object stores have no append), directories made as needed."""
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with open(local, "rb") as src, fs.open_output_stream(path) as dst:
         while chunk := src.read(1 << 22):
             dst.write(chunk)
+
+
+def _get(fs, path: str, local: Path) -> None:
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with fs.open_input_stream(path) as src, open(local, "wb") as dst:
+        while chunk := src.read(1 << 22):
+            dst.write(chunk)
+
+
+def upload_file(local: Path, uri: str) -> None:
+    """One file to ``uri``."""
+    fs, path = filesystem(uri)
+    _put(fs, local, path)
 
 
 def download_file(uri: str, local: Path) -> bool:
@@ -107,10 +119,7 @@ def download_file(uri: str, local: Path) -> bool:
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type != pafs.FileType.File:
         return False
-    local.parent.mkdir(parents=True, exist_ok=True)
-    with fs.open_input_stream(path) as src, open(local, "wb") as dst:
-        while chunk := src.read(1 << 22):
-            dst.write(chunk)
+    _get(fs, path, local)
     return True
 
 
@@ -181,7 +190,7 @@ class RunStorage:
             dst = self.local / rel
             if not dst.is_file() or dst.stat().st_size != f.size:
                 tmp = dst.with_name(f".{dst.name}.pull.tmp")
-                download_file(f"{self.uri}/{rel}", tmp)
+                _get(fs, f.path, tmp)  # the filesystem and listing already in hand: no lookup per file
                 os.replace(tmp, dst)
                 fetched += 1
             st = dst.stat()
@@ -200,7 +209,7 @@ class RunStorage:
             now = local_files(self.local)
             changed = [rel for rel, stat in now.items() if self.pushed.get(rel) != stat]
             for rel in changed:
-                upload_file(self.local / rel, f"{self.uri}/{rel}")
+                _put(fs, self.local / rel, f"{root}/{rel}")
                 self.pushed[rel] = now[rel]
             for rel in [r for r in self.pushed if r not in now]:
                 if not _under(rel, REMOTE_OWNED):

@@ -64,8 +64,8 @@ def rows_by_pool(path: Path, pool: str) -> dict[str, dict]:
 def supernet_source(cfg: SearchConfig, out: Path) -> Path:
     """The directory evaluators load: the trained super-network, or one prepared here from the spec."""
     if cfg.supernet_dir:
-        source = RunStorage.open(cfg.supernet_dir, key="supernet_dir")  # a URI (lonas-ray train --output s3://...) is fetched once
-        source.pull()
+        source = RunStorage.open(cfg.supernet_dir, key="supernet_dir")
+        source.pull()  # a URI (`lonas-ray train --output s3://...`) is fetched once into a local copy
         return source.local
     from lonas_ray.build import prepare_once
 
