@@ -67,8 +67,9 @@ def export_searched(run: Path, ids: list[str], out: Path) -> list[Path]:
     from lonas_ray.search.evaluator import load_supernet
 
     supernet, tokenizer = load_supernet(run / "supernet")
+    searched = searched_configs(run)
     dirs = []
-    for name, cfg in [("maximal", supernet.space.maximal()), *((i, searched_configs(run)[i]) for i in ids)]:
+    for name, cfg in [("maximal", supernet.space.maximal()), *((i, searched[i]) for i in ids)]:
         save_subnetwork(supernet, cfg, out / name, tokenizer=tokenizer)
         dirs.append(out / name)
     return dirs
@@ -77,8 +78,10 @@ def export_searched(run: Path, ids: list[str], out: Path) -> list[Path]:
 def searched_configs(run: Path) -> dict[str, dict]:
     import pyarrow.parquet as pq
 
+    from lonas_ray.pipeline.figures import row_config
+
     rows = pq.read_table(run / "results.parquet", columns=["subnet_id", "config"]).to_pylist()
-    return {r["subnet_id"]: json.loads(r["config"]) for r in rows}
+    return {r["subnet_id"]: row_config(r) for r in rows}
 
 
 def check_run(p: argparse.ArgumentParser, run: Path, ids: list[str]) -> None:
@@ -87,10 +90,11 @@ def check_run(p: argparse.ArgumentParser, run: Path, ids: list[str]) -> None:
     if missing:
         p.error(f"--run {run} has no {' or '.join(missing)}: give the output directory of a run whose search "
                 "finished (`lonas-ray run --stop-after search` at least)")
-    unknown = sorted(set(ids) - set(searched_configs(run)))
+    searched = searched_configs(run)
+    unknown = sorted(set(ids) - set(searched))
     if not ids or unknown:
         p.error(f"--subnets: {', '.join(unknown) or '(none given)'} not among the sub-networks {run} searched; "
-                f"pick from {', '.join(sorted(searched_configs(run)))}")
+                f"pick from {', '.join(sorted(searched))}")
 
 
 def transformers_row(model_dir: Path, args) -> dict:
