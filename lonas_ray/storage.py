@@ -9,7 +9,10 @@ job on a new head) can reach it. A URI output works like this:
   seconds of work, not a stage);
 - Ray Train writes checkpoints straight to ``<uri>/ray_results`` (each worker uploads its own part) and
   resumes from there; training workers upload their ``ranks/`` logs; nothing a worker needs comes from
-  the driver's disk (the prepared super-network and the teacher travel through Ray's object store).
+  the driver's disk (the prepared super-network and the teacher travel through Ray's object store);
+- merge tasks upload each exported model straight to ``<uri>/models/<name>/`` (``upload_tree``, its manifest
+  last) and hand the driver only the small files: a model's weights (``WEIGHT_SUFFIXES`` under
+  ``WEIGHTS_UNDER``) never pass through the driver, its working copy or Ray's object store.
 
 Any filesystem ``pyarrow.fs.FileSystem.from_uri`` knows works (``s3://``, ``gs://``, ``hdfs://``); its
 credentials come from the usual environment (for S3: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
@@ -24,6 +27,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +40,9 @@ log = logging.getLogger(__name__)
 # in a sub-run (baseline/): never deleted by the mirror
 REMOTE_OWNED = ("ray_results/train/", "ranks/")
 PUSH_EVERY_S = 5.0
+# exported models' weights: written to the URI by the merge tasks, never held in the driver's working copy
+WEIGHTS_UNDER = ("models/", "candidates/")
+WEIGHT_SUFFIXES = (".safetensors", ".gguf")
 
 
 def is_uri(output: str | os.PathLike) -> bool:
@@ -91,6 +98,12 @@ def local_files(root: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
+def _exists(fs, path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
 def _put(fs, local: Path, path: str) -> None:
     """``local`` to ``path`` of ``fs`` (whole: object stores have no append), directories made as needed."""
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
@@ -104,6 +117,23 @@ def _get(fs, path: str, local: Path) -> None:
     with fs.open_input_stream(path) as src, open(local, "wb") as dst:
         while chunk := src.read(1 << 22):
             dst.write(chunk)
+
+
+def is_weights(rel: str) -> bool:
+    """A file a merge task leaves at the URI only (a model's tensors), by its path in the run."""
+    return _under(rel, WEIGHTS_UNDER) and rel.endswith(WEIGHT_SUFFIXES)
+
+
+def upload_tree(src: Path, uri: str, last: str | None = None) -> dict[str, int]:
+    """Replace the directory at ``uri`` by ``src``'s files, ``last`` (a manifest) uploaded after all the others
+    so that a copy cut short never looks whole; relative path -> size of what was uploaded."""
+    fs, root = filesystem(uri)
+    if _exists(fs, root):
+        fs.delete_dir(root)
+    files = sorted(local_files(src), key=lambda rel: (rel == last, rel))
+    for rel in files:
+        _put(fs, src / rel, f"{root}/{rel}")
+    return {rel: (src / rel).stat().st_size for rel in files}
 
 
 def upload_file(local: Path, uri: str) -> None:
@@ -167,6 +197,56 @@ class RunStorage:
     def path(self, rel: str) -> str:
         return f"{self.shared}/{rel}"
 
+    # -- directories that hold weights the working copy lacks ---------------------------------------------------
+    def sizes(self, rel: str) -> dict[str, int]:
+        """Path -> size of every file under the run's directory ``rel``: the working copy's, and at a URI also
+        those only the URI holds (exported weights)."""
+        import pyarrow.fs as pafs
+
+        found = {r: size for r, (size, _) in local_files(self.local / rel).items()} \
+            if (self.local / rel).is_dir() else {}
+        if self.uri is not None:
+            fs, root = filesystem(self.uri)
+            base = f"{root}/{rel}"
+            for f in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True, recursive=True)):
+                if f.type == pafs.FileType.File:
+                    found.setdefault(f.path[len(base):].lstrip("/"), f.size)
+        return found
+
+    def remove(self, rel: str) -> None:
+        """Remove the run's directory ``rel`` from the working copy and the URI, weights included."""
+        with self._lock:
+            shutil.rmtree(self.local / rel, ignore_errors=True)
+            if self.uri is not None:
+                fs, root = filesystem(self.uri)
+                if _exists(fs, f"{root}/{rel}"):
+                    fs.delete_dir(f"{root}/{rel}")
+            for r in [r for r in self.pushed if r.startswith(rel.rstrip("/") + "/")]:
+                del self.pushed[r]
+
+    def copy_tree(self, src: str, dst: str, last: str | None = None) -> None:
+        """Replace the run's directory ``dst`` by a copy of ``src``: in the working copy, and at a URI by the
+        storage itself (server-side: weights do not pass through this process), ``last`` copied last."""
+        from lonas_ray.atomic import atomic_dir
+
+        with self._lock:
+            if self.uri is not None:
+                import pyarrow.fs as pafs
+
+                fs, root = filesystem(self.uri)
+                if _exists(fs, f"{root}/{dst}"):
+                    fs.delete_dir(f"{root}/{dst}")
+                files = [f.path for f in fs.get_file_info(pafs.FileSelector(f"{root}/{src}", recursive=True))
+                         if f.type == pafs.FileType.File]
+                for path in sorted(files, key=lambda p: (p.rsplit("/", 1)[-1] == last, p)):
+                    rel = path[len(f"{root}/{src}"):].lstrip("/")
+                    fs.create_dir(f"{root}/{dst}/{rel}".rsplit("/", 1)[0], recursive=True)
+                    fs.copy_file(path, f"{root}/{dst}/{rel}")
+            with atomic_dir(self.local / dst) as tmp:
+                shutil.copytree(self.local / src, tmp, dirs_exist_ok=True)
+            now = local_files(self.local / dst)  # already at the URI: the mirror need not upload them again
+            self.pushed.update({f"{dst}/{r}": stat for r, stat in now.items()})
+
     # -- mirroring ----------------------------------------------------------------------------------------
     def pull(self) -> int:
         """Fill the local copy with what the URI holds and the local copy lacks or holds in another size; the
@@ -185,7 +265,7 @@ class RunStorage:
             if f.type != pafs.FileType.File:
                 continue
             rel = f.path[len(root):].lstrip("/")
-            if _under(rel, ("ray_results/",)) or _skip(rel):
+            if _under(rel, ("ray_results/",)) or _skip(rel) or is_weights(rel):
                 continue  # Ray Train reads its checkpoints from the URI itself; Tune's logs are not resumed
             dst = self.local / rel
             if not dst.is_file() or dst.stat().st_size != f.size:

@@ -46,12 +46,13 @@ class Head:
         return subprocess.run([str(Path(sys.executable).parent / "ray"), *args], env=self.env, cwd=ROOT,
                               capture_output=True, text=True, timeout=timeout, check=check)
 
-    def start(self, pools: bool = True, num_cpus: int = 2) -> None:
-        """The head; ``pools``: it also serves tiny.yaml's two pools (a one-node cluster)."""
+    def start(self, pools: bool = True, num_cpus: int = 2, *extra: str) -> None:
+        """The head; ``pools``: it also serves tiny.yaml's two pools (a one-node cluster); ``extra``: more
+        ``ray start`` options."""
         self.ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.gcs}",
                  "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}",
                  f"--metrics-export-port={self.metrics}", f"--num-cpus={num_cpus}", "--object-store-memory=400000000",
-                 *(POOL_NODE if pools else ()), "--disable-usage-stats")
+                 *(POOL_NODE if pools else ()), "--disable-usage-stats", *extra)
 
     def submit(self, out: Path | str, *extra: str, working_dir: bool = True, config: Path = TINY) -> str:
         """``ray job submit --no-wait`` of the tiny pipeline; returns the submission id. ``working_dir=False``:

@@ -20,8 +20,10 @@ import pytest
 import yaml
 from helpers import ROOT, TINY, Head
 
+from lonas_ray import storage as storage_module
 from lonas_ray.config_io import ConfigError
-from lonas_ray.storage import RunStorage, check_not_in_job_copy, download_file, upload_file
+from lonas_ray.pipeline.export import already_exported, deliver
+from lonas_ray.storage import RunStorage, check_not_in_job_copy, download_file, upload_file, upload_tree
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -97,6 +99,84 @@ def test_a_uri_run_is_mirrored_to_storage_and_resumed_into_a_fresh_copy(s3, tmp_
     assert again.child("baseline").uri == "s3://lonas/runs/a/baseline"
     assert again.child("baseline").local == again.local / "baseline"
     assert download_file("s3://lonas/runs/a/nothing", tmp_path / "n") is False and not (tmp_path / "n").exists()
+
+
+def model_dir(path: Path, config: dict) -> Path:
+    """A model directory as the merge writes it: weights, small files, and the manifest listing their sizes."""
+    (path / "peft" / "adapter").mkdir(parents=True)
+    files = {"config.json": b"{}", "model.safetensors": b"w" * 1000, "model.gguf": b"g" * 300,
+             "peft/adapter/adapter_model.safetensors": b"a" * 50, "tokenizer.json": b"{}"}
+    for rel, data in files.items():
+        (path / rel).write_bytes(data)
+    manifest = {"config": config, "files": {rel: len(data) for rel, data in files.items()}}
+    (path / "lonas_subnet.json").write_text(json.dumps(manifest))
+    return path
+
+
+def test_a_model_exported_to_a_uri_run_keeps_its_weights_at_the_uri_only(s3, tmp_path, monkeypatch):
+    """The merge task uploads the model (the manifest last) and hands the driver only the files that are not
+    weights; the working copy, its mirror and a resumed copy never hold the weights, yet the export counts as
+    whole, is copied server-side (recover-then-rank's winner) and removed everywhere when no longer chosen."""
+    _, fs = s3
+    monkeypatch.setenv("LONAS_RAY_CACHE", str(tmp_path / "head1"))
+    run = RunStorage.open("s3://lonas/runs/m")
+    run.pull()
+    small = deliver(model_dir(tmp_path / "built", {"depth": 1}), {"uri": "s3://lonas/runs/m/candidates/c1"})
+    assert set(small) == {"config.json", "tokenizer.json", "lonas_subnet.json"}  # the driver's share
+    assert set(remote_files(fs, "lonas/runs/m/candidates/c1")) == set(small) | {
+        "model.safetensors", "model.gguf", "peft/adapter/adapter_model.safetensors"}
+    from lonas_ray.transfer import write_tree
+
+    write_tree(small, run.local / "candidates" / "c1")
+    assert already_exported(run, "candidates/c1", {"depth": 1}, gguf={})
+    assert not already_exported(run, "candidates/c1", {"depth": 2})  # another configuration
+
+    run.push()  # the mirror neither uploads weights it never had nor deletes those at the URI
+    assert "model.safetensors" in remote_files(fs, "lonas/runs/m/candidates/c1")
+    run.copy_tree("candidates/c1", "models/c1", last="lonas_subnet.json")
+    assert remote_files(fs, "lonas/runs/m/models/c1") == remote_files(fs, "lonas/runs/m/candidates/c1")
+    assert sorted(p.name for p in (run.local / "models" / "c1").iterdir()) == \
+        ["config.json", "lonas_subnet.json", "tokenizer.json"]
+    assert run.push() == 0  # copied at the URI already
+
+    monkeypatch.setenv("LONAS_RAY_CACHE", str(tmp_path / "head2"))  # a resumed run on a new head
+    again = RunStorage.open("s3://lonas/runs/m")
+    again.pull()
+    assert not list(again.local.rglob("*.safetensors")) and not list(again.local.rglob("*.gguf"))
+    assert already_exported(again, "models/c1", {"depth": 1})
+    fs.delete_file("lonas/runs/m/models/c1/model.gguf")  # a copy cut short: not whole, exported again
+    assert not already_exported(again, "models/c1", {"depth": 1})
+    again.remove("models/c1")
+    assert not remote_files(fs, "lonas/runs/m/models/c1") and not (again.local / "models" / "c1").exists()
+    again.push()
+    assert remote_files(fs, "lonas/runs/m/candidates/c1")  # only what was removed is gone
+
+
+def test_an_upload_cut_short_never_leaves_a_manifest(s3, tmp_path, monkeypatch):
+    _, fs = s3
+    src = model_dir(tmp_path / "built", {"depth": 1})
+    put, sent = storage_module._put, []
+
+    def failing_put(fs_, local, path):
+        if len(sent) == 3:
+            raise OSError("connection reset")
+        sent.append(path)
+        put(fs_, local, path)
+
+    monkeypatch.setattr(storage_module, "_put", failing_put)
+    with pytest.raises(OSError):
+        upload_tree(src, "s3://lonas/cut/m", last="lonas_subnet.json")
+    assert len(remote_files(fs, "lonas/cut/m")) == 3 and "lonas_subnet.json" not in remote_files(fs, "lonas/cut/m")
+
+
+def test_a_model_delivered_on_the_drivers_node_is_renamed_into_place_else_sent_back(tmp_path):
+    """Without Ray (this process is no Ray node) ``node: None`` is the driver's own node."""
+    target = tmp_path / "out" / "models" / "m"
+    target.parent.mkdir(parents=True)
+    assert deliver(model_dir(tmp_path / "a", {}), {"path": str(target), "node": None}) == {}
+    assert (target / "model.safetensors").stat().st_size == 1000 and not (tmp_path / "a").exists()
+    sent = deliver(model_dir(tmp_path / "b", {}), {"path": str(tmp_path / "elsewhere"), "node": "another-node"})
+    assert len(sent["model.safetensors"]) == 1000 and not (tmp_path / "elsewhere").exists()
 
 
 def test_a_local_path_is_its_own_working_copy_and_mirrors_nothing(tmp_path):
@@ -200,6 +280,10 @@ def test_the_pipeline_runs_on_a_node_that_cannot_see_the_drivers_disk_with_its_o
     with fs.open_input_file("lonas/e2e/results.parquet") as f:
         rows = pq.read_table(f).to_pylist()
     assert nodes == {node_id} and {r["node_id"] for r in rows} == {node_id}
+    # the merges (on the isolated node) uploaded the weights; the driver's working copy never held them
+    assert {f"models/{m}/model.safetensors" for m in models} <= stored
+    copy = next((disk / "runs").iterdir())
+    assert (copy / "models" / "baseline" / "config.json").is_file() and not list(copy.rglob("models/**/*.safetensors"))
 
 
 @pytest.mark.parametrize("output, message", [

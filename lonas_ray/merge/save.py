@@ -3,7 +3,9 @@
 Layout of ``out_dir``:
   config.json, model.safetensors, generation_config.json  the merged model
   tokenizer files                                        when a tokenizer is given
-  lonas_subnet.json                                      subnet id, configuration, counts
+  lonas_subnet.json                                      subnet id, configuration, counts, and the size of
+                                                         every other file (``files``: how a reader, or a resumed
+                                                         export, tells a whole copy from a partial one)
   model.gguf                                             the same model for llama.cpp (optional, Llama/Mistral;
                                                          ``merge/gguf_export.py``)
   peft/base/, peft/adapter/                              sliced unmerged base + stock-PEFT adapter (optional;
@@ -111,5 +113,7 @@ def _write(supernet: SuperNetwork, config: SubnetConfig, tmp: Path, tokenizer, w
         base.save_pretrained(tmp / "peft" / "base")
         export_peft_adapter(supernet, base, tmp / "peft" / "adapter", config)
         manifest["peft"] = {"base": "peft/base", "adapter": "peft/adapter"}
+    manifest["files"] = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*"))
+                         if p.is_file()}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest

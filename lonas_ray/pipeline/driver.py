@@ -33,7 +33,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lonas_ray.atomic import atomic_dir, read_parquet, write_json
+from lonas_ray.atomic import read_parquet, write_json
 from lonas_ray.build import load_prepared, prepare_once
 from lonas_ray.config_io import ConfigError, to_dict
 from lonas_ray.data.spec import check_data
@@ -127,7 +127,7 @@ class Pipeline:
         by_id = {r["subnet_id"]: r for r in rows}
         jobs = {sid: (self.out / "supernet", row_config(by_id[sid])) for sids in candidates.values() for sid in sids}
         judge = self.judge()
-        export_models(jobs, self.out / CANDIDATES, e, judge, {**recover, "rank": True}, recover_names=set(jobs))
+        export_models(jobs, self.storage, CANDIDATES, e, judge, {**recover, "rank": True}, recover_names=set(jobs))
         recovered = {sid: json.loads((self.out / CANDIDATES / sid / RECOVERY).read_text())["selection"]
                      for sid in jobs}
         winners = choose_after_recovery(candidates, recovered, objective)
@@ -135,8 +135,7 @@ class Pipeline:
         for sid in set(winners.values()):  # the ranked checkpoint itself, whatever an earlier export left there
             src, dst = self.out / CANDIDATES / sid, self.out / MODELS / sid
             if not (dst / RECOVERY).is_file() or (dst / RECOVERY).read_bytes() != (src / RECOVERY).read_bytes():
-                with atomic_dir(dst) as tmp:
-                    shutil.copytree(src, tmp, dirs_exist_ok=True)
+                self.storage.copy_tree(f"{CANDIDATES}/{sid}", f"{MODELS}/{sid}", last=MANIFEST)
 
     def recovery(self) -> dict | None:
         """The recovery fine-tune's settings as the merge tasks take them (None: export.recover_steps 0)."""
@@ -172,9 +171,9 @@ class Pipeline:
         for stale in sorted(models.glob("*")) if models.exists() else []:
             if stale.name not in jobs and (stale / MANIFEST).is_file():
                 log.info("removing %s: no longer chosen", stale)
-                shutil.rmtree(stale)
+                self.storage.remove(f"{MODELS}/{stale.name}")
         judge = self.judge()
-        manifests = export_models(jobs, models, self.cfg.export, judge, recover, recover_names=set(chosen),
+        manifests = export_models(jobs, self.storage, MODELS, self.cfg.export, judge, recover, recover_names=set(chosen),
                                   gguf=self.cfg.gguf_options())
         self.write_cards(chosen, manifests)
         return {"models": sorted(jobs)}

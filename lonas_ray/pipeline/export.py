@@ -1,8 +1,11 @@
 """The merge stage: Ray tasks (their own resources) extract, merge and save each chosen sub-network.
 
-A task gets the super-network directory through the object store and returns the
-saved model directory as bytes (``transfer``), so it can run on any node; the
-driver writes ``models/<subnet_id>/`` and the model card. With ``export.lm_eval``
+A task gets the super-network directory through the object store, so it can run on
+any node, and puts the saved model where the run's output lives (``deliver``): a run
+on storage (``s3://...``) gets it uploaded by the task, weights and all, and the driver
+only the small files; on the driver's own node the task renames it into place; from
+another node without shared storage it comes back as bytes (``transfer``). The
+driver writes the model card. With ``export.lm_eval``
 the task also has lm-evaluation-harness score the saved checkpoint on the final
 examples beside lonas-ray's scorer (``crosscheck``), written as ``lm_eval.json``
 in the model directory. Tasks run in parallel
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import asdict
@@ -24,6 +28,7 @@ from lonas_ray.crosscheck import JUDGE_FILE
 from lonas_ray.merge.gguf_export import GGUF_FILE
 from lonas_ray.merge.save import MANIFEST
 from lonas_ray.pipeline.config import ExportSpec
+from lonas_ray.storage import WEIGHT_SUFFIXES, RunStorage, upload_tree
 from lonas_ray.transfer import read_tree, write_tree
 
 log = logging.getLogger(__name__)
@@ -31,10 +36,11 @@ log = logging.getLogger(__name__)
 RECOVERY = "recovery.json"
 
 
-def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter: bool,
+def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter: bool, dest: dict,
                    judge: dict | None = None, recover: dict | None = None,
                    teacher_files: dict[str, bytes] | None = None, gguf: dict | None = None) -> dict[str, bytes]:
-    """Extract + merge + save ``config`` of the super-network (and judge it); the model directory as bytes.
+    """Extract + merge + save ``config`` of the super-network (and judge it), delivered to ``dest`` (``deliver``);
+    the files the driver must still write.
 
     ``judge``: ``{"data": ..., "quality": ...}`` (the pipeline's sections as dicts) to cross-check with lm-eval.
     ``recover``: ``{"data", "quality", "steps", "batch_size", "lr", "seed", "first_step"}``: a recovery
@@ -49,7 +55,10 @@ def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter:
     t0 = time.perf_counter()
     losses = recover_subnetwork(supernet, config, tokenizer, recover, teacher_files) if recover else None
     recover_s = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory(prefix="lonas-export-") as d:
+    beside = Path(dest["path"]).parent if dest.get("node") == this_node() else None  # then a rename delivers it
+    if beside is not None:
+        beside.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".lonas-export-", dir=beside) as d:
         model_dir = Path(d) / "model"
         save_subnetwork(supernet, config, model_dir, tokenizer=tokenizer, with_adapter=with_adapter, gguf=gguf)
         del supernet
@@ -65,7 +74,31 @@ def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter:
         if judge is not None:
             verdict = judge_saved(model_dir, judge, Path(d) / "task", scored)
             (model_dir / JUDGE_FILE).write_text(json.dumps(verdict, indent=1))
-        return read_tree(model_dir)
+        return deliver(model_dir, dest)
+
+
+def this_node() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+def deliver(model_dir: Path, dest: dict) -> dict[str, bytes]:
+    """Put a finished model directory where the run keeps it; what the driver must still write itself.
+
+    ``dest``: ``{"uri": ...}`` (uploaded from here, the manifest last; the driver gets the files that are not
+    weights, for its working copy), or ``{"path": ..., "node": ...}`` (the driver's path: renamed into place when
+    this task runs on the driver's node, which then gets nothing; else every file as bytes).
+    """
+    if dest.get("uri"):
+        upload_tree(model_dir, dest["uri"], last=MANIFEST)
+        return {rel: data for rel, data in read_tree(model_dir).items() if not rel.endswith(WEIGHT_SUFFIXES)}
+    if dest.get("node") == this_node():
+        target = Path(dest["path"])
+        shutil.rmtree(target, ignore_errors=True)
+        model_dir.rename(target)
+        return {}
+    return read_tree(model_dir)
 
 
 def recover_subnetwork(supernet, config: dict, tokenizer, recover: dict,
@@ -122,16 +155,23 @@ def judge_saved(model_dir: Path, judge: dict, work_dir: Path, scored=None) -> di
     return verdict.to_dict()
 
 
-def already_exported(model_dir: Path, config: dict, gguf: dict | None = None) -> bool:
-    manifest = model_dir / MANIFEST
-    if not manifest.is_file() or not (model_dir / "model.safetensors").is_file():
+def already_exported(storage: RunStorage, rel: str, config: dict, gguf: dict | None = None) -> bool:
+    """Whether the run's directory ``rel`` holds a whole export of ``config``: its manifest, and every file the
+    manifest lists in its size (in the working copy, or at the URI for weights)."""
+    manifest = storage.local / rel / MANIFEST
+    if not manifest.is_file():
         return False
-    if gguf is not None and not (model_dir / GGUF_FILE).is_file():
-        return False  # asked for since it was exported
     try:
-        return json.loads(manifest.read_text())["config"] == config
+        data = json.loads(manifest.read_text())
+        if data["config"] != config:
+            return False
     except (json.JSONDecodeError, KeyError):
         return False
+    sizes = storage.sizes(rel)
+    want = data.get("files") or {"model.safetensors": None}  # manifests written before the file list
+    if gguf is not None and GGUF_FILE not in want:
+        return False  # asked for since it was exported
+    return all(f in sizes and size in (None, sizes[f]) for f, size in want.items())
 
 
 def recovered_as(model_dir: Path, recover: dict | None) -> bool:
@@ -147,10 +187,10 @@ def recovered_as(model_dir: Path, recover: dict | None) -> bool:
         return False
 
 
-def export_models(jobs: dict[str, tuple[Path, dict]], target: Path, spec: ExportSpec,
+def export_models(jobs: dict[str, tuple[Path, dict]], storage: RunStorage, target: str, spec: ExportSpec,
                   judge: dict | None = None, recover: dict | None = None,
                   recover_names: set[str] = frozenset(), gguf: dict | None = None) -> dict[str, dict[str, Any]]:
-    """Export each ``name -> (supernet_dir, config)`` to ``target/<name>``; returns name -> manifest.
+    """Export each ``name -> (supernet_dir, config)`` to the run's ``target/<name>``; returns name -> manifest.
 
     ``gguf``: ``save_subnetwork``'s GGUF options (``PipelineConfig.gguf_options``), or None for no GGUF.
 
@@ -164,23 +204,26 @@ def export_models(jobs: dict[str, tuple[Path, dict]], target: Path, spec: Export
     files_ref: dict[Path, Any] = {}
     distill = (recover or {}).get("distill")
     teacher_ref = None  # put once, and only when a recovery that it teaches is pending
-    pending = {}
+    pending, root, here = {}, storage.local / target, this_node()
     for name, (supernet_dir, config) in jobs.items():
         own_recovery = recover if name in recover_names else None
-        if already_exported(target / name, config, gguf) and (judge is None or (target / name / JUDGE_FILE).is_file()) \
-                and recovered_as(target / name, own_recovery):
-            log.info("models/%s is already exported; kept", name)
+        if already_exported(storage, f"{target}/{name}", config, gguf) and recovered_as(root / name, own_recovery) \
+                and (judge is None or (root / name / JUDGE_FILE).is_file()):
+            log.info("%s/%s is already exported; kept", target, name)
             continue
+        dest = {"uri": f"{storage.uri}/{target}/{name}"} if storage.uri else {"path": str(root / name), "node": here}
         if supernet_dir not in files_ref:
             files_ref[supernet_dir] = ray.put(read_tree(supernet_dir, recursive=False))
         if own_recovery and distill and teacher_ref is None:
             teacher_ref = ray.put(read_tree(Path(distill["teacher"]), recursive=False))
-        pending[task.remote(files_ref[supernet_dir], config, spec.with_adapter, judge, own_recovery,
+        pending[task.remote(files_ref[supernet_dir], config, spec.with_adapter, dest, judge, own_recovery,
                             teacher_ref if own_recovery else None, gguf)] = name
     with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="merge + export", unit="model") as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             name = pending.pop(done[0])
-            write_tree(ray.get(done[0]), target / name)
+            files = ray.get(done[0])
+            if files:  # else the task put it in place itself
+                write_tree(files, root / name)
             bar.update(1)
-    return {name: json.loads((target / name / MANIFEST).read_text()) for name in jobs}
+    return {name: json.loads((root / name / MANIFEST).read_text()) for name in jobs}

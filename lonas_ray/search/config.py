@@ -86,8 +86,9 @@ class PoolSpec:
     cpus: float = help_field(1, help="CPUs per evaluation worker")
     gpus: float = help_field(0, help="GPUs per evaluation worker (1: the sub-network is timed on its own GPU)")
     device: str = help_field("auto", help=f"where evaluators run the model: {', '.join(DEVICES)} (auto: cuda if gpus)")
-    wait_for_nodes_s: float = help_field(
-        0, help="on autoscaling clusters: how long to wait for the pool's first node before failing"
+    wait_for_nodes_s: float | None = help_field(
+        None, help="how long to wait for the pool's first node before failing; unset: 900 s (a cloud GPU node's "
+        "boot) when the cluster runs autoscaler v2, else 0 (a fixed cluster: fail at once)"
     )
     latency: LatencySpec = help_field(default_factory=LatencySpec, help="latency measurement")
 
@@ -98,7 +99,7 @@ class PoolSpec:
             raise ConfigError(f"pool device '{self.device}' is unknown; use one of {', '.join(DEVICES)}")
         if not isinstance(self.evaluators, int) or self.evaluators < 1:
             raise ConfigError(f"pool evaluators must be an integer >= 1, got {self.evaluators!r}")
-        if self.cpus < 0 or self.gpus < 0 or self.wait_for_nodes_s < 0:
+        if self.cpus < 0 or self.gpus < 0 or (self.wait_for_nodes_s or 0) < 0:
             raise ConfigError("pool cpus, gpus and wait_for_nodes_s must be >= 0")
         if self.device == "cuda" and not self.gpus:
             raise ConfigError("pool device cuda needs gpus > 0 (else Ray hides the GPUs from the evaluator)")

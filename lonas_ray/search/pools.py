@@ -11,8 +11,13 @@ A trial whose placement group no node can satisfy stays PENDING forever, so
 before a pool's trials are submitted ``wait_for_pool`` checks the live nodes
 (label or resource, and enough CPUs/GPUs on that node for one evaluator) and
 raises ``PoolError`` naming what the nodes do offer. On an autoscaling cluster
-``wait_for_nodes_s`` asks the autoscaler for one evaluator's bundle and waits
-that long for the node to join.
+it asks the autoscaler for one evaluator's bundle (``request_resources``, with the
+pool's label selector under label placement) and waits ``wait_for_nodes_s`` for the
+node to join: by default 900 s when the cluster runs autoscaler v2 (the one that
+scales label selectors, which lonas-ray's cluster files turn on) and 0 otherwise.
+Autoscaler v2 reports a request that no node type can ever satisfy; that fails at
+once, naming the pool, instead of after the whole wait. The request is withdrawn
+(``release_requests``) when the search is done, so idle pool nodes scale back down.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ log = logging.getLogger(__name__)
 
 
 RESOURCE_UNIT = 0.01  # of the pool resource per evaluator: a node tagged `pool_h100: 1` hosts many evaluators
+AUTOSCALING_WAIT_S = 900.0  # wait_for_nodes_s's default under autoscaler v2: a cloud GPU node boots in minutes
 
 
 class PoolError(RuntimeError):
@@ -131,12 +137,50 @@ def release_requests() -> bool:
     return True
 
 
+def _autoscaling_state():
+    """Autoscaler v2's last report (``autoscaler_pb2.AutoscalingState``), or None when no v2 autoscaler runs."""
+    import ray
+    from ray._raylet import GcsClient
+    from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply
+
+    try:
+        reply = GetClusterStatusReply.FromString(
+            GcsClient(ray.get_runtime_context().gcs_address).get_cluster_status(timeout_s=10))
+    except Exception as exc:  # noqa: BLE001  (an older GCS, or a transient error: treat as no v2 report)
+        log.debug("no autoscaler status: %s", exc)
+        return None
+    state = reply.autoscaling_state
+    return state if state.autoscaler_state_version > 0 else None
+
+
+def wait_seconds(pool: PoolSpec) -> float:
+    """The pool's ``wait_for_nodes_s``, or its default for this cluster (``AUTOSCALING_WAIT_S`` under v2)."""
+    if pool.wait_for_nodes_s is not None:
+        return pool.wait_for_nodes_s
+    return AUTOSCALING_WAIT_S if _autoscaling_state() is not None else 0.0
+
+
+def _infeasible(bundle: dict[str, float]) -> bool:
+    """Whether autoscaler v2 reported a standing request for ``bundle`` as one no node type can satisfy."""
+    state = _autoscaling_state()
+    if state is None:
+        return False
+    for constraint in state.infeasible_cluster_resource_constraints:
+        for request in constraint.resource_requests:
+            shape = dict(request.request.resources_bundle)
+            if all(abs(shape.get(k, 0) - v) < 1e-9 for k, v in bundle.items()):
+                return True
+    return False
+
+
 def wait_for_pool(name: str, pool: PoolSpec) -> tuple[Placement, list[str]]:
-    """The pool's placement and the nodes that serve it now; ``PoolError`` if none does in time."""
+    """The pool's placement and the nodes that serve it now; ``PoolError`` if none does in time, or at once
+    when autoscaler v2 reports that no node type of the cluster can host the pool."""
     import ray
 
-    deadline = time.monotonic() + pool.wait_for_nodes_s
-    requested = False
+    wait_s = wait_seconds(pool)
+    deadline = time.monotonic() + wait_s
+    requested, infeasible = None, False
     while True:
         nodes = ray.nodes()
         placement = resolve(name, pool, nodes)
@@ -145,19 +189,30 @@ def wait_for_pool(name: str, pool: PoolSpec) -> tuple[Placement, list[str]]:
             return placement, serving
         if time.monotonic() >= deadline:
             break
-        if not requested:
+        if requested is None:
             from ray.autoscaler.sdk import request_resources
 
-            bundle = dict(placement.bundle(), **{placement.resource: RESOURCE_UNIT})
-            request_resources(bundles=[bundle])  # a no-op without an autoscaler
-            requested = True
+            requested = placement.bundle()
+            if placement.mode == "label":  # what autoscaler v2 scales; v1 ignores label selectors
+                request_resources(bundles=[requested], bundle_label_selectors=[dict(placement.label)])
+            else:
+                request_resources(bundles=[requested])  # a no-op without an autoscaler
             _STANDING_REQUEST[0] = True
-            log.info("pool %s: no node yet; asked the autoscaler for %s, waiting up to %.0f s",
-                     name, bundle, pool.wait_for_nodes_s)
-        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+            log.info("pool %s: no node yet; asked the autoscaler for %s, waiting up to %.0f s", name, requested, wait_s)
+        elif _infeasible(requested):
+            infeasible = True
+            break
+        time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
     want = f"label {placement.label}" if placement.mode == "label" else f"resource {placement.resource}"
+    if infeasible:
+        release_requests()
+        raise PoolError(
+            f"pool '{name}': no node type of this cluster can run an evaluator ({want}, {pool.cpus:g} CPU, "
+            f"{pool.gpus:g} GPU), says the autoscaler; the cluster has: {describe_nodes(nodes)}. Add a node type "
+            f"with the label {{{next(iter(placement.label))}: {name}}} and the resource {placement.resource} to the "
+            "cluster config, or lower the pool's cpus/gpus.")
     raise PoolError(
-        f"pool '{name}': no live node can run an evaluator ({want}, {pool.cpus:g} CPU, {pool.gpus:g} GPU); "
-        f"the cluster has: {describe_nodes(nodes)}. Add or label a node for the pool, lower the pool's cpus/gpus, "
-        "or set wait_for_nodes_s on an autoscaling cluster."
+        f"pool '{name}': no live node can run an evaluator ({want}, {pool.cpus:g} CPU, {pool.gpus:g} GPU) after "
+        f"waiting {wait_s:.0f} s; the cluster has: {describe_nodes(nodes)}. Add or label a node for the pool, lower "
+        "the pool's cpus/gpus, or set wait_for_nodes_s on an autoscaling cluster."
     )
