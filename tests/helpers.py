@@ -88,3 +88,34 @@ class Head:
             return ""
 
 
+_CLI_BATCH = """
+import contextlib, io, json, logging, sys, traceback
+from lonas_ray.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    logging.root.handlers.clear()  # main's basicConfig binds the stream of this case
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        except BaseException:
+            traceback.print_exc(file=err)  # what an uncaught error would have printed: the tests look for it
+            code = "raised"
+    results.append({"returncode": code, "stderr": err.getvalue()})
+print("CLI-RESULTS " + json.dumps(results), flush=True)
+"""
+
+
+def lonas_cli_batch(argvs: list[list[str]], cwd: Path = ROOT, timeout: int = 600) -> list[dict]:
+    """``lonas-ray ARGV`` for each of ``argvs``, one after another in one fresh interpreter (``cli.main``, as the
+    console script calls it): bad-input cases cost one import of torch and Ray, not one each. Per case: the exit
+    code and what went to stderr (an uncaught exception's traceback included)."""
+    proc = subprocess.run([sys.executable, "-c", _CLI_BATCH, json.dumps(argvs)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                                           "TRANSFORMERS_OFFLINE": "1"})
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("CLI-RESULTS ")), None)
+    assert line is not None, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return json.loads(line[len("CLI-RESULTS "):])
+

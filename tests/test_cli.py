@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import lonas_cli_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,33 +46,41 @@ def test_space_command_describes_the_space():
     assert info["size"] == 3**12 * 2**4 * 3**4 * 2
 
 
-@pytest.mark.parametrize(
-    "mutate, message",
-    [
-        (lambda c: c["supernet"]["space"]["lora"].update(target_modules=["qq_proj"]), "unknown module pattern 'qq_proj'"),
-        (lambda c: c["supernet"]["space"]["mlp"].update(choices=[1.0, 999]), "larger than the layer"),
-        (lambda c: c["supernet"]["space"]["heads"].update(choices=[3]), "breaks GQA"),
-        (lambda c: c["supernet"].update(modle={}), "did you mean 'model'"),
-        (lambda c: c.update(subnets=["median"]), "subnets entry 'median'"),
-        (lambda c: c["supernet"]["importance"].update(method="magic"), "importance.method 'magic'"),
-        (lambda c: c["supernet"].update(sparsity={"method": "wanda", "level": 1.0}), "sparsity.level must be in [0, 1)"),
-        (lambda c: c["supernet"].update(sparsity={"method": "wanda", "pattern": "4:2"}), "with 0 < N < M"),
-        (lambda c: c["supernet"].update(quantization={"enabled": True, "group_size": 48}),
-         "quantization.group_size 48 does not divide the input width(s)"),
-        (lambda c: c["supernet"].update(quantization={"qa": True}), "quantization.qa needs a quantized base"),
-    ],
-)
-def test_bad_configs_fail_with_a_clear_message_and_write_nothing(tmp_path, mutate, message):
-    config = yaml.safe_load((ROOT / "jobs/configs/tiny_core.yaml").read_text())
-    mutate(config)
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(config))
-    out = tmp_path / "out"
-    proc = lonas("export", "--config", str(path), "--output", str(out))
-    assert proc.returncode == 2
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not (out / "models").exists()
+BAD_CONFIGS = [
+    (lambda c: c["supernet"]["space"]["lora"].update(target_modules=["qq_proj"]), "unknown module pattern 'qq_proj'"),
+    (lambda c: c["supernet"]["space"]["mlp"].update(choices=[1.0, 999]), "larger than the layer"),
+    (lambda c: c["supernet"]["space"]["heads"].update(choices=[3]), "breaks GQA"),
+    (lambda c: c["supernet"].update(modle={}), "did you mean 'model'"),
+    (lambda c: c.update(subnets=["median"]), "subnets entry 'median'"),
+    (lambda c: c["supernet"]["importance"].update(method="magic"), "importance.method 'magic'"),
+    (lambda c: c["supernet"].update(sparsity={"method": "wanda", "level": 1.0}), "sparsity.level must be in [0, 1)"),
+    (lambda c: c["supernet"].update(sparsity={"method": "wanda", "pattern": "4:2"}), "with 0 < N < M"),
+    (lambda c: c["supernet"].update(quantization={"enabled": True, "group_size": 48}),
+     "quantization.group_size 48 does not divide the input width(s)"),
+    (lambda c: c["supernet"].update(quantization={"qa": True}), "quantization.qa needs a quantized base"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_config_runs(tmp_path_factory):
+    """`lonas-ray export` of every BAD_CONFIGS case (in one interpreter: ``helpers.lonas_cli_batch``)."""
+    tmp, argvs = tmp_path_factory.mktemp("bad-configs"), []
+    for i, (mutate, _) in enumerate(BAD_CONFIGS):
+        config = yaml.safe_load((ROOT / "jobs/configs/tiny_core.yaml").read_text())
+        mutate(config)
+        (tmp / f"bad{i}.yaml").write_text(yaml.safe_dump(config))
+        argvs.append(["export", "--config", str(tmp / f"bad{i}.yaml"), "--output", str(tmp / f"out{i}")])
+    return tmp, lonas_cli_batch(argvs)
+
+
+@pytest.mark.parametrize("case", range(len(BAD_CONFIGS)), ids=[m for _, m in BAD_CONFIGS])
+def test_bad_configs_fail_with_a_clear_message_and_write_nothing(bad_config_runs, case):
+    tmp, runs = bad_config_runs
+    run, message = runs[case], BAD_CONFIGS[case][1]
+    assert run["returncode"] == 2, run["stderr"][-2000:]
+    assert message in run["stderr"]
+    assert "Traceback" not in run["stderr"]
+    assert not (tmp / f"out{case}" / "models").exists()
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path):

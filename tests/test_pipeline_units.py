@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
 from conftest import ROOT
+from helpers import lonas_cli_batch
 
 from lonas_ray.config_io import ConfigError
 from lonas_ray.pipeline.config import PipelineConfig
@@ -53,7 +52,7 @@ def qwen3_dir(d):
     return path
 
 
-@pytest.mark.parametrize("change, message", [
+BAD_RUNS = [
     (lambda r, d: r["train"].update(distill={"teacher": "/nonexistent/teacher", "weight": 0.5}),
      "distill.teacher '/nonexistent/teacher' is not a directory"),
     (lambda r, d: r["train"].update(distill={"teacher": str(d), "weight": 0.5}), "holds no model"),
@@ -73,18 +72,29 @@ def qwen3_dir(d):
     (lambda r, d: (r.update(export={"formats": ["hf", "gguf"]}), r["supernet"].update(
         model={"kind": "smollm2"}, quantization={"enabled": True, "bits": 4, "group_size": 32})),
      "export.formats: gguf takes dense or sparse merges, and this base is quantized to INT4"),
-])
+]
+
+
+@pytest.fixture(scope="module")
+def bad_run_results(tmp_path_factory):
+    """`lonas-ray run` of every BAD_RUNS case (in one interpreter: ``helpers.lonas_cli_batch``)."""
+    tmp, argvs = tmp_path_factory.mktemp("bad-runs"), []
+    for i, (change, _) in enumerate(BAD_RUNS):
+        r, case = raw(), tmp / f"case{i}"
+        (case / "empty").mkdir(parents=True)
+        change(r, case / "empty")
+        (case / "bad.yaml").write_text(yaml.safe_dump(r))
+        argvs.append(["run", "--config", str(case / "bad.yaml"), "--output", str(case / "out")])
+    return tmp, lonas_cli_batch(argvs, timeout=300)
+
+
+@pytest.mark.parametrize("case", range(len(BAD_RUNS)), ids=[m for _, m in BAD_RUNS])
 def test_a_bad_teacher_ranking_or_export_format_exits_2_with_the_problem_named_and_nothing_written(
-        tmp_path, change, message):
-    r = raw()
-    (tmp_path / "empty").mkdir()
-    change(r, tmp_path / "empty")
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(r))
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "lonas_ray.cli", "run", "--config", str(tmp_path / "bad.yaml"),
-                           "--output", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr and not out.exists()
+        bad_run_results, case):
+    tmp, runs = bad_run_results
+    run, message = runs[case], BAD_RUNS[case][1]
+    assert run["returncode"] == 2 and message in run["stderr"], run["stderr"][-2000:]
+    assert "Traceback" not in run["stderr"] and not (tmp / f"case{case}" / "out").exists()
 
 
 @pytest.mark.parametrize("change, message", [
