@@ -56,7 +56,7 @@ DRIVER = """
 import json, sys, time
 import ray
 from lonas_ray.search.config import PoolSpec
-from lonas_ray.search.pools import PoolError, release_requests, wait_for_pool, wait_seconds
+from lonas_ray.search.pools import PoolError, wait_for_pool, wait_seconds
 
 ray.init(address=sys.argv[1], logging_level="ERROR")
 pool = PoolSpec(placement=sys.argv[2], cpus=1)
@@ -67,13 +67,10 @@ try:
 except PoolError as exc:
     out.update(refused_s=time.monotonic() - t0, refusal=str(exc))
 t0 = time.monotonic()
-try:
-    placement, serving = wait_for_pool("cpu_a", pool)
-    out.update(joined_s=time.monotonic() - t0, serving=serving, mode=placement.mode)
-    on = ray.remote(lambda: ray.get_runtime_context().get_node_id()).options(**placement.task_options()).remote()
-    out["ran_on"] = ray.get(on, timeout=60)
-finally:
-    release_requests()  # what the search does when it ends; the standing request would keep the node up
+placement, serving = wait_for_pool("cpu_a", pool)
+out.update(joined_s=time.monotonic() - t0, serving=serving, mode=placement.mode)
+on = ray.remote(lambda: ray.get_runtime_context().get_node_id()).options(**placement.task_options()).remote()
+out["ran_on"] = ray.get(on, timeout=60)
 print("RESULT " + json.dumps(out), flush=True)
 """
 
@@ -85,9 +82,10 @@ def alive_pool_nodes(head: Head) -> list[str]:
 
 
 def test_a_pool_scales_up_from_zero_for_its_work_and_back_down_after_it(tmp_path):
-    """No node serves the pool at first; the search's wait asks autoscaler v2 (label selector), which launches
-    the pool's node type; work lands there; once the request is withdrawn the idle node is terminated. A pool no
-    node type offers is refused within seconds, not after the 900 s default wait."""
+    """No node serves the pool at first; the search's wait places an evaluator's placement group (label
+    selector), for which autoscaler v2 launches the pool's node type; work lands there; once the work is done
+    nothing of the wait keeps the idle node, which is terminated. A pool no node type offers is refused within
+    seconds, not after the 900 s default wait."""
     placement = "label"  # what autoscaler v2 scales, and what lonas-ray's cluster files use
     from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
 
@@ -112,6 +110,6 @@ def test_a_pool_scales_up_from_zero_for_its_work_and_back_down_after_it(tmp_path
         deadline = time.monotonic() + 60  # idle 6 s, then the autoscaler's next rounds terminate it
         while alive_pool_nodes(head) and time.monotonic() < deadline:
             time.sleep(2)
-        assert alive_pool_nodes(head) == [], "the pool's node stayed up after its work and the request were gone"
+        assert alive_pool_nodes(head) == [], "the pool's node stayed up after its work was done"
     finally:
         head.ray("stop", "--force", check=False)

@@ -271,23 +271,22 @@ def test_each_pools_trials_run_only_on_that_pools_nodes(tmp_path):
     assert (out / "prepared" / "space.json").is_file()  # one prepared super-network for both pools
 
 
-def test_the_resource_request_for_a_missing_pool_is_withdrawn_when_the_search_ends(local_ray, tmp_path):
-    """A standing request_resources keeps autoscaled nodes up: the search withdraws it, even when it fails."""
-    from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
-    from ray.experimental.internal_kv import _internal_kv_get
+def test_a_pool_no_node_can_host_fails_naming_it_and_its_wait_leaves_no_placement_group(local_ray, tmp_path):
+    """The wait places one evaluator's placement group (what the autoscaler scales for) and removes it: a group
+    left behind would keep an autoscaled node up for good."""
+    from ray.util import placement_group_table
 
     from lonas_ray.search.driver import run_search
-    from lonas_ray.search.pools import PoolError, release_requests, wait_for_pool
-
-    def standing():  # this Ray runs no autoscaler v2: the request is in v1's channel
-        return json.loads(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL) or b"[]")
+    from lonas_ray.search.pools import PoolError, wait_for_pool
 
     cfg = tiny_cfg(tmp_path / "wait", budget=2)
-    cfg.pools["local"].gpus, cfg.pools["local"].wait_for_nodes_s = 1, 2  # asks the autoscaler, then gives up
-    with pytest.raises(PoolError):
+    cfg.pools["local"].gpus, cfg.pools["local"].wait_for_nodes_s = 1, 2  # no GPU here: waits, then gives up
+    t0 = time.monotonic()
+    with pytest.raises(PoolError, match=r"pool 'local': no live node can run an evaluator .* after waiting 2 s"):
         wait_for_pool("local", cfg.pools["local"])
-    assert [b.get("GPU") for b in standing()] == [1]  # the request stands after the pool's wait
-    assert release_requests() and standing() == []
+    assert time.monotonic() - t0 >= 2
+    waits = [g for g in placement_group_table().values() if g["name"] == "lonas-wait-local"]
+    assert waits and all(g["state"] == "REMOVED" for g in waits)
     with pytest.raises(PoolError, match="pool 'local'"):
         run_search(cfg)
-    assert standing() == []  # run_search asked for the GPU node, failed, and withdrew the request
+    assert all(g["state"] == "REMOVED" for g in placement_group_table().values())

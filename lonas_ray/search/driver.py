@@ -337,8 +337,6 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
     from lonas_ray.ray_env import ensure_ray
 
     ensure_ray(address, **local_pool_tags(cfg))
-    from lonas_ray.search.pools import release_requests
-
     result = SearchResult(out)
     storage.start_mirroring()
     try:
@@ -354,7 +352,6 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
                           "maximal": space.subnet_id(space.maximal()), "new_evaluations": result.evaluated,
                           "pools": pools}
         write_json(out / SUMMARY, result.summary)
-    finally:  # done or failed: no pool needs its nodes any more; the storage gets what was written
-        release_requests()
+    finally:  # done or failed: the storage gets what was written
         storage.stop_mirroring()
     return result

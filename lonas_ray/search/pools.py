@@ -11,13 +11,16 @@ A trial whose placement group no node can satisfy stays PENDING forever, so
 before a pool's trials are submitted ``wait_for_pool`` checks the live nodes
 (label or resource, and enough CPUs/GPUs on that node for one evaluator) and
 raises ``PoolError`` naming what the nodes do offer. On an autoscaling cluster
-it asks the autoscaler for one evaluator's bundle (``request_resources``, with the
-pool's label selector under label placement) and waits ``wait_for_nodes_s`` for the
-node to join: by default 900 s when the cluster runs autoscaler v2 (the one that
-scales label selectors, which lonas-ray's cluster files turn on) and 0 otherwise.
-Autoscaler v2 reports a request that no node type can ever satisfy; that fails at
-once, naming the pool, instead of after the whole wait. The request is withdrawn
-(``release_requests``) when the search is done, so idle pool nodes scale back down.
+it instead places a placement group of one evaluator's bundle, with the pool's label
+selector under label placement (exactly what a trial will ask for, so the
+autoscaler adds the node type a trial needs), and waits ``wait_for_nodes_s`` for it:
+by default 900 s when the cluster runs autoscaler v2 (the one that scales label
+selectors, which lonas-ray's cluster files turn on) and 0 otherwise. Autoscaler v2
+reports a placement group that no node type can ever host, by the group's id; that
+fails at once, naming the pool, instead of after the whole wait. The group is removed
+as soon as the node is there (or the wait ends), so nothing of the wait keeps a node
+up: pools searched at once wait at once, each for its own group, and idle pool nodes
+scale down after the search as the autoscaler's idle timeout says.
 """
 
 from __future__ import annotations
@@ -118,25 +121,6 @@ def describe_nodes(nodes: list[dict]) -> str:
     return "; ".join(parts) or "no live nodes"
 
 
-_STANDING_REQUEST = [False]  # whether this process left a request_resources standing
-
-
-def release_requests() -> bool:
-    """Withdraw this process's standing ``request_resources``, so the autoscaler may scale pools back down.
-
-    A request persists until replaced: without this, the last pool's nodes would
-    stay up after the search. Returns whether there was one to withdraw.
-    """
-    if not _STANDING_REQUEST[0]:
-        return False
-    from ray.autoscaler.sdk import request_resources
-
-    request_resources(bundles=[])
-    _STANDING_REQUEST[0] = False
-    log.info("withdrew the standing resource request: idle pool nodes may scale down")
-    return True
-
-
 def _autoscaling_state():
     """Autoscaler v2's last report (``autoscaler_pb2.AutoscalingState``), or None when no v2 autoscaler runs."""
     import ray
@@ -160,52 +144,49 @@ def wait_seconds(pool: PoolSpec) -> float:
     return AUTOSCALING_WAIT_S if _autoscaling_state() is not None else 0.0
 
 
-def _infeasible(bundle: dict[str, float]) -> bool:
-    """Whether autoscaler v2 reported a standing request for ``bundle`` as one no node type can satisfy."""
+def _infeasible(group_id: str) -> bool:
+    """Whether autoscaler v2 reports placement group ``group_id`` as one no node type can host."""
     state = _autoscaling_state()
-    if state is None:
-        return False
-    for constraint in state.infeasible_cluster_resource_constraints:
-        for request in constraint.resource_requests:
-            shape = dict(request.request.resources_bundle)
-            if all(abs(shape.get(k, 0) - v) < 1e-9 for k, v in bundle.items()):
-                return True
-    return False
+    return state is not None and any(g.details.startswith(group_id)
+                                     for g in state.infeasible_gang_resource_requests)
 
 
 def wait_for_pool(name: str, pool: PoolSpec) -> tuple[Placement, list[str]]:
     """The pool's placement and the nodes that serve it now; ``PoolError`` if none does in time, or at once
-    when autoscaler v2 reports that no node type of the cluster can host the pool."""
+    when autoscaler v2 reports that no node type of the cluster can host the pool's evaluators."""
     import ray
 
+    nodes = ray.nodes()
+    placement = resolve(name, pool, nodes)
+    serving = serving_nodes(nodes, placement)
+    if serving:
+        return placement, serving
     wait_s = wait_seconds(pool)
-    deadline = time.monotonic() + wait_s
-    requested, infeasible = None, False
-    while True:
+    infeasible = False
+    if wait_s > 0:
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        label = [dict(placement.label)] if placement.mode == "label" else None
+        group = placement_group([placement.bundle()], bundle_label_selector=label, name=f"lonas-wait-{name}")
+        log.info("pool %s: no node yet; waiting up to %.0f s for the autoscaler to add one for %s", name, wait_s,
+                 placement.bundle() | ({"label": label[0]} if label else {}))
+        deadline = time.monotonic() + wait_s
+        try:
+            while time.monotonic() < deadline:
+                if group.wait(timeout_seconds=min(2.0, max(0.1, deadline - time.monotonic()))):
+                    break
+                if _infeasible(group.id.hex()):
+                    infeasible = True
+                    break
+        finally:
+            remove_placement_group(group)  # the node stays for the trials; the group would pin it for good
         nodes = ray.nodes()
         placement = resolve(name, pool, nodes)
         serving = serving_nodes(nodes, placement)
         if serving:
             return placement, serving
-        if time.monotonic() >= deadline:
-            break
-        if requested is None:
-            from ray.autoscaler.sdk import request_resources
-
-            requested = placement.bundle()
-            if placement.mode == "label":  # what autoscaler v2 scales; v1 ignores label selectors
-                request_resources(bundles=[requested], bundle_label_selectors=[dict(placement.label)])
-            else:
-                request_resources(bundles=[requested])  # a no-op without an autoscaler
-            _STANDING_REQUEST[0] = True
-            log.info("pool %s: no node yet; asked the autoscaler for %s, waiting up to %.0f s", name, requested, wait_s)
-        elif _infeasible(requested):
-            infeasible = True
-            break
-        time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
     want = f"label {placement.label}" if placement.mode == "label" else f"resource {placement.resource}"
     if infeasible:
-        release_requests()
         raise PoolError(
             f"pool '{name}': no node type of this cluster can run an evaluator ({want}, {pool.cpus:g} CPU, "
             f"{pool.gpus:g} GPU), says the autoscaler; the cluster has: {describe_nodes(nodes)}. Add a node type "
