@@ -237,6 +237,7 @@ def test_cli_rejects_bad_search_configs_with_exit_2(tmp_path):
 MULTI_POOL = r"""
 import json, os, sys, yaml
 from pathlib import Path
+import pyarrow.parquet as pq
 import ray
 from ray.cluster_utils import Cluster
 from lonas_ray.search.config import SearchConfig
@@ -248,27 +249,66 @@ a = cluster.add_node(num_cpus=2, labels={"lonas/pool": "pool-a"})
 b = cluster.add_node(num_cpus=2, resources={"pool_pool-b": 1})  # no label: the resource fallback
 ray.init(address=cluster.address)
 raw = yaml.safe_load(Path("jobs/configs/search_tiny.yaml").read_text())
-lat = {"batch_size": 1, "prompt_len": 16, "new_tokens": 4, "warmup": 1, "repeats": 2}
-raw.update(output_dir=str(out), quality={"examples": 8, "final_examples": 8},
+# evaluations of about a second: long enough that two pools under way at once show in their rows' times
+lat = {"batch_size": 1, "prompt_len": 16, "new_tokens": 16, "warmup": 1, "repeats": 6}
+raw.update(quality={"examples": 32, "final_examples": 48},
            pools={"pool-a": {"evaluators": 2, "latency": lat}, "pool-b": {"evaluators": 2, "latency": lat}},
-           search={"strategy": "random", "budget": 4})
-result = run_search(SearchConfig.from_dict(raw), address=cluster.address)
-print(json.dumps({"a": a.node_id, "b": b.node_id, "head": cluster.head_node.node_id,
-                  "evaluated": result.evaluated}))
+           search={"strategy": "random", "budget": 6, "cross_evaluate": False})
+runs = {}
+for name, concurrent in (("concurrent", True), ("sequential", False)):
+    raw["output_dir"] = str(out / name)
+    raw["search"]["concurrent_pools"] = concurrent
+    runs[name] = run_search(SearchConfig.from_dict(raw), address=cluster.address).evaluated
+    for table in ("results", "pareto"):  # as this run left them (the concurrent one is continued below)
+        rows = pq.read_table(out / name / f"{table}.parquet").to_pylist()
+        (out / f"{name}.{table}.json").write_text(json.dumps(rows))
+    (out / f"{name}.summary.json").write_text((out / name / "search_summary.json").read_text())
+print(json.dumps({"a": a.node_id, "b": b.node_id, "evaluated": runs}))
 ray.shutdown()
 cluster.shutdown()
 """
 
 
-def test_each_pools_trials_run_only_on_that_pools_nodes(tmp_path):
+def overlap(rows: list[dict], p: str, q: str) -> bool:
+    """Whether pool ``p``'s evaluations and pool ``q``'s were under way at the same time: the spans from each
+    pool's first evaluation's start (``timestamp - eval_s``) to its last one's end intersect."""
+    span = {pool: (min(r["timestamp"] - r["eval_s"] for r in rows if r["pool"] == pool),
+                   max(r["timestamp"] for r in rows if r["pool"] == pool)) for pool in (p, q)}
+    return span[p][0] < span[q][1] and span[q][0] < span[p][1]
+
+
+def test_pools_are_searched_at_once_each_on_its_own_nodes_with_the_sequential_runs_fronts(tmp_path):
+    """Two pools on two nodes of a ``ray.cluster_utils.Cluster``: searched at once, their evaluations overlap in
+    time (searched one after another, they do not), each pool's trials run only on its node, every row lands
+    once, and the fronts over params and the full-set qualities equal the sequential run's (random search with
+    a seed proposes the same sub-networks; latency, which is measured, is left out of the comparison)."""
     out = tmp_path / "multi"
-    proc = run_python(MULTI_POOL.replace("sys.argv[1]", repr(str(out))), timeout=500)
+    proc = run_python(MULTI_POOL.replace("sys.argv[1]", repr(str(out))), timeout=600)
     ids = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert ids["evaluated"] == {"pool-a": 4, "pool-b": 4}
-    got = read_results(out / "results.parquet").to_pylist()
-    by_pool = {p: {r["node_id"] for r in got if r["pool"] == p} for p in ("pool-a", "pool-b")}
-    assert by_pool == {"pool-a": {ids["a"]}, "pool-b": {ids["b"]}}
-    assert (out / "prepared" / "space.json").is_file()  # one prepared super-network for both pools
+    assert ids["evaluated"]["concurrent"] == ids["evaluated"]["sequential"] == {"pool-a": 6, "pool-b": 6}
+    got = {name: json.loads((out / f"{name}.results.json").read_text()) for name in ("concurrent", "sequential")}
+    assert overlap(got["concurrent"], "pool-a", "pool-b") and not overlap(got["sequential"], "pool-a", "pool-b")
+    assert {(r["subnet_id"], r["pool"]) for r in got["concurrent"]} == \
+        {(r["subnet_id"], r["pool"]) for r in got["sequential"]}
+    for rows in got.values():
+        keys = [(r["subnet_id"], r["pool"]) for r in rows]
+        assert len(keys) == len(set(keys))  # every row once
+        by_pool = {p: {r["node_id"] for r in rows if r["pool"] == p} for p in ("pool-a", "pool-b")}
+        assert by_pool == {"pool-a": {ids["a"]}, "pool-b": {ids["b"]}}
+
+    def params_front(name: str) -> set:
+        rows = json.loads((out / f"{name}.pareto.json").read_text())
+        return {(r["pool"], r["subnet_id"], r["member"], r["quality"], r["quality_full"]) for r in rows
+                if r["front"] == "params"}
+
+    front = params_front("sequential")
+    assert any(r[4] is not None for r in front)  # full-set qualities were scored (by both pools, concurrently)
+    assert params_front("concurrent") == front
+    summary = json.loads((out / "concurrent.summary.json").read_text())
+    assert summary["concurrent_pools"] is True
+    for pool in ("pool-a", "pool-b"):
+        u = summary["utilisation"][pool]
+        assert u["evaluators"] == 2 and u["busy_s"] > 0 and 0 < u["fraction"] <= 1
 
 
 def test_a_pool_no_node_can_host_fails_naming_it_and_its_wait_leaves_no_placement_group(local_ray, tmp_path):

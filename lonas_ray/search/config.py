@@ -145,6 +145,10 @@ class StrategySpec:
         True, help="with several pools, also evaluate each pool's front members on every other pool (a latency "
         "per pool for every chosen sub-network; these rows count towards a later, larger budget)"
     )
+    concurrent_pools: bool = help_field(
+        True, help="search every pool at once (a Tune run per pool, each with its own searcher and budget; one "
+        "writer of results.parquet); false: one pool after another"
+    )
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:

@@ -11,17 +11,33 @@ Output directory::
 Re-running with the same output directory evaluates only what is missing: a
 pool's budget counts its rows already in results.parquet, the searcher is
 seeded with them, and the final evaluation skips ids already in
-final_quality.json. Pools are searched one after another (one writer of the
-results file); within a pool ``evaluators`` trials run at once.
+final_quality.json.
+
+Every pool is searched at once (``search.concurrent_pools``): one thread per pool in
+this process, each running its own Tune run with its own searcher and budget, so the
+wall time is the slowest pool's rather than the sum. This process stays the one
+writer of ``results.parquet``: the pools' Tune callbacks append under one lock
+(``_WRITE``). Cross-evaluation (which needs every pool's front) and the final
+full-set scoring then also run on every pool at once; the final scoring shares one
+queue of sub-networks among the pools (``QueueSearcher``), so a faster pool takes more.
+A pool that fails does not stop the others' running work: each runs to its end, then
+the failure is raised naming its pool. Within a pool ``evaluators`` trials run at once.
+``search_summary.json`` records, per pool, the fraction of the search's wall time its
+evaluators were busy (``utilisation``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,6 +55,8 @@ from lonas_ray.storage import RunStorage
 log = logging.getLogger(__name__)
 
 RESULTS, PARETO, FINAL, SUMMARY = "results.parquet", "pareto.parquet", "final_quality.json", "search_summary.json"
+_WRITE = threading.Lock()  # one writer of results.parquet and final_quality.json: the pools' callbacks take turns
+_REGISTER = threading.Lock()  # Tune's trainable registry, one pool at a time
 
 
 class SearchError(RuntimeError):
@@ -50,6 +68,65 @@ class SearchResult:
     output_dir: Path
     evaluated: dict[str, int] = field(default_factory=dict)  # new evaluations this run, per pool
     summary: dict = field(default_factory=dict)
+
+
+class BusyClock:
+    """Seconds each pool's evaluators spent evaluating in this run (the rows' ``eval_s``), for utilisation."""
+
+    def __init__(self):
+        self.busy: dict[str, float] = {}
+        self.t0 = time.monotonic()
+
+    def add(self, pool: str, seconds: float | None) -> None:
+        with _WRITE:
+            self.busy[pool] = self.busy.get(pool, 0.0) + (seconds or 0.0)
+
+    def utilisation(self, cfg: SearchConfig) -> dict[str, dict]:
+        """Per pool: busy seconds over (evaluators x the search's wall time so far)."""
+        wall = time.monotonic() - self.t0
+        out = {}
+        for pool in cfg.search.pools:
+            n, busy = cfg.pools[pool].evaluators, self.busy.get(pool, 0.0)
+            out[pool] = {"evaluators": n, "busy_s": round(busy, 3), "wall_s": round(wall, 3),
+                         "fraction": round(busy / (n * wall), 4) if wall > 0 else None}
+        return out
+
+
+CLOCK = BusyClock()  # reset by run_search
+
+
+def each_pool(pools: list[str], work: Callable[[str], Any], concurrent: bool = True) -> dict[str, Any]:
+    """``work(pool)`` for every pool: at once (a thread each; a pool's Tune run waits on the cluster, not on this
+    process) or one after another. Every pool's work runs to its end; then a failure is raised, named by its pool.
+    """
+    results, errors = {}, {}
+    if concurrent and len(pools) > 1:
+        with ThreadPoolExecutor(len(pools), thread_name_prefix="lonas-pool") as ex:
+            futures = {pool: ex.submit(work, pool) for pool in pools}
+        outcomes = {pool: (f.exception(), f) for pool, f in futures.items()}
+        for pool, (exc, f) in outcomes.items():
+            if exc is None:
+                results[pool] = f.result()
+            else:
+                errors[pool] = exc
+    else:
+        for pool in pools:
+            try:
+                results[pool] = work(pool)
+            except Exception as exc:  # noqa: BLE001  (the other pools' work still runs; raised below)
+                errors[pool] = exc
+    if len(errors) == 1:
+        (pool, exc), = errors.items()
+        if f"pool '{pool}'" in str(exc) or f"pool {pool}" in str(exc):
+            raise exc
+        raise SearchError(f"pool {pool}: {exc}") from exc
+    if errors:
+        for pool, exc in errors.items():
+            log.error("pool %s failed: %s", pool, exc)
+        raise SearchError(f"{len(errors)} pools failed: " + "; ".join(
+            str(e) if f"pool '{p}'" in str(e) or f"pool {p}" in str(e) else f"pool {p}: {e}"
+            for p, e in errors.items())) from next(iter(errors.values()))
+    return results
 
 
 def rows_by_pool(path: Path, pool: str) -> dict[str, dict]:
@@ -72,6 +149,23 @@ def supernet_source(cfg: SearchConfig, out: Path) -> Path:
     return prepare_once(cfg.supernet, out / "prepared", cfg.data)
 
 
+# The callbacks below are classes made per run, which Tune pickles by value with its state: they reach the lock
+# and the clock through these module functions (pickled by reference), never directly.
+def _append_row(path: Path, pool: str, row: dict) -> None:
+    with _WRITE:
+        append_results(path, [row])
+    CLOCK.add(pool, row["eval_s"])
+
+
+def _record_final(path: Path, pool: str, row: dict) -> None:
+    with _WRITE:
+        finals = json.loads(path.read_text()) if path.exists() else {}
+        finals[row["subnet_id"]] = {"quality": row["quality"], "loss": row["loss"], "task_loss": row["task_loss"],
+                                    "examples": row["eval_examples"], "metric": row["quality_metric"]}
+        write_json(path, finals)
+    CLOCK.add(pool, row["eval_s"])
+
+
 def _results_writer(path: Path, pool: str, progress=None):
     from ray.tune import Callback
 
@@ -84,7 +178,7 @@ def _results_writer(path: Path, pool: str, progress=None):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             row = json.loads(result["row_json"])
             row = {k: row[k] for k in SCHEMA.names}
-            append_results(path, [row])
+            _append_row(path, pool, row)
             self.written += 1
             if progress is not None:
                 progress.add(row)
@@ -94,16 +188,12 @@ def _results_writer(path: Path, pool: str, progress=None):
     return ResultsWriter()
 
 
-def _final_writer(path: Path):
+def _final_writer(path: Path, pool: str):
     from ray.tune import Callback
 
     class FinalWriter(Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            row = json.loads(result["row_json"])
-            finals = json.loads(path.read_text()) if path.exists() else {}
-            finals[row["subnet_id"]] = {"quality": row["quality"], "loss": row["loss"], "task_loss": row["task_loss"],
-                                        "examples": row["eval_examples"], "metric": row["quality_metric"]}
-            write_json(path, finals)
+            _record_final(path, pool, json.loads(result["row_json"]))
 
     return FinalWriter()
 
@@ -120,10 +210,15 @@ def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, 
     job = EvalJob.from_config(cfg, pool, source)
     trainable = tune.with_resources(tune.with_parameters(SubnetTrainable, job=job, mode=mode),
                                     placement.trial_resources())
+    # Tune's trainable registry is not thread-safe (it iterates what it is about to store while another
+    # registration adds to it): pools searching at once register theirs one at a time, under a name of their own
+    name = f"lonas-{mode}-{pool}-{uuid.uuid4().hex[:8]}"
+    with _REGISTER:
+        tune.register_trainable(name, trainable)
     # a fixed list's generator limits its own concurrency; a Searcher gets Tune's limiter
     limit = None if isinstance(search_alg, BasicVariantGenerator) else cfg.pools[pool].evaluators
     tuner = tune.Tuner(
-        trainable,
+        name,
         param_space=param_space or {},
         tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=num_samples, reuse_actors=True,
                                     max_concurrent_trials=limit),
@@ -252,14 +347,17 @@ def cross_evaluate(cfg: SearchConfig, space: SearchSpace, source: Path, out: Pat
         for cost in FRONTS.values():
             for r in front_rows(rows, cost, cfg.search.objective):
                 members.setdefault(r["subnet_id"], r["config"])
-    return {pool: evaluate_configs(cfg, pool, space, source, out, list(members.values()))
-            for pool in cfg.search.pools}
+    return each_pool(cfg.search.pools, lambda pool: evaluate_configs(cfg, pool, space, source, out,
+                                                                      list(members.values())),
+                     cfg.search.concurrent_pools)
 
 
 def final_evaluation(cfg: SearchConfig, space: SearchSpace, source: Path, out: Path) -> dict[str, dict]:
-    """Full-set quality of every front member and of maximal, on the first pool; cached by subnet id.
+    """Full-set quality of every front member and of maximal; cached by subnet id.
 
-    Skipped (finals = {}) when the search subset already is the final set.
+    Every pool takes sub-networks from one shared queue (``QueueSearcher``), so the pools score at once and a
+    faster pool scores more (quality does not depend on the hardware beyond floating-point rounding). Skipped
+    (finals = {}) when the search subset already is the final set.
     """
     from lonas_ray.search.front import FRONTS, front_rows
 
@@ -274,11 +372,16 @@ def final_evaluation(cfg: SearchConfig, space: SearchSpace, source: Path, out: P
         for cost in FRONTS.values():
             for r in front_rows(rows, cost, cfg.search.objective):
                 wanted[r["subnet_id"]] = r["config"]
-    todo = [c for sid, c in wanted.items() if sid not in finals]
+    todo = [wanted[sid] for sid in sorted(wanted) if sid not in finals]
     if todo:
-        pool = cfg.search.pools[0]
-        _tune(cfg, pool, _placement(cfg, pool), source, mode="final", callback=_final_writer(path), out=out,
-              **_fixed_list(cfg, pool, space, todo))
+        from lonas_ray.search.searchers import QueueSearcher, SharedQueue
+
+        queue = SharedQueue(todo)
+        pools = cfg.search.pools if cfg.search.concurrent_pools else cfg.search.pools[:1]
+        each_pool(pools, lambda pool: _tune(cfg, pool, _placement(cfg, pool), source, mode="final",
+                                            callback=_final_writer(path, pool), out=out,
+                                            search_alg=QueueSearcher(queue), num_samples=len(todo)),
+                  cfg.search.concurrent_pools)
         finals = json.loads(path.read_text()) if path.exists() else {}
     return finals
 
@@ -338,11 +441,13 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
 
     ensure_ray(address, **local_pool_tags(cfg))
     result = SearchResult(out)
+    global CLOCK
+    CLOCK = BusyClock()
     storage.start_mirroring()
     try:
         check_pool_runtimes(cfg)
-        for pool in cfg.search.pools:
-            result.evaluated[pool] = search_pool(cfg, pool, space, source, out)
+        result.evaluated = each_pool(cfg.search.pools, lambda pool: search_pool(cfg, pool, space, source, out),
+                                     cfg.search.concurrent_pools)
         if cfg.search.cross_evaluate and len(cfg.search.pools) > 1:
             for pool, n in cross_evaluate(cfg, space, source, out).items():
                 result.evaluated[pool] += n
@@ -350,7 +455,8 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
         pools = write_pareto(cfg, space, out, finals)
         result.summary = {"config": to_dict(cfg), "strategy": cfg.search.strategy, "space_size": space.size(),
                           "maximal": space.subnet_id(space.maximal()), "new_evaluations": result.evaluated,
-                          "pools": pools}
+                          "pools": pools, "concurrent_pools": cfg.search.concurrent_pools,
+                          "utilisation": CLOCK.utilisation(cfg)}
         write_json(out / SUMMARY, result.summary)
     finally:  # done or failed: the storage gets what was written
         storage.stop_mirroring()

@@ -30,7 +30,8 @@ configuration is left (a space too small for the budget) the search ends
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -262,3 +263,46 @@ class CachedSearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         self.searcher.restore(checkpoint_path)
+
+
+class SharedQueue:
+    """Configurations that several Tune runs (one per pool, in threads of the driver) take from, each once."""
+
+    def __init__(self, configs: Sequence[SubnetConfig]):
+        self._items, self._lock = list(configs), threading.Lock()
+
+    def pop(self) -> SubnetConfig | None:
+        with self._lock:
+            return self._items.pop(0) if self._items else None
+
+    def __getstate__(self) -> dict:  # Tune pickles its search algorithm with the experiment's state
+        return {"_items": list(self._items)}
+
+    def __setstate__(self, state: dict) -> None:
+        self._items, self._lock = state["_items"], threading.Lock()
+
+
+class QueueSearcher(Searcher):
+    """Proposes the next configuration of a ``SharedQueue``, and ends the pool's run when the queue is empty:
+    pools that share one queue split its work by how fast each takes it (the final full-set scoring)."""
+
+    def __init__(self, queue: SharedQueue):
+        super().__init__(metric="quality", mode="max")
+        self.queue = queue
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the queue holds whole configurations: no space to set
+
+    def suggest(self, trial_id: str) -> dict | str:
+        config = self.queue.pop()
+        return Searcher.FINISHED if config is None else dict(config)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # the driver's callback records the result; a failed configuration is not retried
+
+    def save(self, checkpoint_path: str) -> None:
+        pass  # nothing to resume: a re-run scores what final_quality.json lacks
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
