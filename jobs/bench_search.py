@@ -15,6 +15,12 @@ Parts (each runs the real search stage on an embedded Ray, its own output dirs):
 * ``runtimes``: latency of the maximal, heuristic and minimal sub-networks
   under every runtime the device has; speed-up of each vs maximal per runtime
   (eager timing hides compression; see lonas_ray/search/latency.py).
+* ``pools`` (on its own: it starts its own cluster): two pools, each a node of a
+  multi-node Ray on this machine (``ray.cluster_utils.Cluster``, ``--pool-cpus``
+  CPUs each, the config's first pool's settings): each pool searched alone, both
+  one after another (``search.concurrent_pools: false``) and both at once;
+  wall time of each run (median over ``--repeats``) and every pool's evaluator
+  utilisation. The target: at once within 15 % of the slower pool alone.
 """
 
 from __future__ import annotations
@@ -178,6 +184,67 @@ def runtimes(base: SearchConfig, work: Path, skip: list[str]) -> dict:
     return out
 
 
+POOL_RUNS = (("pool-a alone", ["pool-a"], True), ("pool-b alone", ["pool-b"], True),
+             ("sequential", ["pool-a", "pool-b"], False), ("concurrent", ["pool-a", "pool-b"], True))
+
+
+def pools(base: SearchConfig, work: Path, budget: int, repeats: int, pool_cpus: int, save) -> dict:
+    """Two pools searched alone, one after another and at once on a two-node local cluster (see the module doc);
+    ``save(part)`` is called after every run, so a cut-short benchmark keeps its figures."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from lonas_ray.build import prepare_once
+    from lonas_ray.search.driver import run_search
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for name in ("pool-a", "pool-b"):
+        cluster.add_node(num_cpus=pool_cpus, labels={"lonas/pool": name})
+    ray.init(address=cluster.address)
+    raw = to_dict(base)
+    spec = raw["pools"][base.search.pools[0]]
+    raw["pools"] = {"pool-a": spec, "pool-b": spec}
+    raw["quality"]["final_examples"] = raw["quality"]["examples"]  # no final stage: the searches are timed
+    if base.supernet_dir is None:  # prepared once, outside the timed runs
+        raw["supernet_dir"], raw["supernet"] = str(prepare_once(base.supernet, work / "prepared", base.data)), None
+    part = {"budget_per_pool": budget, "pool_cpus": pool_cpus, "evaluators_per_pool": spec["evaluators"],
+            "runs": []}
+    try:
+        for rep in range(repeats):
+            for name, names, concurrent in POOL_RUNS:
+                raw["output_dir"] = str(work / f"pools-{rep}-{name.replace(' ', '-')}")
+                raw["search"] = {**raw["search"], "pools": names, "concurrent_pools": concurrent, "strategy": "random",
+                                 "budget": budget, "seed": rep, "cross_evaluate": False}
+                t0 = time.perf_counter()
+                run_search(SearchConfig.from_dict(raw), address=cluster.address)
+                wall = time.perf_counter() - t0
+                summary = json.loads((Path(raw["output_dir"]) / "search_summary.json").read_text())
+                part["runs"].append({"run": name, "repeat": rep, "wall_s": round(wall, 2),
+                                     "utilisation": summary["utilisation"]})
+                log.info("pools: %s (repeat %d): %.1f s", name, rep, wall)
+                save(_pool_medians(part))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    return _pool_medians(part)
+
+
+def _pool_medians(part: dict) -> dict:
+    med = {}
+    for name, _, _ in POOL_RUNS:
+        walls = [r["wall_s"] for r in part["runs"] if r["run"] == name]
+        if walls:
+            med[name] = statistics.median(walls)
+    part["median_wall_s"] = med
+    if {"pool-a alone", "pool-b alone", "concurrent"} <= set(med):
+        slower = max(med["pool-a alone"], med["pool-b alone"])
+        part["concurrent_over_slower_alone"] = round(med["concurrent"] / slower, 3)
+        part["target_met"] = med["concurrent"] <= 1.15 * slower
+    if {"sequential", "concurrent"} <= set(med):
+        part["speedup_over_sequential"] = round(med["sequential"] / med["concurrent"], 3)
+    return part
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="a search config: model, data, the pool to use")
@@ -189,6 +256,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--strategies", default="nsga2,random", help="compared at one budget; random is the yardstick")
     p.add_argument("--skip-runtimes", default="", help="runtimes left out of the runtimes part, comma-separated")
+    p.add_argument("--repeats", type=int, default=3, help="pools part: runs of each kind (medians)")
+    p.add_argument("--pool-cpus", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                   help="pools part: CPUs of each pool's node")
     p.add_argument("--work", default="out/bench_search")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -198,17 +268,31 @@ def main(argv=None) -> int:
     parts = args.parts.split(",")
     import torch
 
-    from lonas_ray.ray_env import ensure_ray
-    from lonas_ray.search.driver import local_pool_tags
-
-    ensure_ray(None, **local_pool_tags(base))
     result = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
                     "torch": torch.__version__},
         "config": to_dict(base),
         "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(["python", "jobs/bench_search.py", *(argv if argv is not None else sys.argv[1:])]),
     }
+
+    def save(key: str, value) -> None:
+        result[key] = value
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+    if "pools" in parts:
+        if parts != ["pools"]:
+            p.error("run --parts pools on its own: it starts a multi-node cluster of its own")
+        save("pools", pools(base, work, args.budget, args.repeats, args.pool_cpus, lambda part: save("pools", part)))
+        print(json.dumps(result["pools"], indent=1)[:4000])
+        return 0
+
+    from lonas_ray.ray_env import ensure_ray
+    from lonas_ray.search.driver import local_pool_tags
+
+    ensure_ray(None, **local_pool_tags(base))
     if "runtimes" in parts:
         result["runtimes"] = runtimes(base, work, [r for r in args.skip_runtimes.split(",") if r])
     if "scaling" in parts:

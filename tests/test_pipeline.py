@@ -133,6 +133,12 @@ def test_the_output_directory_holds_the_whole_contract(run):
     # and whether any compressed model is worth deploying against plain LoRA, said plainly either way
     assert summary["deployment"]["text"] in report and summary["deployment"]["text"] in run["logs"]
     assert (out / "zero_shot" / "results.parquet").is_file() and "zero_shot" in stages(out)
+    # both pools were searched at once, and how busy each one's evaluators were is in the report
+    assert summary["search"]["concurrent_pools"] is True and set(summary["search"]["utilisation"]) == {"cpu_a", "cpu_b"}
+    for pool, use in summary["search"]["utilisation"].items():
+        assert 0 <= use["fraction"] <= 1 and use["evaluators"] >= 1
+        assert re.search(rf"^\| {pool} \|.* \| {use['fraction']:.0%} \|$", report, re.M), pool
+    assert "Evaluators busy: the share of the search stage's last run's wall time" in report
     for m in [summary["baseline"], *summary["models"]]:
         d = out / m["path"]
         for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md"):

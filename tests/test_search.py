@@ -330,3 +330,19 @@ def test_a_pool_no_node_can_host_fails_naming_it_and_its_wait_leaves_no_placemen
     with pytest.raises(PoolError, match="pool 'local'"):
         run_search(cfg)
     assert all(g["state"] == "REMOVED" for g in placement_group_table().values())
+
+
+def test_a_pool_that_fails_lets_the_others_finish_and_is_named(local_ray, tmp_path):
+    """Pools searched at once: one whose nodes are missing fails at its start, the other's search still runs to its
+    whole budget (its rows kept for a re-run), then the failure is raised with the failed pool's name."""
+    from lonas_ray.search.config import PoolSpec
+    from lonas_ray.search.driver import run_search
+    from lonas_ray.search.pools import PoolError
+
+    cfg = tiny_cfg(tmp_path / "one-fails", strategy="random", budget=3)
+    cfg.pools["gone"] = PoolSpec(resource="pool_gone")  # no node carries it
+    cfg.search.pools = ["local", "gone"]
+    with pytest.raises(PoolError, match="pool 'gone': no live node can run an evaluator"):
+        run_search(cfg)
+    assert [r["pool"] for r in rows(tmp_path / "one-fails")] == ["local"] * 3
+    assert not (tmp_path / "one-fails" / "pareto.parquet").exists()

@@ -255,7 +255,8 @@ def collect(out: Path, pools: Sequence[str], chosen: Mapping[str, dict], *, stag
         "deployment": deployment_verdict(baseline, models),
         "compression": compressed,
         "search": {"strategy": search["strategy"], "space_size": search["space_size"], "maximal": search["maximal"],
-                   "pools": search["pools"]},
+                   "pools": search["pools"], "utilisation": search.get("utilisation"),
+                   "concurrent_pools": search.get("concurrent_pools")},
         "stages": {k: {"seconds": v.get("seconds"), "runs": v.get("runs")} for k, v in dict(stages).items()},
         "ranking": json.loads((out / RANKING).read_text()) if (out / RANKING).is_file() else None,
     }

@@ -137,12 +137,19 @@ def report_markdown(fig: Mapping[str, Any]) -> str:
     lines += ["", "![quality vs latency per pool](pareto.png)", "", "## Search", "",
               f"Strategy `{fig['search']['strategy']}` over {fig['search']['space_size']:.3g} sub-networks "
               f"(maximal: `{fig['search']['maximal']}`).", "",
-              "| pool | evaluated | latency front | hypervolume | latency pick | params pick |", "|---|---|---|---|---|---|"]
+              "| pool | evaluated | latency front | hypervolume | latency pick | params pick | evaluators busy |",
+              "|---|---|---|---|---|---|---|"]
+    usage = fig["search"].get("utilisation") or {}
     for pool in pools:
         info = fig["search"]["pools"].get(pool, {})
         lat, par = info.get("latency", {}), info.get("params", {})
+        busy = usage.get(pool, {}).get("fraction")
         lines.append(f"| {pool} | {info.get('evaluated', 0)} | {lat.get('members', 0)} | "
-                     f"{_num(lat.get('hypervolume'), '.4g')} | `{lat.get('pick')}` | `{par.get('pick')}` |")
+                     f"{_num(lat.get('hypervolume'), '.4g')} | `{lat.get('pick')}` | `{par.get('pick')}` | "
+                     f"{'-' if busy is None else f'{busy:.0%}'} |")
+    if usage:
+        lines += ["", "Evaluators busy: the share of the search stage's last run's wall time that each pool's "
+                  f"evaluators spent evaluating ({'every pool at once' if fig['search'].get('concurrent_pools') else 'one pool after another'})."]
     missing = [(m["subnet_id"], m["missing_pools"]) for m in fig["models"] if m.get("missing_pools")]
     for sid, where in missing:
         lines.append(f"\n`{sid}` has no latency on {', '.join(where)} (set `search.cross_evaluate: true`).")

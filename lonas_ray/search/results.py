@@ -27,7 +27,8 @@ are a contract (``SCHEMA``); nothing downstream reads a trial's internals.
 
 Appends are atomic (``atomic.atomic_file``: written beside the table, then renamed over it),
 so a crash mid-write never leaves a half-written table. They are not locked:
-one writer (the search driver) appends, trials report to it.
+one writer (the search driver) appends, trials report to it (pools searched at once append under one lock
+in the driver).
 """
 
 from __future__ import annotations
