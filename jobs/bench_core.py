@@ -36,9 +36,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import peft
 import torch
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     result: dict = {
         "benchmark": "lonas-ray bench_core",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
         "settings": asdict(s),
         "machine": machine_info(),

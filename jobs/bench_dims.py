@@ -37,8 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from bench_quality import (add_arguments, load_task, start, step_batch, train_peft_lora,  # noqa: E402
-                           train_supernet, run_saving)
+from bench_quality import add_arguments, load_task, run_saving, start, step_batch, train_peft_lora, train_supernet  # noqa: E402
 
 from lonas_ray.build import SupernetSpec, build_supernet  # noqa: E402
 from lonas_ray.config_io import from_dict  # noqa: E402

@@ -71,16 +71,16 @@ from lonas_ray.data.byte_tokenizer import byte_tokenizer  # noqa: E402
 from lonas_ray.data.load import load_examples  # noqa: E402
 from lonas_ray.data.spec import DataSpec  # noqa: E402
 from lonas_ray.data.tokenize import build_train_dataset, collate  # noqa: E402
-from lonas_ray.model_source import ModelSource, load_model  # noqa: E402
 from lonas_ray.merge.extract import extract  # noqa: E402
+from lonas_ray.model_source import ModelSource, load_model  # noqa: E402
 from lonas_ray.search.latency import measure  # noqa: E402
 from lonas_ray.search.quality import build_eval_set, evaluate_quality, subset, subset_indices  # noqa: E402
+from lonas_ray.stats import wilson_interval  # noqa: E402
 from lonas_ray.train.distill import answer_logits, distillation_loss, mixed_loss  # noqa: E402
 from lonas_ray.train.recover import recover, warmup_then_constant  # noqa: E402  (one schedule for every row)
 from lonas_ray.train.schedule import batch_indices, subnets_for_step  # noqa: E402
 from lonas_ray.train.step import train_step  # noqa: E402
 from lonas_ray.train.teacher import TeacherLogits  # noqa: E402
-from lonas_ray.stats import wilson_interval  # noqa: E402
 
 log = logging.getLogger("bench_quality")
 
@@ -316,7 +316,7 @@ def compare_to_peft_lora(rows: list[dict]) -> None:
             r["quality_vs_peft_lora"] = r["quality"] / reference["quality"] if reference["quality"] else None
 
 
-def lonas_rows(supernet, t: "Task", args, teacher, add) -> dict:
+def lonas_rows(supernet, t: Task, args, teacher, add) -> dict:
     """lonas-ray's side: train the super-adapter, search the picks, score each sliced and (part recover) after its
     recovery fine-tune; returns the JSON entry of the super-network with lonas-ray's whole cost."""
     t0 = time.perf_counter()

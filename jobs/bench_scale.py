@@ -45,6 +45,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from format_kernels import to_int4_tinygemm, to_semi_structured  # noqa: E402
+
 from lonas_ray.compress.apply import compress  # noqa: E402
 from lonas_ray.compress.spec import QuantizationSpec, SparsitySpec  # noqa: E402
 from lonas_ray.elastic.supernet import SuperNetwork  # noqa: E402

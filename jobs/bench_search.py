@@ -86,7 +86,8 @@ def scaling(base: SearchConfig, work: Path, workers: list[int], evals: int) -> d
         # steady state: results after the first one of every worker (their model load is behind them)
         steady = (len(ts) - n) / (ts[-1] - ts[n - 1]) * 60 if len(ts) > n and ts[-1] > ts[n - 1] else None
         out["runs"].append({
-            "workers": n, "gpus_per_worker": cfg.pools[pool].gpus, "wall_s": wall, "evals_per_min_wall": len(rows) / wall * 60,
+            "workers": n, "gpus_per_worker": cfg.pools[pool].gpus, "wall_s": wall,
+            "evals_per_min_wall": len(rows) / wall * 60,
             "evals_per_min_steady": steady, "median_eval_s": statistics.median(r["eval_s"] for r in rows),
             "nodes": sorted({r["node_id"][:8] for r in rows}),
         })
@@ -174,10 +175,12 @@ def runtimes(base: SearchConfig, work: Path, skip: list[str]) -> dict:
         log.info("runtimes: %s %s", label, out["subnets"][label])
     for label in ("heuristic", "minimal"):
         out["subnets"][label]["speedup_vs_maximal"] = {
-            r: out["subnets"]["maximal"]["latencies"][r]["latency_ms"] / out["subnets"][label]["latencies"][r]["latency_ms"]
+            r: out["subnets"]["maximal"]["latencies"][r]["latency_ms"]
+            / out["subnets"][label]["latencies"][r]["latency_ms"]
             for r in names}
         out["subnets"][label]["decode_speedup_vs_maximal"] = {
-            r: out["subnets"]["maximal"]["latencies"][r]["decode_ms"] / out["subnets"][label]["latencies"][r]["decode_ms"]
+            r: out["subnets"]["maximal"]["latencies"][r]["decode_ms"]
+            / out["subnets"][label]["latencies"][r]["decode_ms"]
             for r in names}
     if cuda:
         out["device_name"] = torch.cuda.get_device_name(0)

@@ -35,8 +35,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from bench_quality import (add_arguments, compare_to_peft_lora, load_task, run_saving, search_picks,  # noqa: E402
-                           start, train_peft_lora, train_supernet)
+from bench_quality import (  # noqa: E402
+    add_arguments,
+    compare_to_peft_lora,
+    load_task,
+    run_saving,
+    search_picks,
+    start,
+    train_peft_lora,
+    train_supernet,
+)
 
 from lonas_ray.build import SupernetSpec, build_supernet  # noqa: E402
 from lonas_ray.config_io import from_dict  # noqa: E402

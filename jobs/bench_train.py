@@ -89,7 +89,8 @@ class Variant:
 
     def step(self, s: int, batch: dict) -> int:
         """One optimizer step; returns the tokens that went through a forward pass."""
-        subnets = [None] if self.supernet is None else subnets_for_step(self.supernet.space, self.strategy, self.seed, s)
+        subnets = ([None] if self.supernet is None
+                   else subnets_for_step(self.supernet.space, self.strategy, self.seed, s))
         for sub in subnets:
             if sub is not None:
                 self.supernet.activate(sub)

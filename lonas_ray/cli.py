@@ -109,7 +109,8 @@ def summary_table(fig: dict) -> str:
         for p in pools:
             lat = m["latency"].get(p, {})
             ms = lat.get("latency_ms")
-            cells += f" {ms if ms is None else round(ms, 2)!s:>17} {('%.2f' % lat['speedup']) if lat.get('speedup') else '-':>6}"
+            speedup = f"{lat['speedup']:.2f}" if lat.get("speedup") else "-"
+            cells += f" {ms if ms is None else round(ms, 2)!s:>17} {speedup:>6}"
         lines.append(f"{name:<22} {m['quality']:>8.4f} {m['params'] / 1e6:>8.2f}M{cells}")
     out = fig["output_dir"]
     for verdict in ("verdict", "deployment"):

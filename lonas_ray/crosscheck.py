@@ -100,10 +100,11 @@ def lm_eval_hits(model_dir: Path, task_dir: Path, name: str, metric: str, *, add
     """Per example (the task file's order), whether lm-eval's ``hf`` model over ``model_dir`` got it right."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory and a local task: nothing to fetch
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    import lonas_ray.merge.hf_classes  # noqa: F401  (per-layer exports load through the Auto classes)
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+
+    import lonas_ray.merge.hf_classes  # noqa: F401  (per-layer exports load through the Auto classes)
 
     model = HFLM(pretrained=str(model_dir), batch_size=batch_size, device=device, dtype="float32",
                  add_bos_token=add_bos)

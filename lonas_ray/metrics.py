@@ -25,7 +25,7 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gauge(name: str):
     from ray.util.metrics import Gauge
 

@@ -27,7 +27,7 @@ class ModelShape:
         return self.num_heads // self.num_kv_heads
 
     @classmethod
-    def from_config(cls, config) -> "ModelShape":
+    def from_config(cls, config) -> ModelShape:
         family = family_of(getattr(config, "model_type", ""))
         num_heads = config.num_attention_heads
         num_kv = getattr(config, "num_key_value_heads", None) or num_heads

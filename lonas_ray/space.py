@@ -24,9 +24,10 @@ import json
 import logging
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from lonas_ray.config_io import ConfigError, YamlConfig, help_field, to_dict
 from lonas_ray.families import FAMILIES
@@ -200,7 +201,7 @@ class SearchSpace:
     # ---- construction
 
     @classmethod
-    def resolve(cls, spec: SpaceSpec, shape: ModelShape) -> "SearchSpace":
+    def resolve(cls, spec: SpaceSpec, shape: ModelShape) -> SearchSpace:
         family = FAMILIES[shape.family]
         targets = _resolve_targets(spec.lora.target_modules, family.linear_modules)
         grouped: dict[str, list[str]] = {}
@@ -327,15 +328,17 @@ class SearchSpace:
             "dropout": self.dropout,
             "target_modules": list(self.target_modules),
             "dims": [
-                {"name": d.name, "kind": d.kind, "layer": d.layer, "choices": list(d.choices), "modules": list(d.modules)}
+                {"name": d.name, "kind": d.kind, "layer": d.layer, "choices": list(d.choices),
+                 "modules": list(d.modules)}
                 for d in self.dims.values()
             ],
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SearchSpace":
+    def from_dict(cls, data: dict) -> SearchSpace:
         dims = {
-            d["name"]: Dimension(d["name"], d["kind"], int(d["layer"]), tuple(d["choices"]), tuple(d.get("modules", ())))
+            d["name"]: Dimension(d["name"], d["kind"], int(d["layer"]), tuple(d["choices"]),
+                                 tuple(d.get("modules", ())))
             for d in data["dims"]
         }
         return cls(
@@ -347,8 +350,8 @@ class SearchSpace:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
 
     @classmethod
-    def load(cls, path: str | Path) -> "SearchSpace":
+    def load(cls, path: str | Path) -> SearchSpace:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
-    def replace_dims(self, dims: dict[str, Dimension]) -> "SearchSpace":
+    def replace_dims(self, dims: dict[str, Dimension]) -> SearchSpace:
         return dataclasses.replace(self, dims=dims)

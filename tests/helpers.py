@@ -1,4 +1,5 @@
-"""Helpers tests import (not fixtures): a Ray head started as users start one, and submitting the tiny pipeline to it."""
+"""Helpers tests import (not fixtures): a Ray head started as users start one, and submitting the tiny
+pipeline to it."""
 
 from __future__ import annotations
 

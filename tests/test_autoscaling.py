@@ -20,6 +20,7 @@ import time
 
 import pytest
 import yaml
+
 from helpers import ROOT, Head
 
 pytestmark = pytest.mark.timeout(300)

@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from conftest import ROOT
-
 from lonas_ray.shape import ModelShape
 from lonas_ray.space import SearchSpace, SpaceSpec
 

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.timeout(600)
 def result_file(tmp_path_factory):
     out = tmp_path_factory.mktemp("quality") / "q.json"
     cmd = [sys.executable, "jobs/bench_quality.py", "--quick", "--tasks", "intent_recognition",
-           "--parts", "zero_shot,peft_lora,supernet,recover,prune_lora,minitron", "--space-config", "jobs/configs/tiny.yaml",
+           "--parts", "zero_shot,peft_lora,supernet,recover,prune_lora,minitron",
+           "--space-config", "jobs/configs/tiny.yaml",
            "--targets", "1.3,1.1", "--band", "0.8", "--target-by", "latency", "--budget-share", "0.5,1",
            "--latency-repeats", "1", "--teacher", "peft_lora", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=540)
@@ -135,8 +136,8 @@ def test_spread_sampling_reaches_from_the_maximal_to_the_minimal_where_uniform_s
     sys.path.insert(0, str(ROOT / "jobs"))
     from bench_quality import spread_sample
 
-    from lonas_ray.space import SearchSpace, SpaceSpec
     from lonas_ray.shape import ModelShape
+    from lonas_ray.space import SearchSpace, SpaceSpec
 
     shape = ModelShape(family="llama", num_layers=8, hidden_size=64, intermediate_size=128, num_heads=4,
                        num_kv_heads=2, head_dim=16, vocab_size=100, tie_word_embeddings=True)

@@ -6,13 +6,11 @@ import json
 import subprocess
 import sys
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT
-
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from lonas_ray.build import SupernetSpec, build_supernet, save_prepared
 from lonas_ray.config_io import from_dict
 

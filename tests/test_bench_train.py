@@ -23,7 +23,8 @@ def test_bench_train_quick_writes_all_figures(tmp_path):
         assert 0 < v["step_s_min"] <= v["step_s_median"] <= v["step_s_max"]
         assert v["tokens_per_s"] > 0
     # sandwich trains three sub-networks per optimizer step on the same batch
-    assert variants["elastic_sandwich"]["forward_tokens_per_step"] == 3 * variants["peft_lora"]["forward_tokens_per_step"]
+    assert (variants["elastic_sandwich"]["forward_tokens_per_step"]
+            == 3 * variants["peft_lora"]["forward_tokens_per_step"])
     scaling = result["ray_train_deepspeed"]
     assert scaling["workers_1"]["steps_measured"] == scaling["workers_2"]["steps_measured"] == 4
     assert scaling["scaling_efficiency"] > 0

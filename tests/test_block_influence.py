@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
 
+from conftest import tiny_model
 from lonas_ray.config_io import ConfigError
 from lonas_ray.elastic.block_influence import block_influence, least_influential
 from lonas_ray.elastic.supernet import SuperNetwork

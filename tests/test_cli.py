@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from helpers import lonas_cli_batch
 
 ROOT = Path(__file__).resolve().parents[1]

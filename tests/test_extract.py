@@ -121,7 +121,8 @@ def test_per_layer_subnetwork_exports_as_the_lonas_class(tmp_path):
 
 def test_uniform_head_count_a_stock_config_rejects_exports_as_the_lonas_class(tmp_path):
     """3 heads of 16 in a hidden size of 64: transformers' stock Llama config refuses 64 % 3 != 0."""
-    supernet = SuperNetwork(tiny_model("llama", num_key_value_heads=4), SpaceSpec.from_dict({"heads": {"choices": [3]}}))
+    supernet = SuperNetwork(tiny_model("llama", num_key_value_heads=4),
+                            SpaceSpec.from_dict({"heads": {"choices": [3]}}))
     randomize_adapters(supernet)
     ids = input_ids()
     cfg = {**supernet.space.maximal(), **{f"heads.{i}": 3 for i in range(4)}}
@@ -156,7 +157,7 @@ def test_exports_load_in_a_fresh_process_after_import_lonas_ray(tmp_path):
         cases[family] = activated_logits(supernet, cfg, ids)
     code = (
         "import sys, json, torch, lonas_ray, transformers\n"
-        "d = sys.argv[1] if len(sys.argv) > 1 else %r\n"
+        f"d = sys.argv[1] if len(sys.argv) > 1 else {str(tmp_path)!r}\n"
         "ids = torch.load(d + '/ids.pt')\n"
         "types = {}\n"
         "for f in ('llama', 'qwen3', 'mistral'):\n"
@@ -165,7 +166,7 @@ def test_exports_load_in_a_fresh_process_after_import_lonas_ray(tmp_path):
         "    with torch.no_grad():\n"
         "        torch.save(m(input_ids=ids).logits, d + '/' + f + '.logits.pt')\n"
         "print(json.dumps(types))\n"
-    ) % str(tmp_path)
+    )
     types = json.loads(run_python(code).stdout)
     assert types == {"llama": "LonasLlamaForCausalLM", "qwen3": "LonasQwen3ForCausalLM",
                      "mistral": "MistralForCausalLM"}

@@ -15,8 +15,15 @@ from transformers.utils import logging as hf_logging
 
 from conftest import input_ids, randomize_adapters, tiny_model
 from lonas_ray.elastic.supernet import SuperNetwork
-from lonas_ray.hf_compat import (NEW, OLD, cache_kwarg, enable_activation_checkpointing, layer_cache, output_cache,
-                                 with_cache)
+from lonas_ray.hf_compat import (
+    NEW,
+    OLD,
+    cache_kwarg,
+    enable_activation_checkpointing,
+    layer_cache,
+    output_cache,
+    with_cache,
+)
 from lonas_ray.merge.extract import extract
 from lonas_ray.search.latency import greedy_tokens, measure
 from lonas_ray.space import SpaceSpec

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+
 from conftest import ROOT
 from helpers import ENV, TINY, Head
-
 from lonas_ray.search.results import SCHEMA, read_results
 
 pytestmark = pytest.mark.timeout(900)
@@ -126,7 +126,8 @@ def test_the_output_directory_holds_the_whole_contract(run):
     assert "baseline (plain LoRA)" in report
     assert not (out / "models" / "baseline" / "recovery.json").exists()  # plain LoRA is not recovered
     zero = summary["zero_shot"]  # the untouched base model, scored like the baseline on every pool
-    assert zero["eval_examples"] == summary["baseline"]["eval_examples"] and set(zero["latency"]) == set(summary["pools"])
+    assert (zero["eval_examples"] == summary["baseline"]["eval_examples"]
+            and set(zero["latency"]) == set(summary["pools"]))
     assert zero["params"] == summary["baseline"]["params"] and zero["path"] is None
     assert f"| base model (zero-shot) | base model, zero-shot (no fine-tuning) | {zero['quality']:.4f} |" in report
     assert summary["verdict"]["text"] in report and summary["verdict"]["text"] in run["logs"]

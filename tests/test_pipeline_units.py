@@ -6,16 +6,16 @@ import json
 
 import pytest
 import yaml
+
 from conftest import ROOT
 from helpers import lonas_cli_batch
-
 from lonas_ray.config_io import ConfigError
 from lonas_ray.pipeline.config import PipelineConfig
-from lonas_ray.train.loop import bar_label
 from lonas_ray.pipeline.figures import compare, fine_tuning_verdict, select_models
 from lonas_ray.pipeline.report import model_card, report_markdown
 from lonas_ray.pipeline.stages import STAGES, StageLog
 from lonas_ray.search.progress import best_quality_per_band
+from lonas_ray.train.loop import bar_label
 from lonas_ray.transfer import read_tree, write_tree
 
 TINY = ROOT / "jobs" / "configs" / "tiny.yaml"
@@ -180,7 +180,8 @@ def _fig():
     lat = {"latency_ms": 20.0, "latency_p90_ms": 21.0, "latency_runtime": "static", "prefill_ms": 5.0,
            "decode_ms": 2.0}
     base = {"subnet_id": "base", "config": {}, "quality": 0.5, "quality_metric": "mc_accuracy", "loss": 1.0,
-            "task_loss": 0.69, "quality_ci95": [0.3639, 0.6361], "eval_examples": 48, "params": 1000, "nonzero_params": 1000, "macs": 900, "latency": {"p": lat},
+            "task_loss": 0.69, "quality_ci95": [0.3639, 0.6361], "eval_examples": 48, "params": 1000,
+            "nonzero_params": 1000, "macs": 900, "latency": {"p": lat},
             "weight_bytes": 4 * 2**20, "roles": ["plain LoRA"], "path": "models/baseline"}
     m = compare({**base, "subnet_id": "abc", "quality": 0.48, "quality_ci95": [0.3447, 0.6167], "params": 600,
                  "weight_bytes": 2**19, "latency": {"p": dict(lat, latency_ms=8.0)}}, base)
@@ -195,7 +196,8 @@ def _fig():
 
 def test_the_report_has_a_row_per_model_with_its_speedup_and_the_baseline():
     text = report_markdown(_fig())
-    assert "| baseline (plain LoRA) | reference | 0.5000 | [0.364, 0.636] | - | - | 0.00M | 1.00 | 4.0 | 20.00 | 1.00x |" in text
+    assert ("| baseline (plain LoRA) | reference | 0.5000 | [0.364, 0.636] | - | - | 0.00M | 1.00 | 4.0 "
+            "| 20.00 | 1.00x |") in text
     assert ("| `abc` | latency pick on p | 0.4800 | [0.345, 0.617] | 0.4792 (47/48) | -0.0200 | 0.00M | 0.60 | 0.5 "
             "| 8.00 | 2.50x |") in text
     assert "![quality vs latency per pool](pareto.png)" in text
@@ -253,8 +255,8 @@ def test_the_report_and_the_printed_table_lead_with_the_zero_shot_row_and_the_ve
     fig["zero_shot"] = compare(_zero_shot(0.10, [0.045, 0.222]), fig["baseline"])
     fig["verdict"] = fine_tuning_verdict(fig["zero_shot"], [fig["baseline"], *fig["models"]])
     text = report_markdown(fig)
-    row = ("| base model (zero-shot) | base model, zero-shot | 0.1000 | [0.045, 0.222] | - | -0.4000 | 0.00M | 1.00 | - "
-           "| 20.00 | 1.00x |")
+    row = ("| base model (zero-shot) | base model, zero-shot | 0.1000 | [0.045, 0.222] | - | -0.4000 | 0.00M "
+           "| 1.00 | - | 20.00 | 1.00x |")
     assert row in text and text.index(row) < text.index("| baseline (plain LoRA) |")
     assert f"**Fine-tuning:** {fig['verdict']['text']}" in text
     table = summary_table(fig).splitlines()
@@ -476,7 +478,8 @@ def test_the_deployment_verdict_says_plainly_whether_a_compressed_model_is_worth
     better = deploy_model("better", 0.76, 80.0, {"a": 1.3, "b": 1.35})
     v = deployment_verdict(base, [maximal, slow, poor, good, better])
     assert v["worth_deploying"] == ["good", "better"]
-    assert v["text"].startswith("Worth deploying: 2 compressed model(s)") and "better, keeps 95% at 1.35x on b" in v["text"]
+    assert (v["text"].startswith("Worth deploying: 2 compressed model(s)")
+            and "better, keeps 95% at 1.35x on b" in v["text"])
     assert deployment_verdict(None, [good]) is None and deployment_verdict(dict(base, quality=0.0), [good]) is None
     # printed at the end of the run and in the report
     fig = _fig()

@@ -7,6 +7,7 @@ import math
 import datasets
 import pytest
 import torch
+from test_search_quality_latency import CUTOFF, MC_EXAMPLES, bos_tokenizer, choice_logprob, hand_prefix, mc_dataset
 
 from conftest import tiny_model
 from lonas_ray.data.byte_tokenizer import byte_tokenizer
@@ -21,7 +22,6 @@ from lonas_ray.search.quality import (
     subset,
 )
 from lonas_ray.stats import wilson_interval
-from test_search_quality_latency import CUTOFF, MC_EXAMPLES, bos_tokenizer, choice_logprob, hand_prefix, mc_dataset
 
 pytestmark = pytest.mark.timeout(300)
 

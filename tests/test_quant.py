@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from test_sparsity import base_weight, spec
 from transformers import AutoModelForCausalLM
 
 from conftest import input_ids, logits_of, randomize_adapters, rel_err, run_python
@@ -12,7 +13,6 @@ from lonas_ray.compress.apply import block_linears
 from lonas_ray.compress.quant import dequantize, fake_quant, quantize, rtn_scales, scale_of
 from lonas_ray.config_io import ConfigError
 from lonas_ray.merge.save import MANIFEST, save_subnetwork
-from test_sparsity import base_weight, spec
 
 SQFT = {"sparsity": {"method": "wanda", "level": 0.5},
         "quantization": {"enabled": True, "bits": 4, "group_size": 16, "qa": True}}

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from conftest import randomize_adapters, tiny_model
 
+from conftest import randomize_adapters, tiny_model
 from lonas_ray.data.byte_tokenizer import byte_tokenizer
 from lonas_ray.data.spec import DataSpec
 from lonas_ray.data.tokenize import build_train_dataset

@@ -13,9 +13,11 @@ from lonas_ray.search.results import SCHEMA, ResultsError, append_results, evalu
 def row(subnet_id="s0", pool="val", **overrides):
     base = {
         "subnet_id": subnet_id, "config": json.dumps({"rank.0.qv": 8}), "pool": pool,
-        "quality": 0.5, "quality_metric": "accuracy", "loss": 1.25, "task_loss": 0.9, "latency_ms": 3.5, "latency_p90_ms": 4.0,
+        "quality": 0.5, "quality_metric": "accuracy", "loss": 1.25, "task_loss": 0.9,
+        "latency_ms": 3.5, "latency_p90_ms": 4.0,
         "latency_runtime": "static", "prefill_ms": 1.5, "decode_ms": 0.5, "latencies": "{}",
-        "node_id": "n0", "eval_s": 0.1, "params": 1000, "nonzero_params": 900, "macs": 20000, "weight_bytes": 4000, "eval_examples": 64, "timestamp": 1.7e9,
+        "node_id": "n0", "eval_s": 0.1, "params": 1000, "nonzero_params": 900, "macs": 20000, "weight_bytes": 4000,
+        "eval_examples": 64, "timestamp": 1.7e9,
     }
     return {**base, **overrides}
 

@@ -14,9 +14,9 @@ import random
 import optuna
 import pytest
 import yaml
-from conftest import ROOT
 from ray.tune.search import Searcher
 
+from conftest import ROOT
 from lonas_ray.config_io import ConfigError
 from lonas_ray.model_source import tiny_config
 from lonas_ray.search.config import LatencySpec, PoolSpec, SearchConfig

@@ -268,7 +268,8 @@ def test_a_float_is_not_an_integer_choice():
 def test_unsupported_family_names_the_supported_ones():
     gpt2 = AutoModelForCausalLM.from_config(
         GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=64, bos_token_id=0, eos_token_id=0))
-    with pytest.raises(UnsupportedModelError, match="'gpt2' is not supported; supported families: llama, mistral, qwen2, qwen3"):
+    with pytest.raises(UnsupportedModelError,
+                       match="'gpt2' is not supported; supported families: llama, mistral, qwen2, qwen3"):
         SuperNetwork(gpt2, SpaceSpec())
 
 

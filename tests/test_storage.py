@@ -18,8 +18,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import ROOT, TINY, Head
 
+from helpers import ROOT, TINY, Head
 from lonas_ray import storage as storage_module
 from lonas_ray.config_io import ConfigError
 from lonas_ray.pipeline.export import already_exported, deliver
@@ -291,8 +291,9 @@ def test_the_pipeline_runs_on_a_node_that_cannot_see_the_drivers_disk_with_its_o
     ("s3://lonas/run?region=x", "carries options after '?'"),
 ])
 def test_lonas_ray_run_with_a_bad_output_uri_exits_2_before_any_work(tmp_path, output, message):
-    proc = subprocess.run([sys.executable, "-m", "lonas_ray.cli", "run", "--config", str(ROOT / "jobs/configs/tiny.yaml"),
-                           "--output", output], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "lonas_ray.cli", "run",
+                           "--config", str(ROOT / "jobs/configs/tiny.yaml"), "--output", output],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**os.environ, "LONAS_RAY_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "cache").exists() and not list(tmp_path.iterdir())

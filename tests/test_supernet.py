@@ -1,4 +1,5 @@
-"""The super-network: it computes what the base / stock PEFT compute, activation is cheap and exact, state round-trips."""
+"""The super-network: it computes what the base / stock PEFT compute, activation is cheap and exact,
+state round-trips."""
 
 import copy
 
@@ -174,7 +175,8 @@ def test_activated_context_restores_the_previous_configuration():
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_active_slices_follow_the_plan(family):
-    _, supernet = make(family, space={**SPACE, "lora": {**SPACE["lora"], "target_modules": ["q_proj", "v_proj", "down_proj"]}})
+    _, supernet = make(
+        family, space={**SPACE, "lora": {**SPACE["lora"], "target_modules": ["q_proj", "v_proj", "down_proj"]}})
     # o_proj / gate / up / k are sliced (heads, mlp) but carry no adapter
     assert supernet.elastic[(0, "o_proj")].r_max == 0 and supernet.elastic[(0, "q_proj")].r_max == 8
     for seed in range(20):
@@ -293,8 +295,10 @@ def test_adapter_state_dict_round_trip_into_a_fresh_supernetwork():
     "mutate, message",
     [
         (lambda s: s.pop("layers.3.up_proj.lora_B"), r"missing \['layers.3.up_proj.lora_B'\]"),
-        (lambda s: s.update({"layers.9.q_proj.lora_A": torch.zeros(8, 64)}), r"unexpected \['layers.9.q_proj.lora_A'\]"),
-        (lambda s: s.update({"layers.1.v_proj.lora_B": torch.zeros(32, 4)}), r"layers.1.v_proj.lora_B has shape \(32, 4\), expected \(32, 8\)"),
+        (lambda s: s.update({"layers.9.q_proj.lora_A": torch.zeros(8, 64)}),
+         r"unexpected \['layers.9.q_proj.lora_A'\]"),
+        (lambda s: s.update({"layers.1.v_proj.lora_B": torch.zeros(32, 4)}),
+         r"layers.1.v_proj.lora_B has shape \(32, 4\), expected \(32, 8\)"),
     ],
 )
 def test_mismatched_adapter_state_raises_and_changes_nothing(mutate, message):

@@ -20,8 +20,8 @@ def run(job: dict) -> list[dict]:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    llm = LLM(model=job["dir"], dtype=job.get("dtype", "float32"), skip_tokenizer_init=True, enforce_eager=True, max_model_len=128,
-              max_num_seqs=4, seed=0)
+    llm = LLM(model=job["dir"], dtype=job.get("dtype", "float32"), skip_tokenizer_init=True, enforce_eager=True,
+              max_model_len=128, max_num_seqs=4, seed=0)
     params = SamplingParams(temperature=0.0, max_tokens=job["max_tokens"], logprobs=1, prompt_logprobs=1,
                             detokenize=False)
     outs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in job["prompts"]], params)

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 def block_linears(supernet: SuperNetwork) -> dict[str, nn.Module]:
     """Every block linear (``ElasticLinear`` or ``nn.Linear``), keyed ``layers.<i>.<linear>``."""
-    return {f"layers.{i}.{name}": m for i in range(supernet.shape.num_layers) for name, m in supernet.linears(i).items()}
+    return {f"layers.{i}.{name}": m
+            for i in range(supernet.shape.num_layers) for name, m in supernet.linears(i).items()}
 
 
 def input_widths(space: SearchSpace) -> dict[str, set[int]]:

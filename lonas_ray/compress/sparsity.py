@@ -72,7 +72,7 @@ class InputNorms:
         return {k: v.tolist() for k, v in self.norms.items()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "InputNorms":
+    def from_dict(cls, data: dict) -> InputNorms:
         return cls({k: torch.tensor(v) for k, v in data.items()})
 
 

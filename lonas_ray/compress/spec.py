@@ -30,7 +30,8 @@ class SparsitySpec:
     method: str = help_field("none", help=f"how weights are scored: {', '.join(SPARSITY_METHODS)} ('none': dense)")
     level: float | None = help_field(
         None, help="fraction of each row's weights set to zero, in [0, 1); for N:M patterns 1 - N/M (may be left out)")
-    pattern: str = help_field("unstructured", help="'unstructured' (per row) or 'N:M' (N kept in every M inputs, e.g. 2:4)")
+    pattern: str = help_field(
+        "unstructured", help="'unstructured' (per row) or 'N:M' (N kept in every M inputs, e.g. 2:4)")
     mask_adapter: bool = help_field(
         True, help="SparsePEFT: mask the adapter's delta by the base's non-zero mask, so merges keep the sparsity")
     calibration: CalibrationSpec = help_field(default_factory=CalibrationSpec, help="Wanda's calibration batch")

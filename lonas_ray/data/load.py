@@ -32,8 +32,14 @@ import datasets
 
 from lonas_ray.config_io import ConfigError
 from lonas_ray.data import shipped
-from lonas_ray.data.records import (SCORES_FIELD, TARGET_FIELD, choices_and_label, iter_file_records, read_bigbench,
-                                    targets_of)
+from lonas_ray.data.records import (
+    SCORES_FIELD,
+    TARGET_FIELD,
+    choices_and_label,
+    iter_file_records,
+    read_bigbench,
+    targets_of,
+)
 from lonas_ray.data.spec import DataSpec
 from lonas_ray.data.templates import render
 

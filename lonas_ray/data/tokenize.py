@@ -22,9 +22,9 @@ and is cut on the right (logged as a warning, with a count).
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
-import uuid
 
 import datasets
 import torch

@@ -36,7 +36,7 @@ class Importance:
         return {"mlp": [t.tolist() for t in self.mlp], "heads": [t.tolist() for t in self.heads]}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Importance":
+    def from_dict(cls, data: dict) -> Importance:
         return cls([torch.tensor(v) for v in data["mlp"]], [torch.tensor(v) for v in data["heads"]])
 
 
@@ -90,7 +90,8 @@ def score(supernet: SuperNetwork, batch: dict[str, torch.Tensor], method: str = 
                 mlp, heads = [], []
                 for lin in layers:
                     wg = {k: (_parts(m)[0].weight * _parts(m)[0].weight.grad) for k, m in lin.items()}
-                    mlp.append(_per_channel(wg[fam.gate], 0) + _per_channel(wg[fam.up], 0) + _per_channel(wg[fam.down], 1))
+                    mlp.append(
+                        _per_channel(wg[fam.gate], 0) + _per_channel(wg[fam.up], 0) + _per_channel(wg[fam.down], 1))
                     heads.append(
                         _per_channel(wg[fam.q], 0, q_rows) + _per_channel(wg[fam.k], 0, kv_rows)
                         + _per_channel(wg[fam.v], 0, kv_rows) + _per_channel(wg[fam.o], 1, q_rows)

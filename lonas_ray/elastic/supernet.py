@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -184,7 +184,8 @@ class SuperNetwork(nn.Module):
             )
         for key, tensor in state.items():
             if tensor.shape != expected[key].shape:
-                raise ValueError(f"adapter tensor {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}")
+                raise ValueError(f"adapter tensor {key} has shape {tuple(tensor.shape)}, "
+                                 f"expected {tuple(expected[key].shape)}")
         with torch.no_grad():
             for (i, name), m in self.elastic.items():
                 if m.r_max:

@@ -33,8 +33,13 @@ def quantized_linears(model: nn.Module) -> dict[str, tuple[torch.Tensor, int]]:
 def save_int4(model: nn.Module, out_dir: str | Path) -> dict:
     """Compress ``model`` in place into pack-quantized tensors and save it; returns the quantization facts."""
     from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig, QuantizationScheme,
-                                                 QuantizationStatus, apply_quantization_config)
+    from compressed_tensors.quantization import (
+        QuantizationArgs,
+        QuantizationConfig,
+        QuantizationScheme,
+        QuantizationStatus,
+        apply_quantization_config,
+    )
 
     quant = quantized_linears(model)
     groups = {m.in_features // s.shape[1] for name, (s, _) in quant.items() for m in [model.get_submodule(name)]}

@@ -173,8 +173,8 @@ class Pipeline:
                 log.info("removing %s: no longer chosen", stale)
                 self.storage.remove(f"{MODELS}/{stale.name}")
         judge = self.judge()
-        manifests = export_models(jobs, self.storage, MODELS, self.cfg.export, judge, recover, recover_names=set(chosen),
-                                  gguf=self.cfg.gguf_options())
+        manifests = export_models(jobs, self.storage, MODELS, self.cfg.export, judge, recover,
+                                  recover_names=set(chosen), gguf=self.cfg.gguf_options())
         self.write_cards(chosen, manifests)
         return {"models": sorted(jobs)}
 

@@ -59,7 +59,8 @@ def choose_after_recovery(candidates: Mapping[str, Sequence[str]], recovered: Ma
     """
     chosen = {}
     for role, sids in candidates.items():
-        scored = [(objective_value(recovered[sid], objective), -i, sid) for i, sid in enumerate(sids) if sid in recovered]
+        scored = [(objective_value(recovered[sid], objective), -i, sid)
+                  for i, sid in enumerate(sids) if sid in recovered]
         if scored:
             chosen[role] = max(scored)[2]
     return chosen

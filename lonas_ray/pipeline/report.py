@@ -149,7 +149,8 @@ def report_markdown(fig: Mapping[str, Any]) -> str:
                      f"{'-' if busy is None else f'{busy:.0%}'} |")
     if usage:
         lines += ["", "Evaluators busy: the share of the search stage's last run's wall time that each pool's "
-                  f"evaluators spent evaluating ({'every pool at once' if fig['search'].get('concurrent_pools') else 'one pool after another'})."]
+                  "evaluators spent evaluating ("
+                  f"{'every pool at once' if fig['search'].get('concurrent_pools') else 'one pool after another'})."]
     missing = [(m["subnet_id"], m["missing_pools"]) for m in fig["models"] if m.get("missing_pools")]
     for sid, where in missing:
         lines.append(f"\n`{sid}` has no latency on {', '.join(where)} (set `search.cross_evaluate: true`).")
@@ -163,7 +164,8 @@ def model_card(model: Mapping[str, Any], baseline: Mapping[str, Any] | None, poo
     """README.md of one exported model: what it is, its figures next to the baseline's, how to load it."""
     custom = architecture.startswith("Lonas")
     lines = [
-        "---", "library_name: transformers", "tags:", "- lonas-ray", "- neural-architecture-search", "- lora", "---", "",
+        "---", "library_name: transformers", "tags:",
+        "- lonas-ray", "- neural-architecture-search", "- lora", "---", "",
         f"# {model['subnet_id']}", "",
         "A sub-network found by lonas-ray's search over elastic LoRA adapters: sliced out of the super-network "
         "(heads, MLP width, depth, LoRA ranks as configured below) with its adapters merged into the base weights. "

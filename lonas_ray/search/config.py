@@ -10,10 +10,9 @@ from lonas_ray.config_io import ConfigError, YamlConfig, help_field
 from lonas_ray.data.spec import DataSpec
 from lonas_ray.model_source import DTYPES
 from lonas_ray.search.latency import RUNTIMES
-
-POOL_RUNTIMES = RUNTIMES + ("vllm",)  # vllm: lonas_ray.search.vllm_runtime
 from lonas_ray.search.objective import OBJECTIVES
 
+POOL_RUNTIMES = RUNTIMES + ("vllm",)  # vllm: lonas_ray.search.vllm_runtime
 POOL_LABEL = "lonas/pool"
 PLACEMENTS = ("auto", "label", "resource")
 STRATEGIES = ("heuristic", "random", "nsga2", "tpe")

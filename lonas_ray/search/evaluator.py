@@ -26,8 +26,8 @@ from lonas_ray.merge.extract import extract
 from lonas_ray.model_source import DTYPES
 from lonas_ray.search.config import LatencySpec, PoolSpec, QualitySpec, SearchConfig
 from lonas_ray.search.latency import measure
-from lonas_ray.search.vllm_runtime import measure_vllm
 from lonas_ray.search.quality import build_eval_set, evaluate_quality, subset, subset_indices
+from lonas_ray.search.vllm_runtime import measure_vllm
 from lonas_ray.space import SearchSpace, SubnetConfig
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class EvalJob:
     pool_spec: dict
 
     @classmethod
-    def from_config(cls, cfg: SearchConfig, pool: str, supernet_dir: str | Path) -> "EvalJob":
+    def from_config(cls, cfg: SearchConfig, pool: str, supernet_dir: str | Path) -> EvalJob:
         from lonas_ray.transfer import read_tree
 
         files = read_tree(supernet_dir, recursive=False)

@@ -41,7 +41,6 @@ from lonas_ray.search.metric import (  # noqa: F401  (the names this module's re
 )
 
 
-
 @dataclass(frozen=True)
 class EvalSet:
     """Tokenized rows; ``groups[k]`` are example k's rows (its choices), ``labels[k]`` the correct one.

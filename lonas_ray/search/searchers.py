@@ -146,7 +146,8 @@ class OptunaStudySearch(OptunaSearch):
         # ``Study.tell`` takes a trial number, so trials in flight can still be completed after a restore
 
     def save(self, checkpoint_path: str) -> None:
-        """Tune's experiment checkpoint: the same picklable state as ``__getstate__`` (the parent pickles live objects)."""
+        """Tune's experiment checkpoint: the same picklable state as ``__getstate__``
+        (the parent pickles live objects)."""
         with open(checkpoint_path, "wb") as f:
             cloudpickle.dump(self.__getstate__(), f)
 
@@ -162,7 +163,8 @@ _LIVE = ("_sampler", "_storage", "_ot_study", "_ot_trials")
 def build_searcher(space: SearchSpace, strategy: str, *, population: int, seed: int,
                    known: Mapping[str, Mapping[str, Any]], study_name: str,
                    objective: str = "quality") -> CachedSearcher:
-    """The searcher a pool's search hands to Tune: the strategy's Optuna study, seeded with ``known``, behind the cache."""
+    """The searcher a pool's search hands to Tune: the strategy's Optuna study, seeded with ``known``,
+    behind the cache."""
     inner = OptunaStudySearch(space, strategy, population=population, seed=seed, known=known,
                               study_name=study_name, objective=objective)
     return CachedSearcher(inner, space, known, objective=objective, seed=seed)

@@ -17,7 +17,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-
 from lonas_ray.search.latency import LatencyStats
 
 ENGINE_TIMEOUT_S = 1800

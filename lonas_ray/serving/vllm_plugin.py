@@ -23,8 +23,9 @@ ARCHITECTURES = ("LonasLlamaForCausalLM", "LonasMistralForCausalLM", "LonasQwen2
 
 def register() -> None:
     """Register lonas-ray's per-layer architectures with vLLM (safe to call more than once)."""
-    import lonas_ray.merge.hf_classes  # noqa: F401  (AutoConfig learns lonas_<family>)
     from vllm import ModelRegistry
+
+    import lonas_ray.merge.hf_classes  # noqa: F401  (AutoConfig learns lonas_<family>)
 
     known = set(ModelRegistry.get_supported_archs())
     for arch in ARCHITECTURES:

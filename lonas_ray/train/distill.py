@@ -29,7 +29,8 @@ def answer_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 x mean KL(teacher || student) of softened distributions, over rows of (tokens, vocab) logits."""
     if student.shape != teacher.shape:
-        raise ValueError(f"student and teacher logits differ in shape: {tuple(student.shape)} vs {tuple(teacher.shape)}")
+        raise ValueError("student and teacher logits differ in shape: "
+                         f"{tuple(student.shape)} vs {tuple(teacher.shape)}")
     t = temperature
     log_student = F.log_softmax(student.float() / t, dim=-1)
     log_teacher = F.log_softmax(teacher.float() / t, dim=-1)

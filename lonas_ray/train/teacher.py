@@ -66,8 +66,9 @@ def load_teacher(path: str | Path, device: torch.device, dtype: torch.dtype | No
         model, _ = load_trained_supernet(path)
         model.activate(model.space.maximal())
     else:
-        import lonas_ray  # noqa: F401  registers the lonas_<family> export classes
         from transformers import AutoModelForCausalLM
+
+        import lonas_ray  # noqa: F401  registers the lonas_<family> export classes
 
         model = AutoModelForCausalLM.from_pretrained(path)
     if dtype is not None:

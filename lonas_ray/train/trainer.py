@@ -62,13 +62,12 @@ def train(cfg: TrainConfig, address: str | None = None, storage: RunStorage | No
         log.info("optim.epochs %g over %d training examples at batch %d: %d steps", cfg.optim.epochs, examples,
                  cfg.optim.batch_size, cfg.optim.steps)
 
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from lonas_ray.ray_env import ensure_ray
     from lonas_ray.train.loop import train_loop_per_worker
-
-    import ray
 
     ensure_ray(address)
     resources = dict(cfg.scaling.resources_per_worker)
@@ -77,7 +76,8 @@ def train(cfg: TrainConfig, address: str | None = None, storage: RunStorage | No
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": to_dict(cfg), "prepared_files": read_tree(prepared), "output_dir": storage.shared,
-                           "run": storage.name, "teacher_files": ray.put(read_tree(teacher)) if shipped_teacher else None},
+                           "run": storage.name,
+                           "teacher_files": ray.put(read_tree(teacher)) if shipped_teacher else None},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
