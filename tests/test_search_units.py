@@ -575,3 +575,55 @@ def test_the_front_is_formed_on_the_searchers_objective_so_a_lucky_guess_does_no
 def test_rows_without_the_objective_stay_off_the_front():
     rows = [dict(row("m", 0.5, 10.0, 100.0), task_loss=1.0), dict(row("y", 0.9, 1.0, 10.0), task_loss=None)]
     assert [r["subnet_id"] for r in front_rows(rows, "latency_ms", "task_loss")] == ["m"]
+
+
+def test_each_pool_runs_the_pools_at_once_lets_all_finish_and_names_the_failed():
+    """``driver.each_pool``: at once, two pools' work meets at a barrier (one after another it could not); a failing
+    pool does not stop the other, whose result is kept; the failure is raised with the pool's name."""
+    import threading
+
+    from lonas_ray.search.driver import SearchError, each_pool
+
+    barrier, done = threading.Barrier(2, timeout=30), []
+
+    def work(pool: str) -> str:
+        barrier.wait()  # both pools are under way at the same time
+        done.append(pool)
+        return pool.upper()
+
+    assert each_pool(["a", "b"], work) == {"a": "A", "b": "B"}
+
+    def one_fails(pool: str) -> str:
+        if pool == "a":
+            raise RuntimeError("the evaluator died")
+        done.append(pool)
+        return pool
+
+    done.clear()
+    with pytest.raises(SearchError, match="^pool a: the evaluator died$"):
+        each_pool(["a", "b"], one_fails)
+    assert done == ["b"]  # the other pool's work ran to its end
+    done.clear()
+    with pytest.raises(SearchError, match="^pool a: the evaluator died$"):
+        each_pool(["a", "b"], one_fails, concurrent=False)  # one after another: the same rule
+    assert done == ["b"]
+    with pytest.raises(SearchError, match=r"^2 pools failed: pool a: x; pool b: x$"):
+        each_pool(["a", "b"], lambda pool: (_ for _ in ()).throw(ValueError("x")))
+    named = SearchError("pool a: every trial failed (2)")  # an error that names its pool is raised as it is
+    with pytest.raises(SearchError) as exc:
+        each_pool(["a", "b"], lambda pool: (_ for _ in ()).throw(named) if pool == "a" else pool)
+    assert exc.value is named
+
+
+def test_a_shared_queue_hands_each_configuration_to_one_pool_and_ends_every_pools_run():
+    import pickle
+
+    from lonas_ray.search.searchers import QueueSearcher, SharedQueue
+
+    queue = SharedQueue([{"d": 1}, {"d": 2}, {"d": 3}])
+    a, b = QueueSearcher(queue), QueueSearcher(queue)
+    got = [a.suggest("t1"), b.suggest("t2"), a.suggest("t3")]
+    assert got == [{"d": 1}, {"d": 2}, {"d": 3}]
+    assert a.suggest("t4") == Searcher.FINISHED and b.suggest("t5") == Searcher.FINISHED
+    copy_ = pickle.loads(pickle.dumps(SharedQueue([{"d": 9}])))  # Tune pickles its search algorithm
+    assert copy_.pop() == {"d": 9} and copy_.pop() is None
