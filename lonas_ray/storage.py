@@ -124,16 +124,19 @@ def is_weights(rel: str) -> bool:
     return _under(rel, WEIGHTS_UNDER) and rel.endswith(WEIGHT_SUFFIXES)
 
 
-def upload_tree(src: Path, uri: str, last: str | None = None) -> dict[str, int]:
-    """Replace the directory at ``uri`` by ``src``'s files, ``last`` (a manifest) uploaded after all the others
-    so that a copy cut short never looks whole; relative path -> size of what was uploaded."""
+def _last_ordered(rels, last: str | None) -> list[str]:
+    """``rels`` sorted with ``last`` (a manifest) at the end: a directory copied in this order and cut short
+    never holds its manifest, so it never looks whole."""
+    return sorted(rels, key=lambda rel: (rel == last, rel))
+
+
+def upload_tree(src: Path, uri: str, last: str | None = None) -> None:
+    """Replace the directory at ``uri`` by ``src``'s files, ``last`` uploaded after all the others."""
     fs, root = filesystem(uri)
     if _exists(fs, root):
         fs.delete_dir(root)
-    files = sorted(local_files(src), key=lambda rel: (rel == last, rel))
-    for rel in files:
+    for rel in _last_ordered(local_files(src), last):
         _put(fs, src / rel, f"{root}/{rel}")
-    return {rel: (src / rel).stat().st_size for rel in files}
 
 
 def upload_file(local: Path, uri: str) -> None:
@@ -236,12 +239,12 @@ class RunStorage:
                 fs, root = filesystem(self.uri)
                 if _exists(fs, f"{root}/{dst}"):
                     fs.delete_dir(f"{root}/{dst}")
-                files = [f.path for f in fs.get_file_info(pafs.FileSelector(f"{root}/{src}", recursive=True))
-                         if f.type == pafs.FileType.File]
-                for path in sorted(files, key=lambda p: (p.rsplit("/", 1)[-1] == last, p)):
-                    rel = path[len(f"{root}/{src}"):].lstrip("/")
+                base = f"{root}/{src}"
+                listed = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+                rels = [f.path[len(base):].lstrip("/") for f in listed if f.type == pafs.FileType.File]
+                for rel in _last_ordered(rels, last):
                     fs.create_dir(f"{root}/{dst}/{rel}".rsplit("/", 1)[0], recursive=True)
-                    fs.copy_file(path, f"{root}/{dst}/{rel}")
+                    fs.copy_file(f"{base}/{rel}", f"{root}/{dst}/{rel}")
             with atomic_dir(self.local / dst) as tmp:
                 shutil.copytree(self.local / src, tmp, dirs_exist_ok=True)
             now = local_files(self.local / dst)  # already at the URI: the mirror need not upload them again

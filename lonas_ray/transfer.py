@@ -8,10 +8,13 @@ from pathlib import Path
 from lonas_ray.atomic import atomic_dir
 
 
-def read_tree(directory: str | Path, *, recursive: bool = True) -> dict[str, bytes]:
+def read_tree(directory: str | Path, *, recursive: bool = True,
+              skip_suffixes: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """``skip_suffixes``: files whose names end so are left out (and not read)."""
     root = Path(directory)
     files = root.rglob("*") if recursive else root.iterdir()
-    return {f.relative_to(root).as_posix(): f.read_bytes() for f in sorted(files) if f.is_file()}
+    return {f.relative_to(root).as_posix(): f.read_bytes() for f in sorted(files)
+            if f.is_file() and not (skip_suffixes and f.name.endswith(skip_suffixes))}
 
 
 def write_tree(files: dict[str, bytes], directory: str | Path) -> Path:

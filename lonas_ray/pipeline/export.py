@@ -92,7 +92,7 @@ def deliver(model_dir: Path, dest: dict) -> dict[str, bytes]:
     """
     if dest.get("uri"):
         upload_tree(model_dir, dest["uri"], last=MANIFEST)
-        return {rel: data for rel, data in read_tree(model_dir).items() if not rel.endswith(WEIGHT_SUFFIXES)}
+        return read_tree(model_dir, skip_suffixes=WEIGHT_SUFFIXES)  # the weights are not even read again
     if dest.get("node") == this_node():
         target = Path(dest["path"])
         shutil.rmtree(target, ignore_errors=True)

@@ -103,30 +103,32 @@ def each_pool(pools: list[str], work: Callable[[str], Any], concurrent: bool = T
     if concurrent and len(pools) > 1:
         with ThreadPoolExecutor(len(pools), thread_name_prefix="lonas-pool") as ex:
             futures = {pool: ex.submit(work, pool) for pool in pools}
-        outcomes = {pool: (f.exception(), f) for pool, f in futures.items()}
-        for pool, (exc, f) in outcomes.items():
-            if exc is None:
+        for pool, f in futures.items():
+            if f.exception() is None:
                 results[pool] = f.result()
             else:
-                errors[pool] = exc
+                errors[pool] = f.exception()
     else:
         for pool in pools:
             try:
                 results[pool] = work(pool)
             except Exception as exc:  # noqa: BLE001  (the other pools' work still runs; raised below)
                 errors[pool] = exc
+    if not errors:
+        return results
+
+    def named(pool: str, exc: BaseException) -> str:  # PoolError and SearchError already name their pool
+        return str(exc) if f"pool '{pool}'" in str(exc) or f"pool {pool}" in str(exc) else f"pool {pool}: {exc}"
+
     if len(errors) == 1:
         (pool, exc), = errors.items()
-        if f"pool '{pool}'" in str(exc) or f"pool {pool}" in str(exc):
+        if named(pool, exc) == str(exc):
             raise exc
-        raise SearchError(f"pool {pool}: {exc}") from exc
-    if errors:
-        for pool, exc in errors.items():
-            log.error("pool %s failed: %s", pool, exc)
-        raise SearchError(f"{len(errors)} pools failed: " + "; ".join(
-            str(e) if f"pool '{p}'" in str(e) or f"pool {p}" in str(e) else f"pool {p}: {e}"
-            for p, e in errors.items())) from next(iter(errors.values()))
-    return results
+        raise SearchError(named(pool, exc)) from exc
+    for pool, exc in errors.items():
+        log.error("pool %s failed: %s", pool, exc)
+    raise SearchError(f"{len(errors)} pools failed: " + "; ".join(named(p, e) for p, e in errors.items())) \
+        from next(iter(errors.values()))
 
 
 def rows_by_pool(path: Path, pool: str) -> dict[str, dict]:
