@@ -47,7 +47,7 @@ def test_results_read_while_the_search_appends_are_always_whole_tables(tmp_path)
 
     path = tmp_path / "results.parquet"
     row = {name: None for name in SCHEMA.names}
-    row.update(subnet_id="s0", config="{}", pool="p", quality_metric="mc_accuracy", timestamp=0.0)
+    row.update(subnet_id="s0", config="{}", pool="p", phase="search", quality_metric="mc_accuracy", timestamp=0.0)
     append_results(path, [row])
     done = threading.Event()
     errors: list[Exception] = []

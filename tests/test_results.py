@@ -12,7 +12,7 @@ from lonas_ray.search.results import SCHEMA, ResultsError, append_results, evalu
 
 def row(subnet_id="s0", pool="val", **overrides):
     base = {
-        "subnet_id": subnet_id, "config": json.dumps({"rank.0.qv": 8}), "pool": pool,
+        "subnet_id": subnet_id, "config": json.dumps({"rank.0.qv": 8}), "pool": pool, "phase": "search",
         "quality": 0.5, "quality_metric": "accuracy", "loss": 1.25, "task_loss": 0.9,
         "latency_ms": 3.5, "latency_p90_ms": 4.0,
         "latency_runtime": "static", "prefill_ms": 1.5, "decode_ms": 0.5, "latencies": "{}",
@@ -38,6 +38,22 @@ def test_append_and_read_round_trip(tmp_path):
     assert table.schema == SCHEMA
     assert table.to_pylist() == first + [row("s2", pool="test")]
     assert [p.name for p in path.parent.iterdir()] == ["results.parquet"]  # no temp files left
+
+
+def test_a_row_of_an_unknown_phase_is_refused_naming_the_phases(tmp_path):
+    path = tmp_path / "r.parquet"
+    with pytest.raises(ResultsError, match=r"row 0: column phase is 'final'; it must be one of \('search', 'cross'\)"):
+        append_results(path, [row("s0", phase="final")])
+    assert not path.exists()
+
+
+def test_a_file_written_before_rows_had_a_phase_reads_every_row_as_search(tmp_path):
+    path = tmp_path / "old.parquet"
+    old = pa.Table.from_pylist([row("s0"), row("s1")], schema=SCHEMA).drop_columns(["phase"])
+    pq.write_table(old, path)
+    assert read_results(path)["phase"].to_pylist() == ["search", "search"]
+    append_results(path, [row("s2", phase="cross")])  # and it is continued with the column
+    assert read_results(path)["phase"].to_pylist() == ["search", "search", "cross"]
 
 
 def test_evaluated_ids_are_per_pool(tmp_path):

@@ -235,7 +235,7 @@ def test_cli_rejects_bad_search_configs_with_exit_2(tmp_path):
 
 
 MULTI_POOL = r"""
-import json, os, sys, yaml
+import json, os, signal, subprocess, sys, time, yaml
 from pathlib import Path
 import pyarrow.parquet as pq
 import ray
@@ -249,66 +249,171 @@ a = cluster.add_node(num_cpus=2, labels={"lonas/pool": "pool-a"})
 b = cluster.add_node(num_cpus=2, resources={"pool_pool-b": 1})  # no label: the resource fallback
 ray.init(address=cluster.address)
 raw = yaml.safe_load(Path("jobs/configs/search_tiny.yaml").read_text())
-# evaluations of about a second: long enough that two pools under way at once show in their rows' times
+# evaluations of about a second on pool-a, and of several seconds one at a time on pool-b: two pools under way at
+# once show in their rows' times, and pool-a's search ends long enough before pool-b's (more than the start of a
+# Tune run of evaluators) to show its follow-up work begin while pool-b still searches
 lat = {"batch_size": 1, "prompt_len": 16, "new_tokens": 16, "warmup": 1, "repeats": 6}
 raw.update(quality={"examples": 32, "final_examples": 48},
-           pools={"pool-a": {"evaluators": 2, "latency": lat}, "pool-b": {"evaluators": 2, "latency": lat}},
-           search={"strategy": "random", "budget": 6, "cross_evaluate": False})
+           pools={"pool-a": {"evaluators": 2, "latency": lat},
+                  "pool-b": {"evaluators": 1, "latency": {**lat, "repeats": 60}}},
+           search={"strategy": "random", "budget": 6, "cross_evaluate": True})
+
+
+def keep(name):
+    for table in ("results", "pareto"):  # as this run left them
+        rows = pq.read_table(out / name / f"{table}.parquet").to_pylist()
+        (out / f"{name}.{table}.json").write_text(json.dumps(rows))
+    for f in ("search_summary", "final_quality"):
+        (out / f"{name}.{f}.json").write_text((out / name / f"{f}.json").read_text())
+
+
 runs = {}
 for name, concurrent in (("concurrent", True), ("sequential", False)):
     raw["output_dir"] = str(out / name)
     raw["search"]["concurrent_pools"] = concurrent
     runs[name] = run_search(SearchConfig.from_dict(raw), address=cluster.address).evaluated
-    for table in ("results", "pareto"):  # as this run left them (the concurrent one is continued below)
-        rows = pq.read_table(out / name / f"{table}.parquet").to_pylist()
-        (out / f"{name}.{table}.json").write_text(json.dumps(rows))
-    (out / f"{name}.summary.json").write_text((out / name / "search_summary.json").read_text())
-print(json.dumps({"a": a.node_id, "b": b.node_id, "evaluated": runs}))
+    keep(name)
+
+# a driver of its own, SIGKILLed while both pools search; then this one continues its output
+raw["output_dir"], raw["search"] = str(out / "resumed"), {"strategy": "random", "budget": 8, "seed": 1}
+raw["pools"]["pool-b"] = {"evaluators": 2, "latency": lat}
+(out / "resumed.yaml").write_text(yaml.safe_dump(raw))
+proc = subprocess.Popen([sys.executable, "-m", "lonas_ray.cli", "search", "--config", str(out / "resumed.yaml"),
+                         "--address", cluster.address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        start_new_session=True)
+deadline, results = time.monotonic() + 240, out / "resumed" / "results.parquet"
+while time.monotonic() < deadline and proc.poll() is None:
+    if results.exists() and {r["pool"] for r in pq.read_table(results).to_pylist()} == {"pool-a", "pool-b"}:
+        break
+    time.sleep(0.1)
+alive = proc.poll() is None
+os.killpg(proc.pid, signal.SIGKILL)
+proc.wait(timeout=60)
+(out / "killed.results.json").write_text(json.dumps(pq.read_table(results).to_pylist() if results.exists() else []))
+runs["resumed"] = run_search(SearchConfig.from_dict(raw), address=cluster.address).evaluated
+keep("resumed")
+
+# pool-b's node lost once pool-b has a row (last: the cluster keeps one pool after it)
+import threading
+raw["output_dir"] = str(out / "lost")
+lost = out / "lost" / "results.parquet"
+
+
+def remove_b():
+    while not (lost.exists() and "pool-b" in pq.read_table(lost, columns=["pool"])["pool"].to_pylist()):
+        time.sleep(0.1)
+    cluster.remove_node(b)
+
+
+threading.Thread(target=remove_b, daemon=True).start()
+try:
+    run_search(SearchConfig.from_dict(raw), address=cluster.address)
+    error = None
+except Exception as e:
+    error = f"{type(e).__name__}: {e}"
+(out / "lost.results.json").write_text(json.dumps(pq.read_table(lost).to_pylist()))
+finals = out / "lost" / "final_quality.json"
+(out / "lost.final_quality.json").write_text(finals.read_text() if finals.exists() else "{}")
+print(json.dumps({"a": a.node_id, "b": b.node_id, "evaluated": runs, "killed_while_running": alive,
+                  "lost_error": error}))
 ray.shutdown()
 cluster.shutdown()
 """
 
 
 def overlap(rows: list[dict], p: str, q: str) -> bool:
-    """Whether pool ``p``'s evaluations and pool ``q``'s were under way at the same time: the spans from each
-    pool's first evaluation's start (``timestamp - eval_s``) to its last one's end intersect."""
+    """Whether pool ``p``'s search and pool ``q``'s were under way at the same time: the spans from each pool's
+    first search evaluation's start (``timestamp - eval_s``) to its last one's end intersect."""
+    rows = [r for r in rows if r["phase"] == "search"]
     span = {pool: (min(r["timestamp"] - r["eval_s"] for r in rows if r["pool"] == pool),
                    max(r["timestamp"] for r in rows if r["pool"] == pool)) for pool in (p, q)}
     return span[p][0] < span[q][1] and span[q][0] < span[p][1]
 
 
-def test_pools_are_searched_at_once_each_on_its_own_nodes_with_the_sequential_runs_fronts(tmp_path):
-    """Two pools on two nodes of a ``ray.cluster_utils.Cluster``: searched at once, their evaluations overlap in
-    time (searched one after another, they do not), each pool's trials run only on its node, every row lands
-    once, and the fronts over params and the full-set qualities equal the sequential run's (random search with
-    a seed proposes the same sub-networks; latency, which is measured, is left out of the comparison)."""
-    out = tmp_path / "multi"
-    proc = run_python(MULTI_POOL.replace("sys.argv[1]", repr(str(out))), timeout=600)
-    ids = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert ids["evaluated"]["concurrent"] == ids["evaluated"]["sequential"] == {"pool-a": 6, "pool-b": 6}
-    got = {name: json.loads((out / f"{name}.results.json").read_text()) for name in ("concurrent", "sequential")}
+@pytest.fixture(scope="module")
+def multi_pool(tmp_path_factory) -> tuple[Path, dict]:
+    """Two pools on two nodes of a ``ray.cluster_utils.Cluster`` (pool-b's evaluations several times slower),
+    searched at once, one after another, at once by a driver SIGKILLed mid-search then continued, and at once
+    while pool-b's node is removed mid-search."""
+    out = tmp_path_factory.mktemp("multi")
+    proc = run_python(MULTI_POOL.replace("sys.argv[1]", repr(str(out))), timeout=900)
+    return out, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def load(out: Path, name: str, what: str):
+    return json.loads((out / f"{name}.{what}.json").read_text())
+
+
+def test_pools_are_searched_at_once_each_on_its_own_nodes_with_the_sequential_runs_fronts(multi_pool):
+    """Searched at once, the pools' evaluations overlap in time (one after another, they do not), each pool's
+    trials run only on its node, every row lands once, and the fronts over params and the full-set qualities
+    equal the sequential run's (random search with a seed proposes the same sub-networks; latency, which is
+    measured, and so the latency fronts and what cross-evaluation takes from them, are left out)."""
+    out, ids = multi_pool
+    got = {name: load(out, name, "results") for name in ("concurrent", "sequential")}
     assert overlap(got["concurrent"], "pool-a", "pool-b") and not overlap(got["sequential"], "pool-a", "pool-b")
-    assert {(r["subnet_id"], r["pool"]) for r in got["concurrent"]} == \
-        {(r["subnet_id"], r["pool"]) for r in got["sequential"]}
-    for rows in got.values():
+    # the searches sample the same sub-networks; the cross rows may differ, as the latency fronts they measure do
+    assert {(r["subnet_id"], r["pool"]) for r in got["concurrent"] if r["phase"] == "search"} == \
+        {(r["subnet_id"], r["pool"]) for r in got["sequential"] if r["phase"] == "search"}
+    for name, rows in got.items():
+        assert ids["evaluated"][name] == {p: len([r for r in rows if r["pool"] == p]) for p in ("pool-a", "pool-b")}
         keys = [(r["subnet_id"], r["pool"]) for r in rows]
         assert len(keys) == len(set(keys))  # every row once
+        assert [r["phase"] for r in rows].count("search") == 12
         by_pool = {p: {r["node_id"] for r in rows if r["pool"] == p} for p in ("pool-a", "pool-b")}
         assert by_pool == {"pool-a": {ids["a"]}, "pool-b": {ids["b"]}}
 
     def params_front(name: str) -> set:
-        rows = json.loads((out / f"{name}.pareto.json").read_text())
-        return {(r["pool"], r["subnet_id"], r["member"], r["quality"], r["quality_full"]) for r in rows
-                if r["front"] == "params"}
+        return {(r["pool"], r["subnet_id"], r["member"], r["quality"], r["quality_full"])
+                for r in load(out, name, "pareto") if r["front"] == "params"}
 
     front = params_front("sequential")
     assert any(r[4] is not None for r in front)  # full-set qualities were scored (by both pools, concurrently)
     assert params_front("concurrent") == front
-    summary = json.loads((out / "concurrent.summary.json").read_text())
+    summary = load(out, "concurrent", "search_summary")
     assert summary["concurrent_pools"] is True
     for pool in ("pool-a", "pool-b"):
         u = summary["utilisation"][pool]
-        assert u["evaluators"] == 2 and u["busy_s"] > 0 and 0 < u["fraction"] <= 1
+        assert u["evaluators"] == {"pool-a": 2, "pool-b": 1}[pool] and u["busy_s"] > 0 and 0 < u["fraction"] <= 1
+
+
+def test_a_pool_whose_search_is_done_cross_evaluates_and_scores_without_waiting_for_the_others(multi_pool):
+    """Every pool's search front is measured on the other pool (rows with phase ``cross``), and the faster pool
+    starts its share of the follow-up work (full-set scoring) while the slower pool is still searching."""
+    from lonas_ray.search.front import FRONTS, front_rows
+
+    out, _ = multi_pool
+    rows = load(out, "concurrent", "results")
+    objective = load(out, "concurrent", "search_summary")["config"]["search"]["objective"]
+    for pool, other in (("pool-a", "pool-b"), ("pool-b", "pool-a")):
+        search = [r for r in rows if r["pool"] == other and r["phase"] == "search"]
+        front = {r["subnet_id"] for cost in FRONTS.values() for r in front_rows(search, cost, objective)}
+        own = {r["subnet_id"] for r in rows if r["pool"] == pool and r["phase"] == "search"}
+        assert front - own  # each pool's sampler has a seed of its own: the other's front brings new sub-networks
+        assert {r["subnet_id"] for r in rows if r["pool"] == pool and r["phase"] == "cross"} == front - own
+    b_search_ends = max(r["timestamp"] for r in rows if r["pool"] == "pool-b" and r["phase"] == "search")
+    finals = load(out, "concurrent", "final_quality")
+    a_scored = [f["timestamp"] for f in finals.values() if f["pool"] == "pool-a"]
+    assert a_scored and min(a_scored) < b_search_ends
+
+
+def test_a_driver_killed_mid_search_is_continued_on_every_pool_without_repeats(multi_pool):
+    """SIGKILL the driver while both pools search, then re-run: each pool's search continues from its own rows
+    to its budget, every earlier row is kept, nothing is evaluated twice, and the follow-up work completes."""
+    out, ids = multi_pool
+    killed = load(out, "killed", "results")
+    assert ids["killed_while_running"]
+    searched = {p: [r for r in killed if r["pool"] == p and r["phase"] == "search"] for p in ("pool-a", "pool-b")}
+    assert all(searched.values()) and sum(map(len, searched.values())) < 16  # killed mid-search
+    rows = load(out, "resumed", "results")
+    keys = [(r["subnet_id"], r["pool"]) for r in rows]
+    assert len(keys) == len(set(keys)) and {(r["subnet_id"], r["pool"]) for r in killed} <= set(keys)
+    for pool in ("pool-a", "pool-b"):
+        assert [r["phase"] for r in rows if r["pool"] == pool].count("search") == 8
+        assert ids["evaluated"]["resumed"][pool] == len([r for r in rows if r["pool"] == pool]) - \
+            len([r for r in killed if r["pool"] == pool])
+    assert any(r["phase"] == "cross" for r in rows)
+    assert load(out, "resumed", "final_quality")
 
 
 def test_a_pool_no_node_can_host_fails_naming_it_and_its_wait_leaves_no_placement_group(local_ray, tmp_path):
@@ -346,3 +451,15 @@ def test_a_pool_that_fails_lets_the_others_finish_and_is_named(local_ray, tmp_pa
         run_search(cfg)
     assert [r["pool"] for r in rows(tmp_path / "one-fails")] == ["local"] * 3
     assert not (tmp_path / "one-fails" / "pareto.parquet").exists()
+
+
+def test_a_pool_whose_node_is_lost_mid_search_fails_named_and_the_other_pool_finishes(multi_pool):
+    """Pool-b's only node removed while both pools search: pool-b's run stops (no trial waits forever for a node
+    that is gone) and the search fails naming pool-b, after pool-a's whole budget and its full-set scoring are
+    written; pool-b's rows so far are kept."""
+    out, ids = multi_pool
+    assert ids["lost_error"] and ids["lost_error"].startswith("PoolError: pool 'pool-b': its nodes were lost")
+    rows = load(out, "lost", "results")
+    assert [r["phase"] for r in rows if r["pool"] == "pool-a"].count("search") == 8
+    assert any(r["pool"] == "pool-b" for r in rows)
+    assert any(f["pool"] == "pool-a" for f in load(out, "lost", "final_quality").values())

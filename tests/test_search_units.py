@@ -627,3 +627,42 @@ def test_a_shared_queue_hands_each_configuration_to_one_pool_and_ends_every_pool
     assert a.suggest("t4") == Searcher.FINISHED and b.suggest("t5") == Searcher.FINISHED
     copy_ = pickle.loads(pickle.dumps(SharedQueue([{"d": 9}])))  # Tune pickles its search algorithm
     assert copy_.pop() == {"d": 9} and copy_.pop() is None
+
+
+def test_the_front_board_queues_each_front_once_for_scoring_and_wakes_the_pools_that_wait():
+    """``board.FrontBoard``: a published front is visible at once and queued for full-set scoring (maximal first,
+    nothing already scored, no sub-network twice); a pool waiting for more fronts wakes when one is published,
+    and a failed pool counts as done so nobody waits for it."""
+    import threading
+
+    from lonas_ray.search.board import FrontBoard
+
+    board = FrontBoard(["a", "b", "c"], score=True, scored={"s0"}, maximal=("max", {"d": 9}))
+    board.publish("a", {"s1": {"d": 1}, "s0": {"d": 0}})
+    fronts, done, finished = board.snapshot()
+    assert fronts == {"a": {"s1": {"d": 1}, "s0": {"d": 0}}} and done == 1 and not finished
+    woke = threading.Event()
+
+    def waiter():
+        board.wait_past(1)
+        woke.set()
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    assert not woke.wait(0.2)  # nothing new yet
+    board.publish("b", {"s1": {"d": 1}, "s2": {"d": 2}})
+    assert woke.wait(5)
+    t.join()
+    board.publish("c", None)  # c's search failed: no front, but done
+    fronts, done, finished = board.snapshot()
+    assert set(fronts) == {"a", "b"} and done == 3 and finished
+    assert [board.queue.pop() for _ in range(4)] == [{"d": 9}, {"d": 1}, {"d": 2}, None]
+    assert FrontBoard(["a"], score=False).queue is None  # the search subset is the full set: nothing to score
+
+
+def test_each_pool_gets_a_sampler_seed_of_its_own_from_the_search_seed():
+    from lonas_ray.search.searchers import pool_seed
+
+    seeds = {pool_seed(s, p) for s in (0, 1) for p in ("pool-a", "pool-b", "local")}
+    assert len(seeds) == 6 and all(0 <= x < 2 ** 31 for x in seeds)
+    assert pool_seed(3, "pool-a") == pool_seed(3, "pool-a")  # the same run resumed samples as before

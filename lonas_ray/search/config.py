@@ -139,7 +139,7 @@ class StrategySpec:
     )
     budget: int = help_field(32, help="evaluations per pool, counting those of earlier runs in output_dir")
     population: int = help_field(8, help="NSGA-II population size; TPE's random start-up trials")
-    seed: int = help_field(0, help="sampler seed")
+    seed: int = help_field(0, help="sampler seed (each pool's sampler is seeded from it and the pool's name)")
     cross_evaluate: bool = help_field(
         True, help="with several pools, also evaluate each pool's front members on every other pool (a latency "
         "per pool for every chosen sub-network; these rows count towards a later, larger budget)"

@@ -17,11 +17,14 @@ Every pool is searched at once (``search.concurrent_pools``): one thread per poo
 this process, each running its own Tune run with its own searcher and budget, so the
 wall time is the slowest pool's rather than the sum. This process stays the one
 writer of ``results.parquet``: the pools' Tune callbacks append under one lock
-(``_WRITE``). Cross-evaluation (which needs every pool's front) and the final
-full-set scoring then also run on every pool at once; the final scoring shares one
-queue of sub-networks among the pools (``QueueSearcher``), so a faster pool takes more.
-A pool that fails does not stop the others' running work: each runs to its end, then
-the failure is raised naming its pool. Within a pool ``evaluators`` trials run at once.
+(``_WRITE``). A pool whose search is done publishes its front (``FrontBoard``) and
+goes on at once: it measures each other pool's front as soon as that is published
+(cross-evaluation, rows with phase ``cross``) and takes sub-networks from one queue of
+full-set scoring shared by all pools (``QueueSearcher``), so a faster pool takes more.
+What is cross-evaluated and scored depends only on each pool's own search rows, not on
+which pool finished first, so the fronts equal a sequential run's. A pool that fails
+does not stop the others' running work: each runs to its end, then the failure is
+raised naming its pool. Within a pool ``evaluators`` trials run at once.
 ``search_summary.json`` records, per pool, the fraction of the search's wall time its
 evaluators were busy (``utilisation``).
 """
@@ -46,6 +49,7 @@ from lonas_ray.atomic import atomic_file, write_json
 from lonas_ray.build import load_prepared
 from lonas_ray.config_io import ConfigError, to_dict
 from lonas_ray.data.spec import check_data
+from lonas_ray.search.board import FrontBoard
 from lonas_ray.search.config import SearchConfig
 from lonas_ray.search.front import pool_fronts
 from lonas_ray.search.results import SCHEMA, append_results, read_results
@@ -131,11 +135,11 @@ def each_pool(pools: list[str], work: Callable[[str], Any], concurrent: bool = T
         from next(iter(errors.values()))
 
 
-def rows_by_pool(path: Path, pool: str) -> dict[str, dict]:
-    """Rows of ``pool`` already in the results file, by subnet id, with ``config`` parsed."""
+def rows_by_pool(path: Path, pool: str, phase: str | None = None) -> dict[str, dict]:
+    """Rows of ``pool`` (of one ``phase``, or all) already in the results file, by subnet id, ``config`` parsed."""
     out = {}
     for row in read_results(path).to_pylist():
-        if row["pool"] == pool:
+        if row["pool"] == pool and phase in (None, row["phase"]):
             out[row["subnet_id"]] = dict(row, config=json.loads(row["config"]))
     return out
 
@@ -163,12 +167,13 @@ def _record_final(path: Path, pool: str, row: dict) -> None:
     with _WRITE:
         finals = json.loads(path.read_text()) if path.exists() else {}
         finals[row["subnet_id"]] = {"quality": row["quality"], "loss": row["loss"], "task_loss": row["task_loss"],
-                                    "examples": row["eval_examples"], "metric": row["quality_metric"]}
+                                    "examples": row["eval_examples"], "metric": row["quality_metric"],
+                                    "pool": pool, "timestamp": row["timestamp"]}
         write_json(path, finals)
     CLOCK.add(pool, row["eval_s"])
 
 
-def _results_writer(path: Path, pool: str, progress=None):
+def _results_writer(path: Path, pool: str, phase: str, progress=None):
     from ray.tune import Callback
 
     class ResultsWriter(Callback):
@@ -179,7 +184,7 @@ def _results_writer(path: Path, pool: str, progress=None):
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             row = json.loads(result["row_json"])
-            row = {k: row[k] for k in SCHEMA.names}
+            row = {k: row.get(k, phase) if k == "phase" else row[k] for k in SCHEMA.names}
             _append_row(path, pool, row)
             self.written += 1
             if progress is not None:
@@ -207,6 +212,7 @@ def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, 
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from lonas_ray.search.evaluator import EvalJob
+    from lonas_ray.search.pools import PoolError, PoolWatch, wait_seconds
     from lonas_ray.search.trainable import SubnetTrainable
 
     job = EvalJob.from_config(cfg, pool, source)
@@ -227,7 +233,7 @@ def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, 
         run_config=tune.RunConfig(
             name=f"{mode}-{pool}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(out / "ray_results"),
-            stop={"training_iteration": 1},
+            stop=(watch := PoolWatch(placement, wait_seconds(cfg.pools[pool]))),
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),  # a trial has nothing to resume
             callbacks=[callback],
             verbose=0,  # progress is our bar and gauges: Tune's tables of ~150 config columns are unreadable
@@ -237,6 +243,8 @@ def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, 
     errors = [r for r in grid if r.error is not None]
     for r in errors:
         log.error("pool %s: trial %s failed: %s", pool, r.path, r.error)
+    if watch.lost:
+        raise PoolError(watch.lost)
     return grid, errors
 
 
@@ -255,14 +263,14 @@ def _fixed_list(cfg: SearchConfig, pool: str, space: SearchSpace, configs: list)
 
 
 def _run_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path, *, total: int,
-              **tune_args) -> int:
+              phase: str, **tune_args) -> int:
     """One Tune run on ``pool`` whose rows go to results.parquet; returns how many were written."""
     from lonas_ray.search.progress import SearchProgress
 
     path = out / RESULTS
     progress = SearchProgress(out.name, pool, total, list(rows_by_pool(path, pool).values()),
                               space.subnet_id(space.maximal()))
-    writer = _results_writer(path, pool, progress)
+    writer = _results_writer(path, pool, phase, progress)
     try:
         _, errors = _tune(cfg, pool, _placement(cfg, pool), source, mode="search", callback=writer, out=out,
                           **tune_args)
@@ -299,7 +307,7 @@ def check_pool_runtimes(cfg: SearchConfig) -> None:
 
 
 def evaluate_configs(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path,
-                     configs: list) -> int:
+                     configs: list, phase: str = "search") -> int:
     """Evaluate the given sub-networks on ``pool`` (those not yet in results.parquet); returns how many."""
     known = rows_by_pool(out / RESULTS, pool)
     todo, seen = [], set(known)
@@ -310,82 +318,90 @@ def evaluate_configs(cfg: SearchConfig, pool: str, space: SearchSpace, source: P
             todo.append(c)
     if not todo:
         return 0
-    return _run_pool(cfg, pool, space, source, out, total=len(known) + len(todo),
+    return _run_pool(cfg, pool, space, source, out, total=len(known) + len(todo), phase=phase,
                      **_fixed_list(cfg, pool, space, todo))
 
 
 def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path) -> int:
     """Run the pool's remaining budget; returns the number of new evaluations."""
-    from lonas_ray.search.searchers import build_searcher, seed_configs
+    from lonas_ray.search.searchers import build_searcher, pool_seed, seed_configs
 
     path = out / RESULTS
     s = cfg.search
     if s.strategy == "heuristic":
         return evaluate_configs(cfg, pool, space, source, out, seed_configs(space, s.strategy))
-    known = rows_by_pool(path, pool)
-    n = s.budget - len(known)
+    n = s.budget - len(rows_by_pool(path, pool, "search"))  # cross rows are not the pool's search
     if n <= 0:
-        log.info("pool %s: budget of %d already spent (%d in %s); nothing to evaluate", pool, s.budget,
-                 len(known), path)
+        log.info("pool %s: budget of %d already spent (in %s); nothing to evaluate", pool, s.budget, path)
         return 0
-    alg = build_searcher(space, s.strategy, population=s.population, seed=s.seed, known=known,
+    known = rows_by_pool(path, pool)  # every row on the pool: the searcher's history and its cache
+    alg = build_searcher(space, s.strategy, population=s.population, seed=pool_seed(s.seed, pool), known=known,
                          study_name=f"lonas-{pool}", objective=s.objective)
     # the Optuna searcher holds the space, so no param_space
-    return _run_pool(cfg, pool, space, source, out, total=s.budget, search_alg=alg, num_samples=n, param_space=None)
+    return _run_pool(cfg, pool, space, source, out, total=s.budget, phase="search", search_alg=alg, num_samples=n,
+                     param_space=None)
 
 
-def cross_evaluate(cfg: SearchConfig, space: SearchSpace, source: Path, out: Path) -> dict[str, int]:
-    """Evaluate every pool's front members on every other pool, so each has a latency on each pool.
-
-    One round is enough: a pool's front after it is drawn from its own front and the
-    other pools' fronts, all of which are then evaluated everywhere (a row that was
-    dominated stays dominated when rows are added).
-    """
+def front_members(cfg: SearchConfig, rows) -> dict[str, dict]:
+    """The members of every front (``FRONTS``) of ``rows``: config by subnet id."""
     from lonas_ray.search.front import FRONTS, front_rows
 
-    members: dict[str, dict] = {}
-    for pool in cfg.search.pools:
-        rows = list(rows_by_pool(out / RESULTS, pool).values())
-        for cost in FRONTS.values():
-            for r in front_rows(rows, cost, cfg.search.objective):
-                members.setdefault(r["subnet_id"], r["config"])
-    return each_pool(cfg.search.pools, lambda pool: evaluate_configs(cfg, pool, space, source, out,
-                                                                      list(members.values())),
-                     cfg.search.concurrent_pools)
+    rows = list(rows)
+    return {r["subnet_id"]: r["config"] for cost in FRONTS.values()
+            for r in front_rows(rows, cost, cfg.search.objective)}
 
 
-def final_evaluation(cfg: SearchConfig, space: SearchSpace, source: Path, out: Path) -> dict[str, dict]:
-    """Full-set quality of every front member and of maximal; cached by subnet id.
+def final_scoring(cfg: SearchConfig) -> bool:
+    """Whether front members get a full-set score (not when the search subset already is the full set)."""
+    return cfg.quality.examples != cfg.quality.final_examples
 
-    Every pool takes sub-networks from one shared queue (``QueueSearcher``), so the pools score at once and a
-    faster pool scores more (quality does not depend on the hardware beyond floating-point rounding). Skipped
-    (finals = {}) when the search subset already is the final set.
+
+def new_board(cfg: SearchConfig, space: SearchSpace, out: Path) -> FrontBoard:
+    """The board the pools publish their fronts on; maximal and the unscored front members queued for scoring."""
+    scored = json.loads((out / FINAL).read_text()) if (out / FINAL).exists() else {}
+    maximal = space.maximal()
+    return FrontBoard(cfg.search.pools, score=final_scoring(cfg), scored=scored,
+                      maximal=(space.subnet_id(maximal), maximal))
+
+
+def search_and_publish(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path,
+                       board: FrontBoard) -> int:
+    """``pool``'s search, then its front on the board (nothing, when the search failed: the others stop waiting)."""
+    try:
+        n = search_pool(cfg, pool, space, source, out)
+    except BaseException:
+        board.publish(pool, None)
+        raise
+    board.publish(pool, front_members(cfg, rows_by_pool(out / RESULTS, pool, "search").values()))
+    return n
+
+
+def follow_up(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path, board: FrontBoard) -> int:
+    """After ``pool``'s search: measure each other pool's front on ``pool`` as soon as it is published
+    (cross-evaluation, so every front member has a latency on every pool) and, in between, take sub-networks from
+    the shared full-set scoring queue; returns the cross rows written.
+
+    One round of cross-evaluation is enough: a pool's front after it is drawn from its own front and the other
+    pools' fronts, all of which are then measured everywhere (a dominated row stays dominated when rows are added).
     """
-    from lonas_ray.search.front import FRONTS, front_rows
+    cross = cfg.search.cross_evaluate and len(cfg.search.pools) > 1
+    handled, written = {pool}, 0
+    while True:
+        fronts, done, finished = board.snapshot()
+        fresh = sorted(set(fronts) - handled)
+        if cross and fresh:
+            members = {sid: c for p in fresh for sid, c in fronts[p].items()}
+            written += evaluate_configs(cfg, pool, space, source, out, [members[s] for s in sorted(members)],
+                                        phase="cross")
+        handled.update(fresh)
+        if board.queue is not None and len(board.queue):
+            from lonas_ray.search.searchers import QueueSearcher
 
-    q = cfg.quality
-    if q.examples == q.final_examples:
-        return {}
-    path = out / FINAL
-    finals = json.loads(path.read_text()) if path.exists() else {}
-    wanted = {space.subnet_id(space.maximal()): space.maximal()}
-    for pool in cfg.search.pools:
-        rows = list(rows_by_pool(out / RESULTS, pool).values())
-        for cost in FRONTS.values():
-            for r in front_rows(rows, cost, cfg.search.objective):
-                wanted[r["subnet_id"]] = r["config"]
-    todo = [wanted[sid] for sid in sorted(wanted) if sid not in finals]
-    if todo:
-        from lonas_ray.search.searchers import QueueSearcher, SharedQueue
-
-        queue = SharedQueue(todo)
-        pools = cfg.search.pools if cfg.search.concurrent_pools else cfg.search.pools[:1]
-        each_pool(pools, lambda pool: _tune(cfg, pool, _placement(cfg, pool), source, mode="final",
-                                            callback=_final_writer(path, pool), out=out,
-                                            search_alg=QueueSearcher(queue), num_samples=len(todo)),
-                  cfg.search.concurrent_pools)
-        finals = json.loads(path.read_text()) if path.exists() else {}
-    return finals
+            _tune(cfg, pool, _placement(cfg, pool), source, mode="final", callback=_final_writer(out / FINAL, pool),
+                  out=out, search_alg=QueueSearcher(board.queue), num_samples=len(board.queue))
+        if finished:  # every front was in this snapshot: all measured here
+            return written
+        board.wait_past(done, timeout=30)
 
 
 PARETO_EXTRA = [pa.field("front", pa.string()), pa.field("member", pa.bool_()), pa.field("picked", pa.bool_()),
@@ -448,12 +464,22 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
     storage.start_mirroring()
     try:
         check_pool_runtimes(cfg)
-        result.evaluated = each_pool(cfg.search.pools, lambda pool: search_pool(cfg, pool, space, source, out),
-                                     cfg.search.concurrent_pools)
-        if cfg.search.cross_evaluate and len(cfg.search.pools) > 1:
-            for pool, n in cross_evaluate(cfg, space, source, out).items():
+        board = new_board(cfg, space, out)
+
+        def searched(pool: str) -> int:
+            return search_and_publish(cfg, pool, space, source, out, board)
+
+        def followed(pool: str) -> int:
+            return follow_up(cfg, pool, space, source, out, board)
+
+        pools = cfg.search.pools
+        if cfg.search.concurrent_pools:  # each pool follows up on its own as soon as its search is done
+            result.evaluated = each_pool(pools, lambda pool: searched(pool) + followed(pool))
+        else:
+            result.evaluated = each_pool(pools, searched, concurrent=False)
+            for pool, n in each_pool(pools, followed, concurrent=False).items():
                 result.evaluated[pool] += n
-        finals = final_evaluation(cfg, space, source, out)
+        finals = json.loads((out / FINAL).read_text()) if final_scoring(cfg) and (out / FINAL).exists() else {}
         pools = write_pareto(cfg, space, out, finals)
         result.summary = {"config": to_dict(cfg), "strategy": cfg.search.strategy, "space_size": space.size(),
                           "maximal": space.subnet_id(space.maximal()), "new_evaluations": result.evaluated,

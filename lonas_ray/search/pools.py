@@ -29,6 +29,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from ray.tune.stopper import Stopper
+
 from lonas_ray.search.config import PoolSpec, pool_label, pool_resource
 
 log = logging.getLogger(__name__)
@@ -197,3 +199,45 @@ def wait_for_pool(name: str, pool: PoolSpec) -> tuple[Placement, list[str]]:
         f"waiting {wait_s:.0f} s; the cluster has: {describe_nodes(nodes)}. Add or label a node for the pool, lower "
         "the pool's cpus/gpus, or set wait_for_nodes_s on an autoscaling cluster."
     )
+
+
+class PoolWatch(Stopper):
+    """A Tune stopper that ends a pool's run when no live node can host its evaluators any more.
+
+    A trial whose placement group no node can satisfy stays PENDING forever, so without this a
+    pool whose node is lost mid-search (a spot node reclaimed, a crashed host) would hang the
+    search. Checked every ``every_s`` seconds; the run stops once the pool has had no serving
+    node for ``grace_s`` (its ``wait_seconds``: 0 on a fixed cluster, the autoscaler's boot time
+    under v2, when a replacement node may come). ``lost`` then holds the reason, which the
+    driver raises as ``PoolError``. Plain data, so Tune may pickle it with the run.
+    """
+
+    def __init__(self, placement: Placement, grace_s: float, every_s: float = 2.0):
+        self.placement, self.grace_s, self.every_s = placement, grace_s, every_s
+        self.checked = self.gone_since = None
+        self.lost: str | None = None
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return result.get("training_iteration", 0) >= 1  # one trial is one evaluation
+
+    def stop_all(self) -> bool:
+        if self.lost is not None:
+            return True
+        now = time.monotonic()
+        if self.checked is not None and now - self.checked < self.every_s:
+            return False
+        self.checked = now
+        import ray
+
+        nodes = ray.nodes()
+        if serving_nodes(nodes, self.placement):
+            self.gone_since = None
+            return False
+        self.gone_since = self.gone_since or now
+        if now - self.gone_since < self.grace_s:
+            return False
+        self.lost = (f"pool '{self.placement.pool}': its nodes were lost mid-run and none came back within "
+                     f"{self.grace_s:.0f} s (the cluster has: {describe_nodes(nodes)}); its rows so far are kept, "
+                     "re-run to continue once the pool has a node again")
+        log.error("%s", self.lost)
+        return True

@@ -5,6 +5,10 @@ are a contract (``SCHEMA``); nothing downstream reads a trial's internals.
 
 * ``subnet_id`` is the sub-network's id (``SearchSpace.subnet_id``) and
   ``config`` its configuration as a JSON string, so a row is self-contained.
+* ``phase`` says why the row was evaluated: ``search`` (the pool's own search,
+  which its budget counts) or ``cross`` (another pool's front member measured on
+  this pool, see ``driver.follow_up``). A file written before this column existed
+  is read with every row as ``search``.
 * ``pool`` names the evaluation set; ``(subnet_id, pool)`` is the cache key:
   a configuration is never evaluated twice on a pool (``evaluated_ids``), and
   ``append_results`` refuses a second row for a key.
@@ -48,6 +52,7 @@ SCHEMA = pa.schema([
     pa.field("subnet_id", pa.string(), nullable=False),
     pa.field("config", pa.string(), nullable=False),
     pa.field("pool", pa.string(), nullable=False),
+    pa.field("phase", pa.string(), nullable=False),
     pa.field("quality", pa.float64()),
     pa.field("quality_metric", pa.string(), nullable=False),
     pa.field("loss", pa.float64()),
@@ -69,6 +74,9 @@ SCHEMA = pa.schema([
 ])
 
 
+PHASES = ("search", "cross")
+
+
 class ResultsError(ValueError):
     """A results row or file breaks the contract; the message names the column or path and the fix."""
 
@@ -87,6 +95,8 @@ def _rows_to_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
             json.loads(row["config"])
         except (TypeError, ValueError) as exc:
             raise ResultsError(f"results row {i}: column config must be a JSON string ({exc})") from exc
+        if row["phase"] not in PHASES:
+            raise ResultsError(f"results row {i}: column phase is {row['phase']!r}; it must be one of {PHASES}")
     arrays = []
     for field in SCHEMA:
         values = [row[field.name] for row in rows]
@@ -110,6 +120,8 @@ def read_results(path: str | Path) -> pa.Table:
         raise ResultsError(
             f"{path}: not a readable Parquet results file ({exc}); move it aside or restore it from a backup"
         ) from exc
+    if "phase" not in table.column_names:  # written before rows said their phase: all were counted as search
+        table = table.append_column("phase", pa.array(["search"] * table.num_rows, pa.string()))
     if set(table.column_names) != set(SCHEMA.names):
         raise ResultsError(
             f"{path}: columns {sorted(table.column_names)} do not match the results schema "

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -74,6 +75,12 @@ def seed_configs(space: SearchSpace, strategy: str) -> list[SubnetConfig]:
             seen.add(space.subnet_id(c))
             out.append(c)
     return out
+
+
+def pool_seed(seed: int, pool: str) -> int:
+    """A pool's sampler seed, from the search's seed and the pool's name: pools searched with one seed would
+    otherwise sample the same sub-networks (random search), leaving cross-evaluation nothing new to measure."""
+    return (seed * 1_000_003 + zlib.crc32(pool.encode())) % 2 ** 31
 
 
 def sampler(strategy: str, *, population: int, seed: int) -> optuna.samplers.BaseSampler:
@@ -277,6 +284,14 @@ class SharedQueue:
         with self._lock:
             return self._items.pop(0) if self._items else None
 
+    def put(self, configs: Sequence[SubnetConfig]) -> None:
+        with self._lock:
+            self._items.extend(configs)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
     def __getstate__(self) -> dict:  # Tune pickles its search algorithm with the experiment's state
         return {"_items": list(self._items)}
 
@@ -286,7 +301,8 @@ class SharedQueue:
 
 class QueueSearcher(Searcher):
     """Proposes the next configuration of a ``SharedQueue``, and ends the pool's run when the queue is empty:
-    pools that share one queue split its work by how fast each takes it (the final full-set scoring)."""
+    pools that share one queue split its work by how fast each takes it (the final full-set scoring). What is
+    put on the queue after a run ended is taken by the next run (``driver.follow_up``)."""
 
     def __init__(self, queue: SharedQueue):
         super().__init__(metric="quality", mode="max")
