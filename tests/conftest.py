@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-# Before anything imports ray: no usage statistics, and every Ray a test starts stays on 127.0.0.1.
+# Before anything imports ray: no usage statistics, and every Ray a test starts stays on 127.0.0.1. An inherited
+# RAY_ADDRESS would send tests (and the drivers they start) to whatever cluster it names: each test starts its own.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.pop("RAY_ADDRESS", None)
 
 import pytest
 import torch
@@ -18,6 +21,38 @@ from transformers import AutoModelForCausalLM
 from lonas_ray.model_source import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_inherited_ray_address(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def leaves_no_ray_running(request):
+    """Fail the module whose tests leave a Ray running (this process connected, or a GCS server or raylet that was
+    not on the host before it), and stop what it left, so the next module starts clean. A cluster that was already
+    running (a user's own) is never touched."""
+    from helpers import ray_daemons, stop_processes
+
+    before = set(ray_daemons())
+    yield
+    import ray
+
+    left = []
+    if ray.is_initialized():
+        ray.shutdown()
+        left.append("this process is still connected (ray.init without ray.shutdown)")
+    deadline = time.monotonic() + 20  # a cluster just shut down takes a moment to exit
+    while (new := {pid: cmd for pid, cmd in ray_daemons().items() if pid not in before}) and \
+            time.monotonic() < deadline:
+        time.sleep(0.5)
+    if new:
+        stop_processes(new)
+        left += [f"pid {pid}: {cmd}" for pid, cmd in new.items()]
+    if left:
+        pytest.fail(f"{request.module.__name__} left Ray running: " + "; ".join(left) +
+                    ". Stop what a test starts: ray.shutdown(), Cluster.shutdown(), helpers.Head.stop().")
 
 def tiny_model(family: str = "llama", seed: int = 0, **overrides):
     """A seeded random-init fp32 model of ``family`` in eval mode; ``overrides`` replace config fields.

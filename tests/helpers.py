@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -31,6 +32,54 @@ def free_port(low: int = 20000) -> int:
     raise RuntimeError("no free port")
 
 
+RAY_DAEMONS = ("gcs_server", "raylet")  # what is left when a Ray cluster is not stopped
+
+
+def ray_daemons() -> dict[int, str]:
+    """pid -> command line of every Ray GCS server and raylet on this host (a user's own cluster included)."""
+    import psutil
+
+    out = {}
+    for p in psutil.process_iter(["name", "cmdline"]):
+        name, cmd = p.info["name"] or "", p.info["cmdline"] or []
+        if name in RAY_DAEMONS or any(Path(a).name in RAY_DAEMONS for a in cmd[:1]):
+            out[p.pid] = " ".join(cmd)[:160]
+    return out
+
+
+def stop_processes(pids, timeout: float = 15) -> None:
+    """Terminate ``pids`` and all their descendants, then kill what is still there after ``timeout`` seconds:
+    only what a test started, never every Ray of the host as ``ray stop --force`` would."""
+    import psutil
+
+    family = []
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            family += [p, *p.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for p in family:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+def processes_using(text: str) -> list[int]:
+    """Pids of the processes whose command line mentions ``text`` (a Ray session's own temp dir)."""
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if any(text in a for a in p.info["cmdline"] or [])]
+
+
 # what a node serving tiny.yaml's pools cpu_a and cpu_b is started with
 POOL_NODE = ("--labels=lonas/pool=cpu_a", '--resources={"pool_cpu_a": 1, "pool_cpu_b": 1}')
 
@@ -42,6 +91,9 @@ class Head:
         self.metrics = free_port(self.dashboard + 1)
         self.address = f"http://127.0.0.1:{self.dashboard}"
         self.tmp = tmp
+        # Ray's own temp dir, short (its socket paths must stay under 108 bytes) and this head's alone: `stop`
+        # finds the processes to stop by it
+        self.temp_dir = tempfile.mkdtemp(prefix="lonas-ray-", dir="/tmp")
 
     def ray(self, *args: str, timeout: int = 120, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([str(Path(sys.executable).parent / "ray"), *args], env=self.env, cwd=ROOT,
@@ -53,7 +105,11 @@ class Head:
         self.ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.gcs}",
                  "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}",
                  f"--metrics-export-port={self.metrics}", f"--num-cpus={num_cpus}", "--object-store-memory=400000000",
-                 *(POOL_NODE if pools else ()), "--disable-usage-stats", *extra)
+                 *(POOL_NODE if pools else ()), "--disable-usage-stats", f"--temp-dir={self.temp_dir}", *extra)
+
+    def stop(self) -> None:
+        """Stop this head and every process of its session (nodes added to it on this host, their workers)."""
+        stop_processes(processes_using(self.temp_dir))
 
     def submit(self, out: Path | str, *extra: str, working_dir: bool = True, config: Path = TINY) -> str:
         """``ray job submit --no-wait`` of the tiny pipeline; returns the submission id. ``working_dir=False``:

@@ -113,4 +113,4 @@ def test_a_pool_scales_up_from_zero_for_its_work_and_back_down_after_it(tmp_path
             time.sleep(2)
         assert alive_pool_nodes(head) == [], "the pool's node stayed up after its work was done"
     finally:
-        head.ray("stop", "--force", check=False)
+        head.stop()

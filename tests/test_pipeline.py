@@ -42,7 +42,6 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
     out = tmp / "out"
     head = Head(tmp)
-    head.ray("stop", "--force", check=False)
     head.start()
     seen: dict = {"metrics": set()}
     try:
@@ -83,7 +82,7 @@ def run(tmp_path_factory):
         seen["gcs"] = f"127.0.0.1:{head.gcs}"
         yield seen
     finally:
-        head.ray("stop", "--force", check=False)
+        head.stop()
 
 
 def test_stopping_after_training_then_resuming_does_not_retrain(run):

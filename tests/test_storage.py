@@ -262,7 +262,7 @@ def test_the_pipeline_runs_on_a_node_that_cannot_see_the_drivers_disk_with_its_o
         if node is not None:
             os.killpg(node.pid, signal.SIGTERM)
             node.wait(timeout=60)
-        head.ray("stop", "--force", check=False)
+        head.stop()
 
     stored = set(remote_files(fs, "lonas/e2e"))
     for contract in ("stages.json", "supernet/adapter.safetensors", "results.parquet", "pareto.parquet",

@@ -108,7 +108,7 @@ def read_checkpoint(directory: Path, *, engine, supernet: SuperNetwork, rank: in
             load_adapter(supernet, directory / ADAPTER_FILE)
     rng = directory / f"rng_rank{rank}.pt"
     if rng.is_file():
-        saved = torch.load(rng, weights_only=False)
+        saved = torch.load(rng, weights_only=True)  # tensors, tuples and ints: no pickled code runs
         torch.set_rng_state(saved["torch"])
         random.setstate(saved["python"])
     return step
