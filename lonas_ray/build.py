@@ -265,6 +265,20 @@ def load_prepared(directory: str | Path) -> Prepared:
                     InputNorms.from_dict(norms) if norms is not None else None)
 
 
+def preflight(spec: SupernetSpec) -> SearchSpace | None:
+    """What ``build_supernet`` would refuse that needs no weights, checked before anything is written: the model's
+    files (a local one) and the space against the model's shape. Returns the space's dimensions as resolved
+    (None when the space is generated from importance, or SmolLM2's config is not converted yet)."""
+    from lonas_ray.model_source import model_config
+    from lonas_ray.shape import ModelShape
+
+    config = model_config(spec.model)
+    if config is None:
+        return None
+    space = SearchSpace.resolve(spec.space, ModelShape.from_config(config))
+    return None if spec.generate.enabled else space
+
+
 def prepare_once(spec: SupernetSpec, prepared: str | Path, data: DataSpec | None = None) -> Path:
     """Score importance, reorder and size the space once, into ``prepared``; an existing one is reused.
 

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from lonas_ray.config_io import ConfigError
+from lonas_ray.config_io import ConfigError, InputError
 from lonas_ray.storage import is_uri
 
 
@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command][0](args)
     except ConfigError as exc:
         print(f"lonas-ray: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except InputError as exc:  # a results file, a super-network directory, a pool the cluster cannot run
+        print(f"lonas-ray: {exc}", file=sys.stderr)
         return 2
 
 

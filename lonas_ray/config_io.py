@@ -20,7 +20,12 @@ import yaml
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class InputError(Exception):
+    """Bad input, or a cluster that cannot run the config: the message names the problem and the fix. The CLI
+    prints it and exits 2, without a traceback."""
+
+
+class ConfigError(InputError, ValueError):
     """A configuration is malformed; the message names the key and the fix."""
 
 

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from lonas_ray.config_io import ConfigError
 
-class UnsupportedModelError(ValueError):
+
+class UnsupportedModelError(ConfigError):
     """The model's family is not in the table, or its layout does not match it."""
 
 

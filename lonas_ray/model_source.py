@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -37,7 +38,7 @@ from transformers import (
     Qwen3Config,
 )
 
-from lonas_ray.config_io import help_field
+from lonas_ray.config_io import ConfigError, help_field
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +178,57 @@ def load_model(source: ModelSource) -> tuple[PreTrainedModel, Any | None]:
     return model, tokenizer
 
 
-def _load_local(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, Any | None]:
+def check_local_model(path: Path) -> None:
+    """``ConfigError`` naming what keeps ``path`` from being a causal LM lonas-ray can load, before transformers'
+    own errors (a traceback deep in its loader): the directory, its config.json, the architecture, and whole
+    safetensors weights (only safetensors: nothing pickled is ever loaded)."""
+    from safetensors import SafetensorError, safe_open
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    where = f"supernet.model.path {str(path)!r}"
+    fix = "point it at a causal LM saved with save_pretrained (config.json and *.safetensors)"
     if not path.is_dir():
-        raise ValueError(f"model source path {str(path)!r} is not a directory: point it at a saved model")
+        raise ConfigError(f"{where} is not a directory: {fix}")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{where} has no config.json: {fix}")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"{where}: config.json is not a model config transformers can read ({exc}); {fix}") \
+            from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ConfigError(f"{where} holds a {config.model_type!r} model, which is not a causal (decoder) LM; "
+                          f"lonas-ray fine-tunes and compresses causal LMs such as Llama, Mistral or Qwen: {fix}")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(p.name for p in path.glob("*.bin"))
+        raise ConfigError(f"{where} has no *.safetensors weights" + (
+            f" ({', '.join(pickled)} are pickled weights, which lonas-ray never loads: re-save the model with "
+            "save_pretrained(..., safe_serialization=True))" if pickled else f": {fix}"))
+    for file in weights:
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise ConfigError(f"{where}: {file.name} is not a whole safetensors file ({exc}); it may be truncated "
+                              "or something else under that name: copy or save it again") from None
+
+
+def model_config(source: ModelSource) -> PretrainedConfig | None:
+    """The config of ``source`` without its weights (a local model's files checked first); None for SmolLM2 before
+    its first conversion (its config exists only once the GGUF is converted)."""
+    if source.kind == "tiny":
+        return tiny_config(source.family, **source.overrides)
+    if source.kind == "local":
+        path = Path(source.path).expanduser()
+        check_local_model(path)
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    cached = smollm2_cache_dir()
+    return AutoConfig.from_pretrained(cached, local_files_only=True) if (cached / "config.json").is_file() else None
+
+
+def _load_local(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, Any | None]:
+    check_local_model(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     tokenizer = None
     if any((path / name).exists() for name in _TOKENIZER_FILES):

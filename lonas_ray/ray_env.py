@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from lonas_ray.config_io import InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -40,7 +42,12 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
         return False
     if address:
         log.info("joining the Ray cluster at %s", address)
-        ray.init(address=address)
+        from ray.exceptions import AuthenticationError
+
+        try:
+            ray.init(address=address)
+        except AuthenticationError as exc:  # Ray's message names where the token is looked for
+            raise InputError(f"the Ray cluster at {address} refused this driver: {exc}") from None
         _install_dashboard()
         return False
     context = ray.init(

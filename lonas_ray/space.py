@@ -277,6 +277,10 @@ class SearchSpace:
             rng = random.Random(rng)
         return {n: rng.choice(d.choices) for n, d in self.dims.items()}
 
+    def choices(self) -> dict[str, tuple]:
+        """Each dimension's choices, by name."""
+        return {name: tuple(d.choices) for name, d in self.dims.items()}
+
     def size(self) -> int:
         """How many distinct sub-networks the space holds."""
         return math.prod(len(d.choices) for d in self.dims.values())

@@ -156,6 +156,20 @@ def download_file(uri: str, local: Path) -> bool:
     return True
 
 
+def check_writable_dir(path: Path, key: str = "output") -> None:
+    """``ConfigError`` when ``path`` is not a directory this process can write, or cannot be created as one;
+    checked before any work, and without creating anything."""
+    path = path.expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key} {path} is a file, not a directory: give a directory (new, or a run's to resume)")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{key} {path} cannot be created: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} {path} cannot be written: this user may not write {existing}; give a directory "
+                          "you can write, or fix its permissions")
+
+
 @dataclass
 class RunStorage:
     """Where a run's output lives (``uri``, None for a plain path) and the driver's working copy (``local``)."""
@@ -167,10 +181,13 @@ class RunStorage:
     _stop: threading.Event | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, output: str | os.PathLike, key: str = "output") -> RunStorage:
-        """``key``: what the user called it (errors name it)."""
+    def open(cls, output: str | os.PathLike, key: str = "output", writable: bool = True) -> RunStorage:
+        """``key``: what the user called it (errors name it); ``writable``: a local path must be a directory this
+        process can write or create (an input, such as ``supernet_dir``, only needs to be readable)."""
         if not is_uri(output):
             check_not_in_job_copy(output, key=key)
+            if writable:
+                check_writable_dir(Path(output), key)
             return cls(Path(output).resolve())
         uri = str(output).rstrip("/")
         if "?" in uri:
@@ -253,10 +270,11 @@ class RunStorage:
     # -- mirroring ----------------------------------------------------------------------------------------
     def pull(self) -> int:
         """Fill the local copy with what the URI holds and the local copy lacks or holds in another size; the
-        number of files fetched. A new run (nothing at the URI yet) fetches nothing."""
-        self.local.mkdir(parents=True, exist_ok=True)
+        number of files fetched. A new run (nothing at the URI yet) fetches nothing. A local run's directory is
+        left alone (the stages create it once their checks pass: bad input writes nothing)."""
         if self.uri is None:
             return 0
+        self.local.mkdir(parents=True, exist_ok=True)
         import pyarrow.fs as pafs
 
         fs, root = filesystem(self.uri)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lonas_ray.atomic import read_parquet, write_json
-from lonas_ray.build import load_prepared, prepare_once
+from lonas_ray.build import load_prepared, preflight, prepare_once
 from lonas_ray.config_io import ConfigError, to_dict
 from lonas_ray.data.spec import check_data
 from lonas_ray.merge.save import MANIFEST
@@ -240,6 +240,7 @@ def run_pipeline(cfg: PipelineConfig, output: str | Path | None = None, address:
         raise ConfigError(f"--stop-after '{stop_after}' is not a stage; stages: {', '.join(STAGES)}")
     storage = RunStorage.open(output or cfg.output_dir)
     check_data(cfg.data)
+    preflight(cfg.supernet)  # the model's files and the space, before anything is written
     if cfg.train.distill.frozen_teacher:
         check_teacher(cfg.train.distill.teacher, in_pipeline=True)
     storage.pull()  # a URI run resumes from what the storage holds, whichever head runs it
@@ -250,6 +251,7 @@ def run_pipeline(cfg: PipelineConfig, output: str | Path | None = None, address:
     fps = pipeline.fingerprints()
     for stage in STRICT:  # a changed training config is refused before any cluster work
         stages.is_done(stage, fps[stage])
+    out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     ensure_ray(address, dashboard=True, **local_pool_tags(pipeline.search_cfg))
     storage.start_mirroring()

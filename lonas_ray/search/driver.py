@@ -46,15 +46,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lonas_ray.atomic import atomic_file, write_json
-from lonas_ray.build import load_prepared
+from lonas_ray.build import load_prepared, preflight
 from lonas_ray.config_io import ConfigError, to_dict
 from lonas_ray.data.spec import check_data
 from lonas_ray.search.board import FrontBoard
 from lonas_ray.search.config import SearchConfig
 from lonas_ray.search.front import pool_fronts
-from lonas_ray.search.results import SCHEMA, append_results, read_results
+from lonas_ray.search.results import SCHEMA, append_results, check_space, read_results
 from lonas_ray.space import SearchSpace
-from lonas_ray.storage import RunStorage
+from lonas_ray.storage import RunStorage, is_uri
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def rows_by_pool(path: Path, pool: str, phase: str | None = None) -> dict[str, d
 def supernet_source(cfg: SearchConfig, out: Path) -> Path:
     """The directory evaluators load: the trained super-network, or one prepared here from the spec."""
     if cfg.supernet_dir:
-        source = RunStorage.open(cfg.supernet_dir, key="supernet_dir")
+        source = RunStorage.open(cfg.supernet_dir, key="supernet_dir", writable=False)
         source.pull()  # a URI (`lonas-ray train --output s3://...`) is fetched once into a local copy
         return source.local
     from lonas_ray.build import prepare_once
@@ -287,6 +287,26 @@ def _placement(cfg: SearchConfig, pool: str):
     placement, nodes = wait_for_pool(pool, cfg.pools[pool])
     log.info("pool %s: placing by %s on %d node(s)", pool, placement.mode, len(nodes))
     return placement
+
+
+def check_pools_now(cfg: SearchConfig) -> None:
+    """Every pool that is not to be waited for (no autoscaler) has a node now: else ``PoolError`` before the
+    super-network is prepared (a pool that may be waited for is checked when its search starts)."""
+    from lonas_ray.search.pools import wait_seconds
+
+    for pool in cfg.search.pools:
+        if wait_seconds(cfg.pools[pool]) == 0:
+            _placement(cfg, pool)
+
+
+def check_supernet_dir(directory: Path) -> None:
+    """``ConfigError`` when ``supernet_dir`` is not a super-network directory lonas-ray wrote."""
+    from lonas_ray.build import PREPARED_FILES
+
+    missing = [f for f in PREPARED_FILES if not (directory / f).is_file()]
+    if missing:
+        raise ConfigError(f"supernet_dir {directory} is not a lonas-ray super-network directory: missing {missing}; "
+                          "point it at the supernet/ directory `lonas-ray train` wrote")
 
 
 def check_pool_runtimes(cfg: SearchConfig) -> None:
@@ -452,12 +472,19 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
     storage.pull()
     out = storage.local
     read_results(out / RESULTS)  # a corrupt results file fails here, before any cluster work
-    source = supernet_source(cfg, out)
-    space = load_prepared(source)[1]
+    if cfg.supernet is not None and (early := preflight(cfg.supernet)) is not None:
+        check_space(out / RESULTS, early.choices())  # before anything is prepared into the output
+    elif cfg.supernet_dir and not is_uri(cfg.supernet_dir):
+        check_supernet_dir(Path(cfg.supernet_dir))
 
     from lonas_ray.ray_env import ensure_ray
 
     ensure_ray(address, **local_pool_tags(cfg))
+    check_pools_now(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    source = supernet_source(cfg, out)
+    space = load_prepared(source)[1]
+    check_space(out / RESULTS, space.choices())
     result = SearchResult(out)
     global CLOCK
     CLOCK = BusyClock()

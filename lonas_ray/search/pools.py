@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from ray.tune.stopper import Stopper
 
+from lonas_ray.config_io import InputError
 from lonas_ray.search.config import PoolSpec, pool_label, pool_resource
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ RESOURCE_UNIT = 0.01  # of the pool resource per evaluator: a node tagged `pool_
 AUTOSCALING_WAIT_S = 900.0  # wait_for_nodes_s's default under autoscaler v2: a cloud GPU node boots in minutes
 
 
-class PoolError(RuntimeError):
+class PoolError(InputError, RuntimeError):
     """No node of the cluster can run the pool's evaluators; the message says what the nodes offer."""
 
 

@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lonas_ray.atomic import atomic_file, read_parquet
+from lonas_ray.config_io import InputError
 
 SCHEMA = pa.schema([
     pa.field("subnet_id", pa.string(), nullable=False),
@@ -77,7 +78,7 @@ SCHEMA = pa.schema([
 PHASES = ("search", "cross")
 
 
-class ResultsError(ValueError):
+class ResultsError(InputError, ValueError):
     """A results row or file breaks the contract; the message names the column or path and the fix."""
 
 
@@ -152,6 +153,23 @@ def append_results(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def check_space(path: str | Path, dims: Mapping[str, Sequence[Any]]) -> None:
+    """``ResultsError`` when a row of the table at ``path`` is not a sub-network of the space whose dimensions and
+    choices are ``dims``: a results file of another search (another space or model) must not be counted against
+    this one's budget nor handed to its searcher."""
+    table = read_results(path)
+    for i, (sid, text) in enumerate(zip(table["subnet_id"].to_pylist(), table["config"].to_pylist())):
+        config = json.loads(text)
+        if set(config) != set(dims) or any(config[k] not in dims[k] for k in dims):
+            other = sorted(set(config) ^ set(dims))
+            why = (f"its dimensions differ ({', '.join(other[:4])}{', ...' if len(other) > 4 else ''})" if other
+                   else "a value lies outside this space's choices")
+            raise ResultsError(
+                f"{path}: row {i} (sub-network {sid}) is not from this search space: {why}. The file belongs to "
+                "another search (another space or model): give this one a new output directory, or move the "
+                "file aside")
 
 
 def evaluated_ids(path: str | Path, pool: str) -> set[str]:

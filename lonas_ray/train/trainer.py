@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lonas_ray.atomic import atomic_dir
-from lonas_ray.build import load_prepared, prepare_once, prepared_file_names, restore_supernet
+from lonas_ray.build import load_prepared, preflight, prepare_once, prepared_file_names, restore_supernet
 from lonas_ray.config_io import to_dict
 from lonas_ray.data.spec import check_data
 from lonas_ray.elastic.supernet import SuperNetwork
@@ -47,6 +47,7 @@ def train(cfg: TrainConfig, address: str | None = None, storage: RunStorage | No
     check_data(cfg.data)
     if cfg.distill.frozen_teacher:
         check_teacher(cfg.distill.teacher, in_pipeline=False)
+    preflight(cfg.supernet)  # the model's files and the space, before anything is written
     own = storage is None
     storage = storage or RunStorage.open(cfg.output_dir)
     if own:

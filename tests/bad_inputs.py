@@ -1,0 +1,231 @@
+"""The catalogue of bad input lonas-ray must refuse before any cluster work: the cases, and the docs table of them.
+
+Each case builds its inputs in a directory of its own and names the ``lonas-ray`` command line to run there;
+``tests/test_bad_input.py`` runs them all in one interpreter and checks exit 2, the message, no traceback, and
+that nothing in the case's directory was written or changed. ``python tests/bad_inputs.py`` renders
+``docs/bad_input.md`` from the same list (a test fails when the committed file differs).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "jobs" / "configs" / "tiny.yaml"
+SEARCH_TINY = ROOT / "jobs" / "configs" / "search_tiny.yaml"
+DOC = ROOT / "docs" / "bad_input.md"
+
+
+@dataclass(frozen=True)
+class Case:
+    category: str
+    what: str
+    setup: Callable[[Path], list[str]]  # builds the inputs under the directory; returns the lonas-ray argv
+    message: str  # what stderr must contain
+
+
+def config(d: Path, base: Path = TINY, change: Callable[[dict], object] = lambda r: None, text: str | None = None,
+           name: str = "config.yaml") -> Path:
+    """A config file in ``d``: ``base`` changed by ``change``, or ``text`` as it is."""
+    path = d / name
+    if text is None:
+        raw = yaml.safe_load(base.read_text())
+        change(raw)
+        text = yaml.safe_dump(raw)
+    path.write_text(text)
+    return path
+
+
+def run(d: Path, **kw) -> list[str]:
+    return ["run", "--config", str(config(d, **kw)), "--output", str(d / "out")]
+
+
+def search(d: Path, **kw) -> list[str]:
+    return ["search", "--config", str(config(d, base=SEARCH_TINY, **kw)), "--output", str(d / "out")]
+
+
+def data_file(d: Path, text: str, name: str = "data.jsonl") -> str:
+    (d / name).write_text(text)
+    return str(d / name)
+
+
+def with_data(key: str, text: str, name: str = "data.jsonl"):
+    def setup(d: Path) -> list[str]:
+        path = data_file(d, text, name)
+        return run(d, change=lambda r: r["data"].update({key: path}))
+    return setup
+
+
+def model_dir(d: Path, config_json: dict | None, weights: bytes | None = None) -> str:
+    m = d / "model"
+    m.mkdir()
+    if config_json is not None:
+        (m / "config.json").write_text(json.dumps(config_json))
+    if weights is not None:
+        (m / "model.safetensors").write_bytes(weights)
+    return str(m)
+
+
+def with_model(config_json: dict | None, weights: bytes | None = None):
+    def setup(d: Path) -> list[str]:
+        path = model_dir(d, config_json, weights)
+        return run(d, change=lambda r: r["supernet"].update(model={"kind": "local", "path": path}))
+    return setup
+
+
+LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 256,
+         "max_position_embeddings": 128}
+T5 = {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "d_model": 64, "num_heads": 4,
+      "num_layers": 2, "d_ff": 128, "vocab_size": 256}
+# a safetensors header that promises 4 KiB of float32 and a file that stops after 16 bytes of it
+_HEADER = json.dumps({"model.embed_tokens.weight": {"dtype": "F32", "shape": [16, 64],
+                                                   "data_offsets": [0, 4096]}}).encode()
+TRUNCATED = struct.pack("<Q", len(_HEADER)) + _HEADER + b"\0" * 16
+MC = {"input": "q?", "target_scores": {"a": 1, "b": 0}}
+
+
+def existing_output(d: Path, files: dict[str, str]) -> list[str]:
+    out = d / "out"
+    out.mkdir()
+    for rel, text in files.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+    return ["search", "--config", str(config(d, base=SEARCH_TINY)), "--output", str(out)]
+
+
+CFG, MODEL, DATA, STATE, OUTPUT = "config", "model source", "data", "checkpoints and results", "output"
+CASES = [
+    Case(CFG, "YAML syntax error", lambda d: run(d, text="supernet: {model: [tiny\n"), "not valid YAML"),
+    Case(CFG, "a config that is a list, not a mapping", lambda d: run(d, text="- 1\n- 2\n"),
+         "the top level must be a mapping, got list"),
+    Case(CFG, "an empty config file", lambda d: run(d, text=""), "missing required key(s) supernet, data, pools"),
+    Case(CFG, "a misspelt top-level key", lambda d: run(d, change=lambda r: r.update(serach=r.pop("search"))),
+         "unknown key(s) 'serach' (did you mean 'search'?)"),
+    Case(CFG, "a wrong type (budget: ten)", lambda d: run(d, change=lambda r: r["search"].update(budget="ten")),
+         "search.budget must be an integer >= 1 (evaluations per pool), got 'ten'"),
+    Case(CFG, "an out-of-range value (budget: 0)", lambda d: run(d, change=lambda r: r["search"].update(budget=0)),
+         "search.budget must be an integer >= 1 (evaluations per pool), got 0"),
+    Case(CFG, "negative GPUs for a pool", lambda d: run(d, change=lambda r: r["pools"]["cpu_a"].update(gpus=-1)),
+         "pool cpus, gpus and wait_for_nodes_s must be >= 0"),
+    Case(CFG, "zero latency repeats",
+         lambda d: run(d, change=lambda r: r["pools"]["cpu_a"]["latency"].update(repeats=0)),
+         "latency.repeats must be an integer >= 1, got 0"),
+    Case(CFG, "an impossible sub-network (3 of 4 heads breaks GQA)",
+         lambda d: run(d, change=lambda r: r["supernet"]["space"]["heads"].update(choices=[3])),
+         "heads choice 3 for layer 0 breaks GQA"),
+    Case(CFG, "a search that names a pool the config lacks",
+         lambda d: run(d, change=lambda r: r["search"].update(pools=["cpu_a", "gpu_x"])),
+         "search.pools: unknown pool 'gpu_x' (did you mean 'cpu_b'?)"),
+    Case(CFG, "a pool that no node offers (a GPU pool on the embedded Ray)",
+         lambda d: search(d, change=lambda r: r["pools"]["local"].update(gpus=1)),
+         "pool 'local': no live node can run an evaluator"),
+    Case(CFG, "a missing config file", lambda d: ["run", "--config", str(d / "nope.yaml"), "--output", str(d / "out")],
+         "config file not found"),
+    Case(MODEL, "a model directory without config.json", with_model(None), "has no config.json"),
+    Case(MODEL, "a model that is not a causal LM (T5)", with_model(T5),
+         "holds a 't5' model, which is not a causal (decoder) LM"),
+    Case(MODEL, "a model with its weights missing", with_model(LLAMA), "has no *.safetensors weights"),
+    Case(MODEL, "a truncated model.safetensors", with_model(LLAMA, TRUNCATED),
+         "model.safetensors is not a whole safetensors file"),
+    Case(MODEL, "a model.safetensors that is not one", with_model(LLAMA, b"not a safetensors file"),
+         "model.safetensors is not a whole safetensors file"),
+    Case(MODEL, "an unknown model kind", lambda d: run(d, change=lambda r: r["supernet"].update(model={"kind": "hub"})),
+         "model source kind 'hub' is unknown: use one of tiny, smollm2, local"),
+    Case(DATA, "a train file that does not exist",
+         lambda d: run(d, change=lambda r: r["data"].update(train=str(d / "missing.jsonl"))),
+         "data.train file not found"),
+    Case(DATA, "an empty train file", with_data("train", ""), "the file holds no records"),
+    Case(DATA, "a JSONL line that is not JSON", with_data("train", json.dumps(MC) + "\n{not json\n"),
+         "line 2 is not valid JSON"),
+    Case(DATA, "a data file of an unsupported type", with_data("train", "question,answer\n", "data.csv"),
+         "has an unsupported type; use one of .json, .jsonl, .parquet"),
+    Case(DATA, "a record missing a field (no target_scores)", with_data("train", json.dumps({"input": "q?"}) + "\n"),
+         "record 0 (counting from 0) has no 'target_scores' field"),
+    Case(DATA, "an eval record that marks no choice correct",
+         with_data("eval", json.dumps({**MC, "target_scores": {"a": 0, "b": 0}}) + "\n"),
+         "'target_scores' marks no choice correct"),
+    Case(DATA, "an eval record whose scores are not a mapping",
+         with_data("eval", json.dumps({**MC, "target_scores": "a"}) + "\n"),
+         "'target_scores' must map each choice to a score"),
+    Case(DATA, "an unknown shipped task", lambda d: run(d, change=lambda r: r["data"].update(train="shipped:nope")),
+         "'shipped:nope' is not a shipped task"),
+    Case(STATE, "a corrupt results.parquet in the output directory",
+         lambda d: existing_output(d, {"results.parquet": "not parquet"}), "not a readable Parquet results file"),
+    Case(STATE, "a results.parquet of another search space", lambda d: other_space_results(d),
+         "is not from this search space"),
+    Case(STATE, "a supernet_dir that holds no super-network",
+         lambda d: ["search", "--config", str(config(d, base=SEARCH_TINY, change=lambda r: (
+             r.pop("supernet"), r.update(supernet_dir=str(d))))), "--output", str(d / "out")],
+         "is not a lonas-ray super-network directory"),
+    Case(STATE, "a corrupt stages.json of an earlier run",
+         lambda d: ["run", "--config", str(config(d)), "--output", str(_with(d / "out", "stages.json", "{oops"))],
+         "stages.json is not valid JSON"),
+    Case(OUTPUT, "an output directory of a run with another config",
+         lambda d: ["run", "--config", str(config(d)), "--output", str(_with(d / "out", "stages.json", json.dumps(
+             {"train": {"fingerprint": "f0", "finished": 1}})))],
+         "stage 'train' finished in"),
+    Case(OUTPUT, "an output path that is a file",
+         lambda d: ["run", "--config", str(config(d)), "--output", str(_file(d / "out"))],
+         "is a file, not a directory: give a directory"),
+    Case(OUTPUT, "an output directory that cannot be created (its parent is a file)",
+         lambda d: ["run", "--config", str(config(d)), "--output", str(_file(d / "parent") / "out")],
+         "cannot be created:"),
+    Case(OUTPUT, "an output URI of an unknown scheme",
+         lambda d: ["run", "--config", str(config(d)), "--output", "nosuch://bucket/run"],
+         "is not a storage URI pyarrow can open"),
+]
+
+
+def _with(directory: Path, name: str, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text(text)
+    return directory
+
+
+def _file(path: Path) -> Path:
+    path.write_text("a file, not a directory")
+    return path
+
+
+def other_space_results(d: Path) -> list[str]:
+    """An output directory whose results.parquet was written by a search of another space (other dimensions)."""
+    from lonas_ray.search.results import SCHEMA, append_results
+
+    argv = existing_output(d, {})
+    row = {name: None for name in SCHEMA.names}
+    row.update(subnet_id="0123456789ab", config=json.dumps({"rank.0.q_proj": 16}), pool="local", phase="search",
+               quality_metric="mc_accuracy", quality=0.5, timestamp=0.0)
+    append_results(d / "out" / "results.parquet", [row])
+    return argv
+
+
+def render() -> str:
+    """docs/bad_input.md: every case, by kind, with what the error says (the part the tests require)."""
+    lines = ["# Bad input: what lonas-ray refuses, and what it says", "",
+             "Each row is a case of `tests/bad_inputs.py`, run by `tests/test_bad_input.py` (all in one interpreter) "
+             "through `lonas-ray` itself:", "every one exits with status 2 before any cluster work, prints no "
+             "traceback, and leaves its directory as it was (nothing written, nothing overwritten). The message "
+             "column is the part of the error the test requires; the whole error also says how to fix it.",
+             "Rendered by `python tests/bad_inputs.py`; a test fails when this file differs from a fresh render.", ""]
+    n = 0
+    for category in dict.fromkeys(c.category for c in CASES):
+        lines += [f"## {category[0].upper()}{category[1:]}", "", "| # | input | the error says |", "|---|---|---|"]
+        for case in (c for c in CASES if c.category == category):
+            n += 1
+            message = case.message.replace("|", "\\|")
+            lines.append(f"| {n} | {case.what} | `{message}` |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(render())
+    print(f"wrote {DOC} ({len(CASES)} cases)")
