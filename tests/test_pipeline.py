@@ -43,7 +43,7 @@ def run(tmp_path_factory):
     out = tmp / "out"
     head = Head(tmp)
     head.start()
-    seen: dict = {"metrics": set()}
+    seen: dict = {"metrics": set(), "samples": {}}
     try:
         job = head.submit(out, "--stop-after", "train")
         status = head.wait(job)
@@ -65,7 +65,11 @@ def run(tmp_path_factory):
 
         def watch():
             while not stop.is_set():
-                seen["metrics"].update(re.findall(r"^(ray_lonas_\w+)\{", head.scrape(), re.M))
+                scraped = head.scrape()
+                seen["metrics"].update(re.findall(r"^(ray_lonas_\w+)\{", scraped, re.M))
+                for name, tags, value in re.findall(r"^(ray_lonas_\w+)\{([^}]*)\} (\S+)$", scraped, re.M):
+                    key = (name, frozenset(re.findall(r'(\w+)="([^"]*)"', tags)))
+                    seen["samples"][key] = max(float(value), seen["samples"].get(key, float("-inf")))
                 stop.wait(2)
 
         watcher = threading.Thread(target=watch, daemon=True)
@@ -210,6 +214,32 @@ def test_every_exported_model_loads_and_reproduces_the_reported_params_and_quali
 def test_the_custom_metrics_reach_the_nodes_metrics_endpoint(run):
     assert {"ray_lonas_search_evaluations_done", "ray_lonas_search_evaluations_total", "ray_lonas_pareto_size",
             "ray_lonas_search_best_quality", "ray_lonas_pipeline_stage"} <= run["metrics"], run["metrics"]
+
+
+def test_the_custom_metrics_carry_the_runs_figures_and_its_tag(run):
+    """Not only the names: every ``ray_lonas_*`` series is tagged with the run (the output directory's name), each
+    pool's evaluations gauge reached the pool's rows in results.parquet, and the other gauges hold sane values."""
+    samples = run["samples"]
+
+    def peak(name: str, **tags: str) -> float:
+        values = [v for (n, t), v in samples.items() if n == name and tags.items() <= dict(t).items()]
+        assert values, (name, tags, sorted({n for n, _ in samples}))
+        return max(values)
+
+    # Ray's OpenTelemetry recorder also exports each gauge once without the user's tags, at 0 (its registration)
+    untagged = {k: v for k, v in samples.items() if "run" not in dict(k[1])}
+    assert all(v == 0 for v in untagged.values()), untagged
+    tagged = {k: v for k, v in samples.items() if k not in untagged}
+    assert tagged and {dict(t)["run"] for _, t in tagged} == {"out"}
+    samples = tagged
+    rows = read_results(run["out"] / "results.parquet").to_pylist()
+    for pool in ("cpu_a", "cpu_b"):
+        n = len([r for r in rows if r["pool"] == pool])
+        assert peak("ray_lonas_search_evaluations_done", pool=pool) == n
+        assert peak("ray_lonas_search_evaluations_total", pool=pool) >= n
+        assert 1 <= peak("ray_lonas_pareto_size", pool=pool) <= n
+        assert 0 <= peak("ray_lonas_search_best_quality", pool=pool) <= 1
+    assert 4 <= peak("ray_lonas_pipeline_stage") <= 6  # the search done (4 of 6) at least, as the run went on
 
 
 def test_a_changed_training_config_is_refused_before_any_work(run, tmp_path):

@@ -293,9 +293,11 @@ proc.wait(timeout=60)
 runs["resumed"] = run_search(SearchConfig.from_dict(raw), address=cluster.address).evaluated
 keep("resumed")
 
-# pool-b's node lost once pool-b has a row (last: the cluster keeps one pool after it)
+# pool-b's node lost once pool-b has a row (last: the cluster keeps one pool after it); pool-b slow again, so its
+# search is still under way when the node goes
 import threading
 raw["output_dir"] = str(out / "lost")
+raw["pools"]["pool-b"] = {"evaluators": 1, "latency": {**lat, "repeats": 60}}
 lost = out / "lost" / "results.parquet"
 
 
@@ -438,16 +440,17 @@ def test_a_pool_no_node_can_host_fails_naming_it_and_its_wait_leaves_no_placemen
 
 
 def test_a_pool_that_fails_lets_the_others_finish_and_is_named(local_ray, tmp_path):
-    """Pools searched at once: one whose nodes are missing fails at its start, the other's search still runs to its
-    whole budget (its rows kept for a re-run), then the failure is raised with the failed pool's name."""
+    """Pools searched at once: one whose node never comes (waited for, as on an autoscaling cluster, so not refused
+    up front) fails at its start, the other's search still runs to its whole budget (its rows kept for a re-run),
+    then the failure is raised with the failed pool's name."""
     from lonas_ray.search.config import PoolSpec
     from lonas_ray.search.driver import run_search
     from lonas_ray.search.pools import PoolError
 
     cfg = tiny_cfg(tmp_path / "one-fails", strategy="random", budget=3)
-    cfg.pools["gone"] = PoolSpec(resource="pool_gone")  # no node carries it
+    cfg.pools["gone"] = PoolSpec(resource="pool_gone", wait_for_nodes_s=1)  # no node carries it
     cfg.search.pools = ["local", "gone"]
-    with pytest.raises(PoolError, match="pool 'gone': no live node can run an evaluator"):
+    with pytest.raises(PoolError, match="pool 'gone': no live node can run an evaluator .* after waiting 1 s"):
         run_search(cfg)
     assert [r["pool"] for r in rows(tmp_path / "one-fails")] == ["local"] * 3
     assert not (tmp_path / "one-fails" / "pareto.parquet").exists()

@@ -96,7 +96,7 @@ class Pipeline:
         cfg.quality.examples = cfg.quality.final_examples
         space = load_prepared(supernet_dir)[1]
         for pool in cfg.search.pools:
-            evaluate_configs(cfg, pool, space, supernet_dir, out, [space.maximal()])
+            evaluate_configs(cfg, pool, space, supernet_dir, out, [space.maximal()], run=self.storage.name)
 
     def search(self) -> dict:
         from lonas_ray.search.driver import run_search

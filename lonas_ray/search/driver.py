@@ -263,12 +263,12 @@ def _fixed_list(cfg: SearchConfig, pool: str, space: SearchSpace, configs: list)
 
 
 def _run_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path, *, total: int,
-              phase: str, **tune_args) -> int:
+              phase: str, run: str | None = None, **tune_args) -> int:
     """One Tune run on ``pool`` whose rows go to results.parquet; returns how many were written."""
     from lonas_ray.search.progress import SearchProgress
 
     path = out / RESULTS
-    progress = SearchProgress(out.name, pool, total, list(rows_by_pool(path, pool).values()),
+    progress = SearchProgress(run or out.name, pool, total, list(rows_by_pool(path, pool).values()),
                               space.subnet_id(space.maximal()))
     writer = _results_writer(path, pool, phase, progress)
     try:
@@ -327,8 +327,9 @@ def check_pool_runtimes(cfg: SearchConfig) -> None:
 
 
 def evaluate_configs(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path,
-                     configs: list, phase: str = "search") -> int:
-    """Evaluate the given sub-networks on ``pool`` (those not yet in results.parquet); returns how many."""
+                     configs: list, phase: str = "search", run: str | None = None) -> int:
+    """Evaluate the given sub-networks on ``pool`` (those not yet in results.parquet); returns how many. ``run``:
+    the name the gauges are tagged with (default: the output directory's)."""
     known = rows_by_pool(out / RESULTS, pool)
     todo, seen = [], set(known)
     for c in configs:
@@ -338,18 +339,19 @@ def evaluate_configs(cfg: SearchConfig, pool: str, space: SearchSpace, source: P
             todo.append(c)
     if not todo:
         return 0
-    return _run_pool(cfg, pool, space, source, out, total=len(known) + len(todo), phase=phase,
+    return _run_pool(cfg, pool, space, source, out, total=len(known) + len(todo), phase=phase, run=run,
                      **_fixed_list(cfg, pool, space, todo))
 
 
-def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path) -> int:
+def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path,
+                run: str | None = None) -> int:
     """Run the pool's remaining budget; returns the number of new evaluations."""
     from lonas_ray.search.searchers import build_searcher, pool_seed, seed_configs
 
     path = out / RESULTS
     s = cfg.search
     if s.strategy == "heuristic":
-        return evaluate_configs(cfg, pool, space, source, out, seed_configs(space, s.strategy))
+        return evaluate_configs(cfg, pool, space, source, out, seed_configs(space, s.strategy), run=run)
     n = s.budget - len(rows_by_pool(path, pool, "search"))  # cross rows are not the pool's search
     if n <= 0:
         log.info("pool %s: budget of %d already spent (in %s); nothing to evaluate", pool, s.budget, path)
@@ -358,7 +360,8 @@ def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, 
     alg = build_searcher(space, s.strategy, population=s.population, seed=pool_seed(s.seed, pool), known=known,
                          study_name=f"lonas-{pool}", objective=s.objective)
     # the Optuna searcher holds the space, so no param_space
-    return _run_pool(cfg, pool, space, source, out, total=s.budget, phase="search", search_alg=alg, num_samples=n,
+    return _run_pool(cfg, pool, space, source, out, total=s.budget, phase="search", run=run, search_alg=alg,
+                     num_samples=n,
                      param_space=None)
 
 
@@ -385,10 +388,10 @@ def new_board(cfg: SearchConfig, space: SearchSpace, out: Path) -> FrontBoard:
 
 
 def search_and_publish(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path,
-                       board: FrontBoard) -> int:
+                       board: FrontBoard, run: str | None = None) -> int:
     """``pool``'s search, then its front on the board (nothing, when the search failed: the others stop waiting)."""
     try:
-        n = search_pool(cfg, pool, space, source, out)
+        n = search_pool(cfg, pool, space, source, out, run)
     except BaseException:
         board.publish(pool, None)
         raise
@@ -396,7 +399,8 @@ def search_and_publish(cfg: SearchConfig, pool: str, space: SearchSpace, source:
     return n
 
 
-def follow_up(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path, board: FrontBoard) -> int:
+def follow_up(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path, board: FrontBoard,
+              run: str | None = None) -> int:
     """After ``pool``'s search: measure each other pool's front on ``pool`` as soon as it is published
     (cross-evaluation, so every front member has a latency on every pool) and, in between, take sub-networks from
     the shared full-set scoring queue; returns the cross rows written.
@@ -412,7 +416,7 @@ def follow_up(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, ou
         if cross and fresh:
             members = {sid: c for p in fresh for sid, c in fronts[p].items()}
             written += evaluate_configs(cfg, pool, space, source, out, [members[s] for s in sorted(members)],
-                                        phase="cross")
+                                        phase="cross", run=run)
         handled.update(fresh)
         if board.queue is not None and len(board.queue):
             from lonas_ray.search.searchers import QueueSearcher
@@ -494,10 +498,10 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
         board = new_board(cfg, space, out)
 
         def searched(pool: str) -> int:
-            return search_and_publish(cfg, pool, space, source, out, board)
+            return search_and_publish(cfg, pool, space, source, out, board, storage.name)
 
         def followed(pool: str) -> int:
-            return follow_up(cfg, pool, space, source, out, board)
+            return follow_up(cfg, pool, space, source, out, board, storage.name)
 
         pools = cfg.search.pools
         if cfg.search.concurrent_pools:  # each pool follows up on its own as soon as its search is done
