@@ -64,12 +64,26 @@ def rss_mb(pids) -> float:
     return round(total / 2**20, 1)
 
 
+# an evaluator's process title: the trainable's name while idle, Tune's resource wrapper's while it evaluates
+TRAINABLE_TITLES = ("SubnetTrainable", "ResourceTrainable")
+
+
 def evaluator_pids() -> list[int]:
     """Tune's trainable actors on this machine (their process titles name the trainable)."""
     import psutil
 
-    return [p.pid for p in psutil.process_iter(["name", "cmdline"])
-            if "SubnetTrainable" in (p.info["name"] or "") + " ".join(p.info["cmdline"] or [])]
+    return [p.pid for p in psutil.process_iter(["name", "cmdline"]) if any(
+        t in (p.info["name"] or "") + " ".join(p.info["cmdline"] or []) for t in TRAINABLE_TITLES)]
+
+
+def ray_process_names() -> dict[str, int]:
+    """How many processes of each Ray title run (what the evaluators are called, should the match above miss)."""
+    import collections
+
+    import psutil
+
+    names = (" ".join(p.info["cmdline"] or [])[:40] for p in psutil.process_iter(["cmdline"]))
+    return dict(collections.Counter(n for n in names if n.startswith("ray::")))
 
 
 def rows(path: Path) -> int:
@@ -82,15 +96,17 @@ def rows(path: Path) -> int:
 
 
 def append_ms(results: Path, n: int, work: Path, repeats: int = 20) -> float | None:
-    """Median ms of appending one row to a copy of ``results`` cut to its first ``n`` rows."""
+    """Median ms of appending one row to a copy of ``results`` cut to its first ``n`` rows (the rows appended are
+    copies of its first ones under new ids)."""
     import pyarrow.parquet as pq
 
     from lonas_ray.search.results import append_results
 
     table = pq.read_table(results)
-    if table.num_rows < n + repeats:
+    if table.num_rows < n:
         return None
-    cut, extra = table.slice(0, n), table.slice(n, repeats).to_pylist()
+    cut = table.slice(0, n)
+    extra = [dict(r, subnet_id=f"appended{i:04d}") for i, r in enumerate(table.slice(0, repeats).to_pylist())]
     times = []
     for row in extra:
         path = work / "append.parquet"
@@ -106,7 +122,7 @@ def main() -> None:
     p.add_argument("--evaluations", type=int, default=1000)
     p.add_argument("--evaluators", type=int, default=2)
     p.add_argument("--marks", type=int, nargs="+", default=[100, 1000])
-    p.add_argument("--every", type=float, default=2.0, help="seconds between memory samples")
+    p.add_argument("--every", type=float, default=0.5, help="seconds between memory samples")
     p.add_argument("--workdir", default="out/bench_load")
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -130,12 +146,17 @@ def main() -> None:
 
     stop, t0 = threading.Event(), time.monotonic()
 
+    seen: set[int] = set()  # every evaluator process seen so far (a title changes as an actor works)
+
     def sample() -> None:
+        import psutil
+
         while not stop.wait(args.every):
-            evaluators = evaluator_pids()
+            seen.update(evaluator_pids())
+            evaluators = [pid for pid in seen if psutil.pid_exists(pid)]
             result["samples"].append({"s": round(time.monotonic() - t0, 1), "rows": rows(out / "results.parquet"),
                                       "driver_mb": rss_mb([os.getpid()]), "evaluators": len(evaluators),
-                                      "evaluators_mb": rss_mb(evaluators)})
+                                      "evaluators_mb": rss_mb(evaluators), "ray": ray_process_names()})
             save()
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -146,6 +167,7 @@ def main() -> None:
                         "rows": rows(out / "results.parquet")}
     stop.set()
     sampler.join()
+    result["search"]["evaluator_processes_seen"] = len(seen)  # more than evaluators: Tune replaced actors
     live = [s for s in result["samples"] if s["evaluators"]]
     result["at"] = {str(m): min(live, key=lambda s: abs(s["rows"] - m)) if live else None for m in args.marks}
     result["append_ms"] = {str(m): append_ms(out / "results.parquet", m, scratch) for m in args.marks}
