@@ -1,10 +1,10 @@
-"""Shared helpers: tiny random-init models of each supported family, random adapters, logit comparisons."""
+"""The suite's environment and fixtures: Ray kept on loopback and away from any cluster the environment names, a
+module that leaves Ray running fails, vLLM's environment built once. Helpers tests import live in ``helpers.py``."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,12 +15,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.pop("RAY_ADDRESS", None)
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
 
-from lonas_ray.model_source import tiny_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -53,50 +49,6 @@ def leaves_no_ray_running(request):
     if left:
         pytest.fail(f"{request.module.__name__} left Ray running: " + "; ".join(left) +
                     ". Stop what a test starts: ray.shutdown(), Cluster.shutdown(), helpers.Head.stop().")
-
-def tiny_model(family: str = "llama", seed: int = 0, **overrides):
-    """A seeded random-init fp32 model of ``family`` in eval mode; ``overrides`` replace config fields.
-
-    The config is the project's own tiny one: hidden 64, 4 layers, 4 query heads sharing 2 key/value
-    heads of size 16, MLP 128, vocab 256, untied embeddings (mistral without a sliding window).
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides), dtype=torch.float32)
-    return model.eval()
-
-
-def randomize_adapters(supernet, std: float = 0.1, seed: int = 0) -> None:
-    """Fill every lora_A / lora_B with N(0, std) so the adapters change the output."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in supernet.adapter_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
-def input_ids(batch: int = 2, length: int = 12, seed: int = 0, vocab: int = 256) -> torch.Tensor:
-    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def logits_of(model, ids: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=ids).logits.float()
-
-
-def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    """max |got - ref| / max |ref|."""
-    return float((got - ref).abs().max() / ref.abs().max())
-
-
-def run_python(code: str, timeout: int = 300, **env) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter (offline, repository root on the path); fail with its stderr."""
-    full_env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                    PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **env)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
 
 @pytest.fixture(scope="session")
 def vllm_python(tmp_path_factory) -> Path:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 SUBNETS = ("heuristic", "between", "minimal")
 VARIANTS = ("base", "supernet.maximal", *(f"{kind}.{n}" for n in SUBNETS for kind in ("supernet", "extracted")))

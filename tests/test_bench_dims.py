@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers import ROOT
 from lonas_ray.shape import ModelShape
 from lonas_ray.space import SearchSpace, SpaceSpec
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 SUBNETS = ("full", "mlp_0.75", "mlp_0.5", "heads_0.75", "heads_0.5", "depth_-1/8", "depth_-1/4",
            "mlp_0.75+heads_0.75+depth_-1/8", "mlp_0.5+heads_0.5+depth_-1/4")

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from lonas_ray.build import SupernetSpec, build_supernet, save_prepared
 from lonas_ray.config_io import from_dict
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_model
+from helpers import tiny_model
 from lonas_ray.config_io import ConfigError
 from lonas_ray.elastic.block_influence import block_influence, least_influential
 from lonas_ray.elastic.supernet import SuperNetwork
@@ -88,7 +88,7 @@ def test_the_block_influence_job_writes_every_blocks_score_and_the_order_depth_a
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     out = tmp_path / "bi.json"
     proc = subprocess.run([sys.executable, "jobs/block_influence.py", "--model", "tiny", "--examples", "4",

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import lonas_ray  # noqa: F401  (per-layer exports)
-from conftest import ROOT
+from helpers import ROOT
 
 pytestmark = pytest.mark.timeout(900)
 

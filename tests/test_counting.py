@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM
 
 import lonas_ray  # noqa: F401  (registers the lonas_<family> Auto classes)
-from conftest import input_ids, randomize_adapters, tiny_model
+from helpers import input_ids, randomize_adapters, tiny_model
 from lonas_ray.counting import count_model, count_subnet
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.merge.extract import extract

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_model
+from helpers import tiny_model
 from lonas_ray.crosscheck import cross_check, lm_eval_hits, write_task
 from lonas_ray.data.byte_tokenizer import byte_tokenizer
 from lonas_ray.data.load import load_examples

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import randomize_adapters, tiny_model
+from helpers import randomize_adapters, tiny_model
 from lonas_ray.config_io import ConfigError
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.space import SpaceSpec

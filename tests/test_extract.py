@@ -8,7 +8,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 import lonas_ray  # noqa: F401  (registers the lonas_<family> Auto classes)
-from conftest import input_ids, logits_of, randomize_adapters, rel_err, run_python, tiny_model
+from helpers import input_ids, logits_of, randomize_adapters, rel_err, run_python, tiny_model
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.merge.extract import extract
 from lonas_ray.merge.save import MANIFEST, save_subnetwork

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers import ROOT
 from lonas_ray import grafana
 from lonas_ray.metrics import GAUGES
 

@@ -13,7 +13,7 @@ import torch
 from transformers import LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
-from conftest import input_ids, randomize_adapters, tiny_model
+from helpers import input_ids, randomize_adapters, tiny_model
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.hf_compat import (
     NEW,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import input_ids, logits_of, randomize_adapters, tiny_model
+from helpers import input_ids, logits_of, randomize_adapters, tiny_model
 from lonas_ray.elastic.importance import Importance, reorder, score
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.space import SpaceSpec

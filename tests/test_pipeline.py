@@ -22,8 +22,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT
-from helpers import ENV, TINY, Head
+from helpers import ENV, ROOT, TINY, Head
 from lonas_ray.search.results import SCHEMA, read_results
 
 pytestmark = pytest.mark.timeout(900)

@@ -7,8 +7,7 @@ import json
 import pytest
 import yaml
 
-from conftest import ROOT
-from helpers import lonas_cli_batch
+from helpers import ROOT, lonas_cli_batch
 from lonas_ray.config_io import ConfigError
 from lonas_ray.pipeline.config import PipelineConfig
 from lonas_ray.pipeline.figures import compare, fine_tuning_verdict, select_models

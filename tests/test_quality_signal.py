@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_search_quality_latency import CUTOFF, MC_EXAMPLES, bos_tokenizer, choice_logprob, hand_prefix, mc_dataset
 
-from conftest import tiny_model
+from helpers import tiny_model
 from lonas_ray.data.byte_tokenizer import byte_tokenizer
 from lonas_ray.search.quality import (
     EXACT_METRIC,

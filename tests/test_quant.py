@@ -7,7 +7,7 @@ import torch
 from test_sparsity import base_weight, spec
 from transformers import AutoModelForCausalLM
 
-from conftest import input_ids, logits_of, randomize_adapters, rel_err, run_python
+from helpers import input_ids, logits_of, randomize_adapters, rel_err, run_python
 from lonas_ray.build import build_supernet
 from lonas_ray.compress.apply import block_linears
 from lonas_ray.compress.quant import dequantize, fake_quant, quantize, rtn_scales, scale_of

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from conftest import randomize_adapters, tiny_model
+from helpers import randomize_adapters, tiny_model
 from lonas_ray.data.byte_tokenizer import byte_tokenizer
 from lonas_ray.data.spec import DataSpec
 from lonas_ray.data.tokenize import build_train_dataset

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import ROOT, randomize_adapters, run_python
+from helpers import ROOT, randomize_adapters, run_python
 from lonas_ray.build import load_prepared, prepare_once, restore_supernet
 from lonas_ray.config_io import from_dict, to_dict
 from lonas_ray.search.config import SearchConfig

@@ -18,7 +18,7 @@ import torch
 from tokenizers import processors
 
 import lonas_ray  # noqa: F401  (registers the lonas_<family> Auto classes)
-from conftest import input_ids, randomize_adapters, tiny_model
+from helpers import input_ids, randomize_adapters, tiny_model
 from lonas_ray.data.byte_tokenizer import byte_tokenizer
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.merge.extract import extract

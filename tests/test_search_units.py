@@ -16,7 +16,7 @@ import pytest
 import yaml
 from ray.tune.search import Searcher
 
-from conftest import ROOT
+from helpers import ROOT
 from lonas_ray.config_io import ConfigError
 from lonas_ray.model_source import tiny_config
 from lonas_ray.search.config import LatencySpec, PoolSpec, SearchConfig

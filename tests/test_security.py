@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_python
-from helpers import ROOT
+from helpers import ROOT, run_python
 
 SOURCES = sorted([*(ROOT / "lonas_ray").rglob("*.py"), *(ROOT / "jobs").glob("*.py")])
 # The one pickle read, and why it is allowed: Ray Tune's own experiment checkpoint format (Searcher.save/restore),

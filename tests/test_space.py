@@ -7,7 +7,7 @@ import random
 import pytest
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from conftest import run_python, tiny_model
+from helpers import run_python, tiny_model
 from lonas_ray.config_io import ConfigError
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.families import UnsupportedModelError

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from conftest import input_ids, logits_of, randomize_adapters, rel_err
+from helpers import input_ids, logits_of, randomize_adapters, rel_err
 from lonas_ray.build import SupernetSpec, build_supernet, load_prepared, restore_supernet, save_prepared
 from lonas_ray.compress.apply import block_linears
 from lonas_ray.compress.sparsity import n_m_mask, prune_mask, prune_scores, unstructured_mask

@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from conftest import input_ids, logits_of, randomize_adapters, tiny_model
+from helpers import input_ids, logits_of, randomize_adapters, tiny_model
 from lonas_ray.elastic.linear import ElasticLinear
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.hf_compat import output_cache, with_cache

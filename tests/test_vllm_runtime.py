@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers import ROOT
 from lonas_ray.config_io import ConfigError
 from lonas_ray.search.config import SearchConfig
 from lonas_ray.search.results import read_results

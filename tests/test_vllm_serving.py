@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 from lonas_ray.build import SupernetSpec, build_supernet
 from lonas_ray.config_io import from_dict
 from lonas_ray.merge.save import save_subnetwork

@@ -184,7 +184,7 @@ def _results_writer(path: Path, pool: str, phase: str, progress=None):
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             row = json.loads(result["row_json"])
-            row = {k: row.get(k, phase) if k == "phase" else row[k] for k in SCHEMA.names}
+            row = {k: phase if k == "phase" else row[k] for k in SCHEMA.names}  # the driver knows the phase
             _append_row(path, pool, row)
             self.written += 1
             if progress is not None:
