@@ -137,6 +137,13 @@ def _grafana_dashboard(args) -> int:
     return 0
 
 
+def _config_reference(args) -> int:
+    from lonas_ray.config_docs import render
+
+    print(render(), end="")
+    return 0
+
+
 COMMANDS = {
     "export": (_export, "build the super-network and export chosen sub-networks as verified HF models"),
     "space": (_space, "build the super-network and describe its search space"),
@@ -144,6 +151,8 @@ COMMANDS = {
     "search": (_search, "evaluate sub-networks on hardware pools with Ray Tune; write results and the Pareto set"),
     "run": (_run, "the whole pipeline: train, baseline, search, merge/export, report (resumable)"),
     "grafana-dashboard": (_grafana_dashboard, "write the Grafana dashboard of lonas-ray's ray_lonas_* metrics"),
+    "config-reference": (_config_reference, "print every config key with its type, default and meaning (Markdown; "
+                                            "docs/configuration.md)"),
 }
 
 
@@ -155,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text)
         if name == "grafana-dashboard":
             p.add_argument("--out", help="JSON file to write (default: standard output)")
+            continue
+        if name == "config-reference":
             continue
         p.add_argument("--config", required=name != "run",
                        help="YAML config file" + (f" (default: {QUICKSTART})" if name == "run" else ""))

@@ -110,3 +110,19 @@ def test_quickstart_on_smollm2(tmp_path):
         arch = reader.get_field("general.architecture").contents()
         assert arch == ("llama" if row["architecture"] == "LlamaForCausalLM" else "deci"), row
     assert rows["minimal"]["architecture"] == "LonasLlamaForCausalLM"  # EFTNAS widths differ per layer
+
+
+def test_the_configuration_reference_is_rendered_from_the_configs_and_current():
+    """`lonas-ray config-reference` prints every key of the pipeline config with its help text, and the
+    committed docs/configuration.md is exactly that output."""
+    from lonas_ray.config_docs import render, rows
+    from lonas_ray.pipeline.config import PipelineConfig
+
+    proc = lonas("config-reference")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == render() == (ROOT / "docs" / "configuration.md").read_text(), \
+        "docs/configuration.md is stale: run `lonas-ray config-reference > docs/configuration.md`"
+    keys = {key: help_text for key, _, _, help_text in rows(PipelineConfig)}
+    assert all(h.strip() for h in keys.values()), [k for k, h in keys.items() if not h.strip()]  # help everywhere
+    for key in ("search.budget", "pools.<name>.latency.repeats", "export.recover_steps", "supernet.model.kind"):
+        assert keys.get(key), key  # present, with its help
