@@ -4,7 +4,7 @@
 ``y_i`` its output (ShortGPT, arXiv 2403.03853; Minitron ranks depth the same way). A block
 whose output is nearly its input adds little, so skipping it costs little: ``depth.auto: N``
 makes the N least influential blocks skippable. Depth is the axis that buys real latency in
-eager and static-cache decoding (fewer blocks, fewer kernel launches: README "Benchmarks").
+eager and static-cache decoding (fewer blocks, fewer kernel launches: docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -102,7 +102,8 @@ class PipelineConfig(YamlConfig):
     supernet: SupernetSpec = help_field(help="model, search space, importance reordering")
     data: DataSpec = help_field(help="training data (data.train) and held-out evaluation data (data.eval)")
     pools: dict[str, PoolSpec] = help_field(help="hardware pools by name (see the search stage)")
-    output_dir: str = help_field("out/pipeline", help="where every stage writes (see README: output contract)")
+    output_dir: str = help_field("out/pipeline",
+                                 help="where every stage writes (every file: the output contract in docs/pipeline.md)")
     train: TrainSettings = help_field(default_factory=TrainSettings, help="super-adapter training")
     baseline: BaselineSpec = help_field(default_factory=BaselineSpec, help="the plain-LoRA baseline")
     zero_shot: ZeroShotSpec = help_field(default_factory=ZeroShotSpec, help="the base model, not fine-tuned")

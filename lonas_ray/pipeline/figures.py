@@ -170,7 +170,7 @@ def fine_tuning_verdict(zero_shot: Mapping[str, Any] | None, trained: Sequence[M
     else:
         text = (f"Smoke run: no fine-tuned model beats {base} beyond the 95 % intervals, so this run shows that the "
                 "pipeline works, not that its models are worth deploying. A real run trains for a few epochs "
-                "(train.optim.steps, baseline.steps), on a task where fine-tuning matters (README: Tasks), and "
+                "(train.optim.steps, baseline.steps), on a task where fine-tuning matters (README: Data), and "
                 "scores more examples (quality.final_examples).")
     if worse:
         text += f" {len(worse)} model(s) are worse than the untouched base model beyond noise: {', '.join(worse)}."
@@ -200,7 +200,7 @@ def deployment_verdict(baseline: Mapping[str, Any] | None, models: Sequence[Mapp
     worthy = [c for c in compressed if c[1] >= MIN_KEPT - eps and c[2] >= MIN_SPEEDUP - eps]
     goal = f"at least {MIN_KEPT:.0%} of plain LoRA's quality at {MIN_SPEEDUP:.1f}x its latency"
     what_helps = ("Train longer, use a narrower space, or rank after recovery (export.select: targets with "
-                  "export.recover_steps): README, Benchmarks.")
+                  "export.recover_steps): docs/benchmarks.md.")
     if worthy:
         m, kept, speedup, pool = max(worthy, key=lambda c: c[2])
         text = (f"Worth deploying: {len(worthy)} compressed model(s) keep {goal}; the fastest, "

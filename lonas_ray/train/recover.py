@@ -1,7 +1,7 @@
 """Recovery fine-tune: a few more steps of one chosen sub-network's adapter before it is merged.
 
 LoNAS reports that extracted sub-networks can be tuned further; measured here on
-3-digit addition (README, "Benchmarks"), 100 such steps lift a sub-network at 95 %
+3-digit addition (docs/benchmarks.md), 100 such steps lift a sub-network at 95 %
 of the params from 0.636 to 0.853 exact match. The shared super-adapter is the
 start; only that sub-network is active, so the update is what it alone needs. It
 runs on one process (a merge task), plain AdamW with a linear warm-up over the
