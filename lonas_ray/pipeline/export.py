@@ -187,6 +187,10 @@ def recovered_as(model_dir: Path, recover: dict | None) -> bool:
         return False
 
 
+class ExportError(RuntimeError):
+    """Some merges failed; the message names each model and why."""
+
+
 def export_models(jobs: dict[str, tuple[Path, dict]], storage: RunStorage, target: str, spec: ExportSpec,
                   judge: dict | None = None, recover: dict | None = None,
                   recover_names: set[str] = frozenset(), gguf: dict | None = None) -> dict[str, dict[str, Any]]:
@@ -195,6 +199,11 @@ def export_models(jobs: dict[str, tuple[Path, dict]], storage: RunStorage, targe
     ``gguf``: ``save_subnetwork``'s GGUF options (``PipelineConfig.gguf_options``), or None for no GGUF.
 
     The models in ``recover_names`` get the recovery fine-tune ``recover`` before their merge.
+
+    A merge that fails (its task raises, or its worker dies) does not stop the others: every task runs to its
+    end, then ``ExportError`` names the failed models. A model directory counts as exported only once its
+    manifest is written last (``already_exported``), so a failed one never looks whole, and a re-run does only
+    what is missing.
     """
     import ray
     from tqdm.auto import tqdm
@@ -218,12 +227,22 @@ def export_models(jobs: dict[str, tuple[Path, dict]], storage: RunStorage, targe
             teacher_ref = ray.put(read_tree(Path(distill["teacher"]), recursive=False))
         pending[task.remote(files_ref[supernet_dir], config, spec.with_adapter, dest, judge, own_recovery,
                             teacher_ref if own_recovery else None, gguf)] = name
+    failed: dict[str, str] = {}
     with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="merge + export", unit="model") as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             name = pending.pop(done[0])
-            files = ray.get(done[0])
-            if files:  # else the task put it in place itself
-                write_tree(files, root / name)
+            try:
+                files = ray.get(done[0])
+            except ray.exceptions.RayError as exc:  # the others still run; named below
+                failed[name] = str(getattr(exc, "cause", None) or exc).strip().splitlines()[-1]
+                log.error("export of %s failed: %s", name, failed[name])
+            else:
+                if files:  # else the task put it in place itself
+                    write_tree(files, root / name)
             bar.update(1)
+    if failed:
+        raise ExportError(f"{len(failed)} of {len(jobs)} exports failed: "
+                          + "; ".join(f"{name}: {why}" for name, why in failed.items())
+                          + f"; the other models are in {target}/, and a re-run exports only what is missing")
     return {name: json.loads((root / name / MANIFEST).read_text()) for name in jobs}
