@@ -248,10 +248,15 @@ def save_prepared(built: Built, spec: SupernetSpec, out_dir: str | Path) -> Path
     return out_dir
 
 
+def missing_prepared(directory: str | Path) -> list[str]:
+    """The files of a prepared super-network directory that ``directory`` lacks (none: it is one)."""
+    return [f for f in PREPARED_FILES if not (Path(directory) / f).is_file()]
+
+
 def load_prepared(directory: str | Path) -> Prepared:
     """Read a directory written by ``save_prepared`` (a checkpoint holds the same files)."""
     directory = Path(directory)
-    missing = [f for f in PREPARED_FILES if not (directory / f).is_file()]
+    missing = missing_prepared(directory)
     if missing:
         raise FileNotFoundError(f"{directory} is not a lonas-ray super-network directory: missing {missing}")
     spec = from_dict(SupernetSpec, json.loads((directory / "supernet_spec.json").read_text()), where=str(directory))
@@ -287,7 +292,7 @@ def prepare_once(spec: SupernetSpec, prepared: str | Path, data: DataSpec | None
     even where scoring is not bit-reproducible (GPU kernels).
     """
     prepared = Path(prepared)
-    if all((prepared / f).is_file() for f in PREPARED_FILES):
+    if not missing_prepared(prepared):
         log.info("reusing the prepared super-network in %s", prepared)
         return prepared
     with atomic_dir(prepared) as partial:

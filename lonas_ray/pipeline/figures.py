@@ -21,7 +21,7 @@ from lonas_ray.merge.save import MANIFEST
 from lonas_ray.pipeline.config import BASELINE_DIR as BASELINE
 from lonas_ray.pipeline.export import RECOVERY
 from lonas_ray.pipeline.ranking import RANKING
-from lonas_ray.search.driver import FINAL, RESULTS, SUMMARY, rows_by_pool
+from lonas_ray.search.driver import FINAL, RESULTS, SUMMARY, read_finals, rows_by_pool
 from lonas_ray.search.metric import accuracy_interval
 
 ZERO_SHOT = "zero_shot"
@@ -228,7 +228,7 @@ def compression(out: Path, chosen: Mapping[str, dict]) -> dict | None:
 def collect(out: Path, pools: Sequence[str], chosen: Mapping[str, dict], *, stages: Mapping[str, Any] = ()) -> dict:
     """Everything report.md, the model cards and summary.json show."""
     rows = {pool: rows_by_pool(out / RESULTS, pool) for pool in pools}
-    finals = json.loads((out / FINAL).read_text()) if (out / FINAL).exists() else {}
+    finals = read_finals(out / FINAL)
     search = json.loads((out / SUMMARY).read_text())
     compressed = compression(out, chosen)
     on_base = ", on the same compressed base" if compressed else ""

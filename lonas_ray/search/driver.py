@@ -163,9 +163,14 @@ def _append_row(path: Path, pool: str, row: dict) -> None:
     CLOCK.add(pool, row["eval_s"])
 
 
+def read_finals(path: Path) -> dict[str, dict]:
+    """final_quality.json: full-set figures by subnet id ({} before any)."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _record_final(path: Path, pool: str, row: dict) -> None:
     with _WRITE:
-        finals = json.loads(path.read_text()) if path.exists() else {}
+        finals = read_finals(path)
         finals[row["subnet_id"]] = {"quality": row["quality"], "loss": row["loss"], "task_loss": row["task_loss"],
                                     "examples": row["eval_examples"], "metric": row["quality_metric"],
                                     "pool": pool, "timestamp": row["timestamp"]}
@@ -301,9 +306,9 @@ def check_pools_now(cfg: SearchConfig) -> None:
 
 def check_supernet_dir(directory: Path) -> None:
     """``ConfigError`` when ``supernet_dir`` is not a super-network directory lonas-ray wrote."""
-    from lonas_ray.build import PREPARED_FILES
+    from lonas_ray.build import missing_prepared
 
-    missing = [f for f in PREPARED_FILES if not (directory / f).is_file()]
+    missing = missing_prepared(directory)
     if missing:
         raise ConfigError(f"supernet_dir {directory} is not a lonas-ray super-network directory: missing {missing}; "
                           "point it at the supernet/ directory `lonas-ray train` wrote")
@@ -381,7 +386,7 @@ def final_scoring(cfg: SearchConfig) -> bool:
 
 def new_board(cfg: SearchConfig, space: SearchSpace, out: Path) -> FrontBoard:
     """The board the pools publish their fronts on; maximal and the unscored front members queued for scoring."""
-    scored = json.loads((out / FINAL).read_text()) if (out / FINAL).exists() else {}
+    scored = read_finals(out / FINAL)
     maximal = space.maximal()
     return FrontBoard(cfg.search.pools, score=final_scoring(cfg), scored=scored,
                       maximal=(space.subnet_id(maximal), maximal))
@@ -510,7 +515,7 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
             result.evaluated = each_pool(pools, searched, concurrent=False)
             for pool, n in each_pool(pools, followed, concurrent=False).items():
                 result.evaluated[pool] += n
-        finals = json.loads((out / FINAL).read_text()) if final_scoring(cfg) and (out / FINAL).exists() else {}
+        finals = read_finals(out / FINAL) if final_scoring(cfg) else {}
         pools = write_pareto(cfg, space, out, finals)
         result.summary = {"config": to_dict(cfg), "strategy": cfg.search.strategy, "space_size": space.size(),
                           "maximal": space.subnet_id(space.maximal()), "new_evaluations": result.evaluated,
