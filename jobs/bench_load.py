@@ -10,8 +10,9 @@ random search, 8 quality examples, a 2-token latency request):
   summed RSS of the evaluator processes (Tune's trainable actors);
 * ``at``: the sample nearest each of ``--marks`` rows (100 and 1,000 by default): memory there, so "flat" is a
   comparison of two numbers;
-* ``append_ms``: the median time of appending one row to a copy of the results file cut to each mark (the driver
-  rewrites the file atomically on every append: this says what that costs as the file grows);
+* ``append_ms``: the median time of appending one row to a table of each mark's size, appended one row at a time as
+  the driver does (each append writes one part: it should not grow with the table); ``rewrite_ms`` beside it, the
+  same with the table one file read and written again on each append (what appends did before parts);
 * ``resume``: the same search run again on the finished output: new evaluations (must be 0) and its wall time.
 
 A run that is stopped can be continued with the same ``--out`` and output directory: the search resumes from its
@@ -42,30 +43,35 @@ prefer_loopback()
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def config(out: Path, evaluations: int, evaluators: int) -> dict:
+def config(out: Path, evaluations: int, evaluators: int, trials_per_run: int | None = None) -> dict:
     raw = yaml.safe_load((ROOT / "jobs/configs/search_tiny.yaml").read_text())
     raw["output_dir"] = str(out)
     raw["pools"]["local"].update(evaluators=evaluators)
     raw["pools"]["local"]["latency"].update(batch_size=1, prompt_len=8, new_tokens=2, warmup=0, repeats=1)
     raw["search"] = {"strategy": "random", "budget": evaluations, "seed": 0}
+    if trials_per_run is not None:
+        raw["search"]["trials_per_run"] = trials_per_run
     raw["quality"] = {"examples": 8, "final_examples": 8, "batch_size": 8}  # no final scoring: the search alone
     return raw
 
 
-def rss_mb(pids) -> float:
+def rss_mb(pids) -> tuple[float, int]:
+    """Summed resident memory of the processes that are alive when read, and how many were."""
     import psutil
 
-    total = 0
+    total, alive = 0, 0
     for pid in pids:
         try:
-            total += psutil.Process(pid).memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return round(total / 2**20, 1)
+            rss = psutil.Process(pid).memory_info().rss
+        except psutil.NoSuchProcess:  # an evaluator whose Tune run ended between listing and reading
+            continue
+        if rss:  # an exited process not yet reaped (a zombie) reads as 0
+            total, alive = total + rss, alive + 1
+    return round(total / 2**20, 1), alive
 
 
 # an evaluator's process title: the trainable's name while idle, Tune's resource wrapper's while it evaluates
-TRAINABLE_TITLES = ("SubnetTrainable", "ResourceTrainable")
+TRAINABLE_TITLES = ("SubnetTrainable", "ResourceTrainable")  # (tests/test_search.py kills one by these too)
 
 
 def evaluator_pids() -> list[int]:
@@ -86,33 +92,64 @@ def ray_process_names() -> dict[str, int]:
     return dict(collections.Counter(n for n in names if n.startswith("ray::")))
 
 
+_PART_ROWS: dict[str, int] = {}  # a part never changes once written: its row count read once
+
+
 def rows(path: Path) -> int:
+    """Rows in the results table (a directory of parts; a one-file table from before), from the parts' footers."""
     import pyarrow.parquet as pq
 
-    try:
-        return pq.read_metadata(path).num_rows
-    except (OSError, ValueError):  # not written yet, or being replaced
-        return 0
+    parts = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
+    total = 0
+    for part in parts:
+        try:
+            if str(part) not in _PART_ROWS or not path.is_dir():
+                _PART_ROWS[str(part)] = pq.read_metadata(part).num_rows
+            total += _PART_ROWS[str(part)]
+        except (OSError, ValueError):  # not written yet, or compacted away
+            pass
+    return total
 
 
 def append_ms(results: Path, n: int, work: Path, repeats: int = 20) -> float | None:
-    """Median ms of appending one row to a copy of ``results`` cut to its first ``n`` rows (the rows appended are
-    copies of its first ones under new ids)."""
-    import pyarrow.parquet as pq
+    """Median ms of appending one row to a table of ``n`` rows that this process appended one by one, as the
+    search driver does (the rows appended are copies of its first ones under new ids)."""
+    from lonas_ray.search.results import append_results, read_results
 
-    from lonas_ray.search.results import append_results
-
-    table = pq.read_table(results)
+    table = read_results(results)
     if table.num_rows < n:
         return None
-    cut = table.slice(0, n)
-    extra = [dict(r, subnet_id=f"appended{i:04d}") for i, r in enumerate(table.slice(0, repeats).to_pylist())]
-    times = []
-    for row in extra:
-        path = work / "append.parquet"
-        pq.write_table(cut, path)
-        t0 = time.perf_counter()
+    path = work / f"append-{n}.parquet"
+    shutil.rmtree(path, ignore_errors=True)
+    for row in table.slice(0, n).to_pylist():
         append_results(path, [row])
+    times = []
+    for i, row in enumerate(table.slice(0, repeats).to_pylist()):
+        t0 = time.perf_counter()
+        append_results(path, [dict(row, subnet_id=f"appended{i:04d}")])
+        times.append((time.perf_counter() - t0) * 1000)
+    return round(statistics.median(times), 2)
+
+
+def rewrite_ms(results: Path, n: int, work: Path, repeats: int = 20) -> float | None:
+    """The alternative an append replaced, side by side: median ms of adding one row to a one-file table of ``n``
+    rows by reading it, adding the row and writing the file again atomically (what appends did before parts)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lonas_ray.atomic import atomic_file, read_parquet
+    from lonas_ray.search.results import read_results
+
+    table = read_results(results)
+    if table.num_rows < n:
+        return None
+    path, times = work / f"rewrite-{n}.parquet", []
+    for i, row in enumerate(table.slice(0, repeats).to_pylist()):
+        pq.write_table(table.slice(0, n), path)
+        t0 = time.perf_counter()
+        new = pa.Table.from_pylist([dict(row, subnet_id=f"appended{i:04d}")], schema=table.schema)
+        with atomic_file(path) as tmp:
+            pq.write_table(pa.concat_tables([read_parquet(path), new]), tmp)
         times.append((time.perf_counter() - t0) * 1000)
     return round(statistics.median(times), 2)
 
@@ -123,6 +160,8 @@ def main() -> None:
     p.add_argument("--evaluators", type=int, default=2)
     p.add_argument("--marks", type=int, nargs="+", default=[100, 1000])
     p.add_argument("--every", type=float, default=0.5, help="seconds between memory samples")
+    p.add_argument("--trials-per-run", type=int, default=None,
+                   help="search.trials_per_run (default: the config's); the evaluations: one Tune run for all")
     p.add_argument("--workdir", default="out/bench_load")
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -133,10 +172,11 @@ def main() -> None:
     work = Path(args.workdir).resolve()
     out, scratch = work / "search", work / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
-    cfg = SearchConfig.from_dict(config(out, args.evaluations, args.evaluators))
+    raw = config(out, args.evaluations, args.evaluators, args.trials_per_run)
+    cfg = SearchConfig.from_dict(raw)
     path = Path(args.out)
     result = json.loads(path.read_text()) if path.exists() else {}
-    result.update(config=config(out, args.evaluations, args.evaluators), evaluations=args.evaluations,
+    result.update(config=raw, evaluations=args.evaluations, trials_per_run=cfg.search.trials_per_run,
                   machine={"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
                   date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv))
     result.setdefault("samples", [])
@@ -153,10 +193,10 @@ def main() -> None:
 
         while not stop.wait(args.every):
             seen.update(evaluator_pids())
-            evaluators = [pid for pid in seen if psutil.pid_exists(pid)]
+            evaluators_mb, evaluators = rss_mb([pid for pid in seen if psutil.pid_exists(pid)])
             result["samples"].append({"s": round(time.monotonic() - t0, 1), "rows": rows(out / "results.parquet"),
-                                      "driver_mb": rss_mb([os.getpid()]), "evaluators": len(evaluators),
-                                      "evaluators_mb": rss_mb(evaluators), "ray": ray_process_names()})
+                                      "driver_mb": rss_mb([os.getpid()])[0], "evaluators": evaluators,
+                                      "evaluators_mb": evaluators_mb, "ray": ray_process_names()})
             save()
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -171,6 +211,7 @@ def main() -> None:
     live = [s for s in result["samples"] if s["evaluators"]]
     result["at"] = {str(m): min(live, key=lambda s: abs(s["rows"] - m)) if live else None for m in args.marks}
     result["append_ms"] = {str(m): append_ms(out / "results.parquet", m, scratch) for m in args.marks}
+    result["rewrite_ms"] = {str(m): rewrite_ms(out / "results.parquet", m, scratch) for m in args.marks}
     save()
     t_resume = time.monotonic()
     again = run_search(cfg)

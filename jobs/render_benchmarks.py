@@ -622,29 +622,34 @@ def search_strategies(runs: list[Run]) -> str:
 
 
 def load(runs: list[Run]) -> str:
-    """The load run's growth: memory and rate at every hundred rows, appends, resume."""
-    (run,) = runs
-    data = run.data
-    samples = data["samples"]
-    header = ["rows", "s", "evaluations / s since the previous line", "driver MB", "evaluators", "evaluators MB"]
-    body, prev = [], next(s for s in samples if s["rows"] > 0)
-    for mark in range(100, data["evaluations"] + 1, 100):
-        s = next((s for s in samples if s["rows"] >= mark), None)
-        if s is None:
-            break
-        rate = (s["rows"] - prev["rows"]) / (s["s"] - prev["s"]) if s["s"] > prev["s"] else None
-        body.append([str(s["rows"]), fixed(s["s"]), fixed(rate), fixed(s["driver_mb"]), str(s["evaluators"]),
-                     fixed(s["evaluators_mb"])])
-        prev = s
-    search, resume = data["search"], data["resume"]
-    notes = ["Each line is the first memory sample at or past a hundred rows; the first line's rate counts from the",
-             "first sample with a row.",
-             f"Search: {search['rows']} rows in {search['wall_s']} s; resume on its output:"
-             f" {sum(resume['new_evaluations'].values())} new evaluations in {resume['wall_s']} s.",
-             "Appending one row: " + ", ".join(f"{ms} ms at {n} rows" for n, ms in data["append_ms"].items()) + "."]
-    for n, at in data["at"].items():
-        notes.append(f"At mark {n} ({at['rows']} rows): driver {at['driver_mb']} MB; evaluator processes"
-                     f" {at['evaluators']}, {at['evaluators_mb']} MB summed.")
+    """Load runs side by side: memory and rate at every hundred rows, appends against a one-file rewrite, resume."""
+    header = ["run", "rows", "s", "evaluations / s since the previous line", "driver MB", "evaluators",
+              "evaluators MB"]
+    body, notes = [], ["Each line is the first memory sample at or past a hundred rows; the first line's rate counts",
+                       "from the first sample with a row."]
+    for run in runs:
+        data = run.data
+        label = f"{run.stem} (at most {data.get('trials_per_run', 'all')} trials a Tune run)"
+        samples = data["samples"]
+        prev = next(s for s in samples if s["rows"] > 0)
+        for mark in range(100, data["evaluations"] + 1, 100):
+            s = next((s for s in samples if s["rows"] >= mark), None)
+            if s is None:
+                break
+            rate = (s["rows"] - prev["rows"]) / (s["s"] - prev["s"]) if s["s"] > prev["s"] else None
+            body.append([label, str(s["rows"]), fixed(s["s"]), fixed(rate), fixed(s["driver_mb"]),
+                         str(s["evaluators"]), fixed(s["evaluators_mb"])])
+            prev = s
+        search, resume = data["search"], data["resume"]
+        notes.append(f"{run.stem}: {search['rows']} rows in {search['wall_s']} s; resume on its output:"
+                     f" {sum(resume['new_evaluations'].values())} new evaluations in {resume['wall_s']} s.")
+        notes.append("Appending one row: " + ", ".join(f"{ms} ms at {n} rows" for n, ms in data["append_ms"].items())
+                     + (" (the table one file read and written again instead: " + ", ".join(
+                         f"{ms} ms at {n} rows" for n, ms in data["rewrite_ms"].items()) + ")"
+                        if "rewrite_ms" in data else "") + ".")
+        for n, at in data["at"].items():
+            notes.append(f"At mark {n} ({at['rows']} rows): driver {at['driver_mb']} MB; evaluator processes"
+                         f" {at['evaluators']}, {at['evaluators_mb']} MB summed.")
     return section(runs, table(header, body), notes)
 
 

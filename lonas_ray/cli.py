@@ -156,9 +156,32 @@ COMMANDS = {
 }
 
 
+class _OwnOrSevere(logging.Filter):
+    """What a user's terminal shows by default: lonas-ray's own records, and errors from anything."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith("lonas_ray") or record.levelno >= logging.ERROR
+
+
+def configure_logging(level: str, verbose: bool) -> None:
+    """lonas-ray's records at ``level`` on the terminal; the libraries' (Ray Tune and Train, DeepSpeed, torch and
+    transformers warnings) only with ``verbose``, which also copies the Ray workers' output here."""
+    from lonas_ray.ray_env import VERBOSE_ENV
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    else:
+        handler.addFilter(_OwnOrSevere())
+        logging.captureWarnings(True)  # FutureWarnings and the like become py.warnings records: filtered out
+        logging.getLogger("DeepSpeed").setLevel(logging.ERROR)  # it prints through a handler of its own
+    logging.basicConfig(level=level, handlers=[handler])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lonas-ray", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="lonas-ray's own log level")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
@@ -178,12 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         if name in ("train", "search", "run"):
             p.add_argument("--output", help="output directory (overrides output_dir in the config)")
             p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+            p.add_argument("--verbose", action="store_true",
+                           help="also show the libraries' logs and warnings and the Ray workers' output (Ray Train's "
+                           "per-step reports, DeepSpeed) here; by default they stay in the workers' log files")
     args = parser.parse_args(argv)
     if not (getattr(args, "address", None) or os.environ.get("RAY_ADDRESS")):
         from lonas_ray.ray_env import prefer_loopback
 
         prefer_loopback()  # before anything imports ray
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, getattr(args, "verbose", False))
     try:
         return COMMANDS[args.command][0](args)
     except ConfigError as exc:

@@ -11,6 +11,13 @@ log = logging.getLogger(__name__)
 
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# "1": the workers' output (Ray Train's per-step reports, DeepSpeed, evaluators, merges) is copied to this
+# driver's terminal as Ray does by default; otherwise it stays in the workers' log files (``lonas-ray --verbose``)
+VERBOSE_ENV = "LONAS_RAY_VERBOSE"
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV) == "1"
 
 
 def prefer_loopback() -> None:
@@ -48,6 +55,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
             ray.init(address=address)
         except AuthenticationError as exc:  # Ray's message names where the token is looked for
             raise InputError(f"the Ray cluster at {address} refused this driver: {exc}") from None
+        _say_where_logs_are()
         _install_dashboard()
         return False
     context = ray.init(
@@ -62,10 +70,50 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
         runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
     )
     log.info("started a local Ray: %s", ray.cluster_resources())
+    _say_where_logs_are()
     if dashboard and context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
         _install_dashboard()
     return True
+
+
+def _say_where_logs_are() -> None:
+    """Unless ``verbose``: copy only the workers' progress bars to this terminal, and say in the first lines a user
+    reads where the rest went."""
+    if verbose():
+        return
+    import ray
+
+    _forward_only_progress_bars()
+    node = getattr(ray._private.worker, "_global_node", None)
+    where = f"{node.get_logs_dir_path()} on each node" if node is not None else "each node's Ray session logs"
+    print(f"workers' logs (training, evaluators, merges): {where}, and the Ray dashboard's Logs page; "
+          "--verbose shows them here", flush=True)
+
+
+def _forward_only_progress_bars() -> None:
+    """Ray copies every line its workers print to the driver's terminal (Ray Train's per-step report lines,
+    DeepSpeed's and torch's warnings, each once per worker), or with ``log_to_driver=False`` none, which loses the
+    training bar: ``tqdm_ray`` bars travel as those lines. Ray has no public switch for "bars only", so this
+    replaces the driver's handler of worker lines (``ray_print_logs``, the name Ray removes at shutdown) by one that
+    passes the bar states on to Ray's own printer and drops the rest. Ray's private names: pinned by the lock
+    (ray 2.60); a Ray without them keeps its default (every line shown)."""
+    try:
+        from ray._private import worker as ray_worker
+        from ray.experimental.tqdm_ray import RAY_TQDM_MAGIC
+
+        dispatcher, show = ray_worker.global_worker_stdstream_dispatcher, ray_worker.print_to_stdstream
+    except (ImportError, AttributeError):
+        log.warning("this Ray's log forwarding is not the one lonas-ray knows: every worker line is shown")
+        return
+
+    def bars_only(data: dict) -> None:
+        lines = [line for line in data.get("lines", []) if RAY_TQDM_MAGIC in line]
+        if lines:
+            show({**data, "lines": lines}, ignore_prefix=False)
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", bars_only)
 
 
 def _install_dashboard() -> None:

@@ -53,7 +53,7 @@ def ray_daemons() -> dict[int, str]:
     return out
 
 
-def stop_processes(pids, timeout: float = 15) -> None:
+def stop_processes(pids, timeout: float = 5) -> None:
     """Terminate ``pids`` and all their descendants, then kill what is still there after ``timeout`` seconds:
     only what a test started, never every Ray of the host as ``ray stop --force`` would."""
     import psutil
@@ -223,5 +223,6 @@ def run_python(code: str, timeout: int = 300, **env) -> subprocess.CompletedProc
                     PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **env)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    tb = proc.stderr.rfind("Traceback (most recent call last)")  # the error itself, not the progress bars after it
+    assert proc.returncode == 0, proc.stderr[tb:tb + 4000] if tb >= 0 else proc.stderr[-3000:]
     return proc

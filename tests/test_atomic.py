@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -42,8 +43,9 @@ def test_a_failed_file_write_keeps_the_old_file_and_removes_the_temporary(tmp_pa
 
 
 def test_results_read_while_the_search_appends_are_always_whole_tables(tmp_path):
-    """A reader (a test, a user, a dashboard script) racing the driver's appends never sees a mixed file."""
-    from lonas_ray.search.results import SCHEMA, append_results, read_results
+    """A reader (a test, a user, a dashboard script) racing the driver's appends and compaction never sees a broken
+    table, a row twice or a row lost."""
+    from lonas_ray.search.results import SCHEMA, append_results, compact_results, read_results
 
     path = tmp_path / "results.parquet"
     row = {name: None for name in SCHEMA.names}
@@ -65,6 +67,9 @@ def test_results_read_while_the_search_appends_are_always_whole_tables(tmp_path)
     try:
         for i in range(1, 150):
             append_results(path, [dict(row, subnet_id=f"s{i}")])
+            time.sleep(0.005)  # rows come as trials finish
+            if i == 75:
+                compact_results(path)  # and the parts are folded into one while the reader reads
     finally:
         done.set()
         reader.join(timeout=60)

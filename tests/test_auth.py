@@ -11,9 +11,9 @@ import sys
 import pytest
 import yaml
 
-from helpers import ROOT, Head
+from helpers import ROOT, TINY, Head
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.ray, pytest.mark.slow]
 
 
 def search_config(path, out) -> str:
@@ -43,6 +43,11 @@ def test_a_head_with_token_authentication_takes_lonas_ray_and_its_jobs_with_the_
         assert refused.returncode == 2, refused.stderr[-3000:]
         assert "token" in refused.stderr and "RAY_AUTH_TOKEN" in refused.stderr, refused.stderr[-3000:]
         assert "Traceback" not in refused.stderr and not (tmp_path / "b").exists()
+        pipeline = subprocess.run([sys.executable, "-m", "lonas_ray.cli", "run", "--config", str(TINY), "--output",
+                                   str(tmp_path / "d"), "--address", f"127.0.0.1:{head.gcs}"],
+                                  env=no_token, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert pipeline.returncode == 2 and "RAY_AUTH_TOKEN" in pipeline.stderr, pipeline.stderr[-3000:]
+        assert "Traceback" not in pipeline.stderr and not (tmp_path / "d").exists()  # the pipeline writes nothing
 
         cfg = search_config(tmp_path / "c.yaml", tmp_path / "c")
         submit = ["job", "submit", f"--address={head.address}", "--", "python", "-m", "lonas_ray.cli", "search",

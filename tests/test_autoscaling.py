@@ -23,7 +23,7 @@ import yaml
 
 from helpers import ROOT, Head
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.ray, pytest.mark.slow]
 
 POOL = "cpu_a"  # a node type of the fake cluster; "gpu_x" is one no node type offers
 

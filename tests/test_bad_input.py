@@ -11,7 +11,7 @@ import pytest
 from bad_inputs import CASES, DOC, render
 from helpers import lonas_cli_batch
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.ray]
 
 
 def snapshot(directory: Path) -> dict[str, str]:

@@ -14,7 +14,7 @@ from helpers import ROOT
 from lonas_ray.build import SupernetSpec, build_supernet, save_prepared
 from lonas_ray.config_io import from_dict
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow, pytest.mark.vllm]
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:

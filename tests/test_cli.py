@@ -11,6 +11,8 @@ import yaml
 
 from helpers import lonas_cli_batch
 
+pytestmark = [pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

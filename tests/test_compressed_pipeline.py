@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 import lonas_ray  # noqa: F401  (per-layer exports)
 from helpers import ROOT
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

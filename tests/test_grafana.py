@@ -12,6 +12,8 @@ from helpers import ROOT
 from lonas_ray import grafana
 from lonas_ray.metrics import GAUGES
 
+pytestmark = [pytest.mark.ray]
+
 SHIPPED = ROOT / "infra" / "monitoring" / grafana.FILE_NAME
 
 

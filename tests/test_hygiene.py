@@ -13,6 +13,8 @@ from helpers import ROOT, ray_daemons
 LEAKY = """
 import ray
 
+pytestmark = [pytest.mark.ray]
+
 
 def test_connects_and_forgets_to_shut_down():
     ray.init(num_cpus=1, include_dashboard=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -25,7 +26,7 @@ import yaml
 from helpers import ENV, ROOT, TINY, Head
 from lonas_ray.search.results import SCHEMA, read_results
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.ray, pytest.mark.slow]
 
 def stages(out: Path) -> dict:
     return json.loads((out / "stages.json").read_text())
@@ -35,30 +36,78 @@ def result_rows(out: Path) -> list[dict]:
     return read_results(out / "results.parquet").to_pylist()  # read while the job appends to it
 
 
+def driver_pids(out: Path) -> list[int]:
+    """The job's entrypoint processes (the pipeline driver, and the shell Ray may start it through)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        if "jobs/pipeline.py" in line and str(out) in line:
+            found.append(proc.pid)
+    return found
+
+
+def interrupt(head: Head, out: Path, job: str, ready, how: str, timeout: float = 400) -> None:
+    """Once ``ready()``: SIGKILL the job's driver (``how="kill"``, as a node's OOM killer or a lost head does) or stop
+    it the way ``ray job stop`` does (``how="stop"``); returns once the job is over."""
+    client, end = head.client(), time.time() + timeout
+    while not ready():
+        assert time.time() < end, f"never ready to {how}:\n" + client.get_job_logs(job)[-4000:]
+        assert str(client.get_job_status(job).value) in ("PENDING", "RUNNING"), client.get_job_logs(job)[-4000:]
+        time.sleep(0.05)
+    if how == "stop":
+        client.stop_job(job)
+        assert head.wait(job, timeout=120) == "STOPPED"
+        return
+    pids = driver_pids(out)
+    assert pids, "the driver was not found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert head.wait(job, timeout=120) == "FAILED"
+
+
+def ranks(out: Path, rank: int = 0) -> list[dict]:
+    path = out / "ranks" / f"rank{rank}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def manifests(out: Path) -> dict[str, int]:
+    """Exported models that look whole (their manifest is written last): modification time by directory."""
+    return {p.parent.name: p.stat().st_mtime_ns for p in (out / "models").glob("*/lonas_subnet.json")}
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """Three submissions into one output directory; what was seen on the way."""
+    """Six submissions into one output directory, each after an interruption a cluster sees: the driver SIGKILLed
+    mid-training, resumed and stopped after training, stopped (``ray job stop``) mid-search, SIGKILLed during
+    cross-evaluation and again mid-export, and a last one to the end; what each interruption left is kept."""
     tmp = tmp_path_factory.mktemp("pipeline")
     out = tmp / "out"
     head = Head(tmp)
     head.start()
     seen: dict = {"metrics": set(), "samples": {}}
     try:
+        # killed once the super-adapter has passed its first checkpoint (every 3 steps in tiny.yaml)
+        interrupt(head, out, head.submit(out), lambda: any(r["step"] >= 4 for r in ranks(out)), "kill")
+        seen["train_killed"] = {"stages": stages(out), "records": ranks(out)}
+
         job = head.submit(out, "--stop-after", "train")
         status = head.wait(job)
-        assert status == "SUCCEEDED", head.client().get_job_logs(job)[-4000:]
+        seen["train_logs"] = head.client().get_job_logs(job)
+        assert status == "SUCCEEDED", seen["train_logs"][-4000:]
         seen["after_train"] = stages(out)
         seen["adapter_mtime"] = (out / "supernet" / "adapter.safetensors").stat().st_mtime_ns
 
-        job = head.submit(out)  # stopped as soon as the search has written a row
-        client, end = head.client(), time.time() + 400
-        while not result_rows(out) and time.time() < end:
-            assert str(client.get_job_status(job).value) in ("PENDING", "RUNNING"), client.get_job_logs(job)[-4000:]
-            time.sleep(0.2)
-        client.stop_job(job)
-        assert head.wait(job, timeout=120) == "STOPPED"
+        interrupt(head, out, head.submit(out), lambda: bool(result_rows(out)), "stop")  # as soon as a row is written
         seen["killed_rows"] = result_rows(out)
         seen["after_kill"] = stages(out)
+
+        interrupt(head, out, head.submit(out), lambda: any(r["phase"] == "cross" for r in result_rows(out)), "kill")
+        seen["cross_killed"] = {"stages": stages(out), "rows": result_rows(out)}
+
+        interrupt(head, out, head.submit(out), lambda: bool(manifests(out)), "kill")
+        seen["export_killed"] = {"stages": stages(out), "models": manifests(out)}
 
         stop = threading.Event()
 
@@ -88,14 +137,53 @@ def run(tmp_path_factory):
         head.stop()
 
 
+def test_a_driver_killed_mid_training_resumes_from_the_checkpoint_to_the_same_losses(run):
+    """SIGKILLed past the first checkpoint, the next submission continues from it (it does not start over) and the
+    steps it computes again give the losses the killed run had computed: the state was restored exactly."""
+    killed = run["train_killed"]
+    assert "finished" in killed["stages"]["baseline"] and "finished" not in killed["stages"].get("train", {})
+    before = {r["step"]: r for r in killed["records"]}
+    records = ranks(run["out"])
+    restarts = sorted({r["restart_from"] for r in records})
+    assert restarts == [0, 3], restarts  # tiny.yaml checkpoints every 3 steps
+    redone = [r for r in records if r["restart_from"] == 3]
+    assert [r["step"] for r in redone] == [3, 4, 5]
+    for r in redone:
+        if r["step"] in before:
+            assert r["subnets"] == before[r["step"]]["subnets"] and r["indices"] == before[r["step"]]["indices"]
+            assert r["loss"] == pytest.approx(before[r["step"]]["loss"], rel=1e-4)
+    assert {r["step"] for r in records} == set(range(6))
+
+
 def test_stopping_after_training_then_resuming_does_not_retrain(run):
     out, final = run["out"], stages(run["out"])
     first = run["after_train"]["train"]
     # the baseline runs first (it is the super-adapter's teacher in tiny.yaml), so it is done too
     assert set(run["after_train"]) == {"baseline", "train"} and "finished" in first
-    assert final["train"]["runs"] == 1 and final["train"]["finished"] == first["finished"]
+    # two runs: the one whose driver was killed, and the one that resumed it; none after
+    assert final["train"]["runs"] == 2 and final["train"]["finished"] == first["finished"]
+    assert final["baseline"]["runs"] == 1
     assert (out / "supernet" / "adapter.safetensors").stat().st_mtime_ns == run["adapter_mtime"]
     assert "[1/6] baseline: finished earlier" in run["logs"] and "[2/6] train: finished earlier" in run["logs"]
+
+
+NOISE = ("Reporting training result", "TrainingReport(", "PreemptionWatcher", "max_restarts", "FutureWarning",
+         "UserWarning", "real_accelerator", "Setting ds_accelerator", "== Status ==", "Trial status")
+
+
+def test_the_terminal_shows_the_runs_own_lines_and_says_where_the_workers_logs_are(run):
+    """What `ray job logs` (the driver's terminal) shows of a run that trains, and of one that exports and
+    reports: the stage lines, bars and table, none of Ray Train's per-step reports, Ray's core-worker lines,
+    Tune's tables or the libraries' warnings; its first lines say where those went."""
+    for logs in (run["train_logs"], run["logs"]):
+        noisy = [line for line in logs.splitlines() if any(n in line for n in NOISE)]
+        assert not noisy, noisy[:5]
+        lines = logs.splitlines()
+        where = [i for i, line in enumerate(lines) if line.startswith("workers' logs (training, evaluators, merges): ")]
+        first_stage = next(i for i, line in enumerate(lines) if line.startswith("[1/6] "))
+        assert where and where[0] < first_stage, lines[:first_stage + 1]  # said before any stage runs
+    assert "super-adapter training" in run["train_logs"] and "[2/6] train: running" in run["train_logs"]
+    assert "[5/6] export: running" in run["logs"] and "baseline (plain LoRA)" in run["logs"]  # and the table
 
 
 def test_a_job_stopped_mid_search_resumes_keeping_every_evaluation(run):
@@ -103,20 +191,61 @@ def test_a_job_stopped_mid_search_resumes_keeping_every_evaluation(run):
     killed = run["killed_rows"]
     assert killed, "the job was stopped before the search wrote a row"
     assert "finished" not in run["after_kill"]["search"] and "finished" in run["after_kill"]["baseline"]
-    assert final["baseline"]["runs"] == 1 and final["search"]["runs"] == 2
+    # stopped, killed during cross-evaluation, then finished
+    assert final["baseline"]["runs"] == 1 and final["search"]["runs"] == 3
     rows = {(r["subnet_id"], r["pool"]): r for r in result_rows(out)}
+    assert len(rows) == len(result_rows(out))  # no sub-network twice on a pool
     for r in killed:  # kept as they were, not evaluated again
         assert rows[(r["subnet_id"], r["pool"])]["timestamp"] == r["timestamp"]
-    assert sum(final["search"]["new_evaluations"].values()) == len(rows) - len(killed)
     cfg = yaml.safe_load(TINY.read_text())
     for pool in cfg["pools"]:
-        assert sum(r["pool"] == pool for r in rows.values()) >= cfg["search"]["budget"]
+        assert sum(r["pool"] == pool and r["phase"] == "search" for r in rows.values()) == cfg["search"]["budget"]
+
+
+def test_a_driver_killed_during_cross_evaluation_resumes_to_what_an_uninterrupted_search_measures(run):
+    """The rows written before the kill are kept, the next run evaluates only the rest, and each pool's cross rows
+    are then exactly what an uninterrupted run's are: the other pool's search front less its own rows."""
+    from lonas_ray.pipeline.config import PipelineConfig
+    from lonas_ray.search.driver import front_members
+
+    out, final, killed = run["out"], stages(run["out"]), run["cross_killed"]
+    assert "finished" not in killed["stages"]["search"]
+    assert any(r["phase"] == "cross" for r in killed["rows"])
+    rows = result_rows(out)
+    by_key = {(r["subnet_id"], r["pool"]): r for r in rows}
+    assert len(by_key) == len(rows)
+    for r in killed["rows"]:
+        assert by_key[(r["subnet_id"], r["pool"])]["timestamp"] == r["timestamp"]
+    assert sum(final["search"]["new_evaluations"].values()) == len(rows) - len(killed["rows"])
+    cfg = PipelineConfig.from_yaml(TINY).search_config(out / "supernet", out)
+    pools = list(cfg.search.pools)
+    for pool in pools:
+        (other,) = [p for p in pools if p != pool]
+        searched = [r for r in rows if r["pool"] == other and r["phase"] == "search"]
+        front = set(front_members(cfg, [dict(r, config=json.loads(r["config"])) for r in searched]))
+        own = {r["subnet_id"] for r in rows if r["pool"] == pool and r["phase"] == "search"}
+        assert {r["subnet_id"] for r in rows if r["pool"] == pool and r["phase"] == "cross"} == front - own
+    finals = json.loads((out / "final_quality.json").read_text())
+    assert set(front_members(cfg, [dict(r, config=json.loads(r["config"])) for r in rows])) <= set(finals)
+
+
+def test_a_driver_killed_mid_export_redoes_only_the_models_it_had_not_finished(run):
+    out, killed = run["out"], run["export_killed"]
+    assert killed["models"] and "finished" not in killed["stages"]["export"]
+    final = manifests(out)
+    summary = json.loads((out / "summary.json").read_text())
+    exported = {Path(m["path"]).name for m in [summary["baseline"], *summary["models"]]}
+    assert set(final) == exported and set(killed["models"]) <= exported
+    for name, mtime in killed["models"].items():  # whole before the kill: kept, not merged again
+        assert final[name] == mtime, name
+    assert not list((out / "models").glob("*.partial"))  # the killed merges' leftovers are gone
+    assert stages(out)["export"]["runs"] == 2
 
 
 def test_the_output_directory_holds_the_whole_contract(run):
     out = run["out"]
     assert (out / "supernet" / "adapter.safetensors").is_file()
-    assert set(SCHEMA.names) <= set(pq.read_schema(out / "results.parquet").names)
+    assert set(SCHEMA.names) <= set(pq.read_table(out / "results.parquet").schema.names)  # read as one table
     pareto = pq.read_table(out / "pareto.parquet").to_pylist()
     assert {"front", "member", "picked"} <= set(pareto[0])
     summary = json.loads((out / "summary.json").read_text())
@@ -135,7 +264,7 @@ def test_the_output_directory_holds_the_whole_contract(run):
     assert summary["verdict"]["text"] in report and summary["verdict"]["text"] in run["logs"]
     # and whether any compressed model is worth deploying against plain LoRA, said plainly either way
     assert summary["deployment"]["text"] in report and summary["deployment"]["text"] in run["logs"]
-    assert (out / "zero_shot" / "results.parquet").is_file() and "zero_shot" in stages(out)
+    assert read_results(out / "zero_shot" / "results.parquet").num_rows and "zero_shot" in stages(out)
     # both pools were searched at once, and how busy each one's evaluators were is in the report
     assert summary["search"]["concurrent_pools"] is True and set(summary["search"]["utilisation"]) == {"cpu_a", "cpu_b"}
     for pool, use in summary["search"]["utilisation"].items():

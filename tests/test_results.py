@@ -22,6 +22,13 @@ def row(subnet_id="s0", pool="val", **overrides):
     return {**base, **overrides}
 
 
+def tree(path) -> dict[str, bytes]:
+    """What a table is on disk: its parts' bytes by name (a one-file table: its own)."""
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
 def test_a_missing_file_reads_as_an_empty_table_with_the_schema(tmp_path):
     table = read_results(tmp_path / "none.parquet")
     assert table.num_rows == 0 and table.schema == SCHEMA
@@ -38,6 +45,66 @@ def test_append_and_read_round_trip(tmp_path):
     assert table.schema == SCHEMA
     assert table.to_pylist() == first + [row("s2", pool="test")]
     assert [p.name for p in path.parent.iterdir()] == ["results.parquet"]  # no temp files left
+    assert len(list(path.glob("part-*.parquet"))) == len(list(path.iterdir())) == 2  # a part an append
+    assert pq.read_table(path).num_rows == 3  # the directory reads as one table with stock tools too
+
+
+def test_an_append_reads_nothing_already_written_and_compaction_keeps_every_row(tmp_path, monkeypatch):
+    """Why an append costs the same at a thousand rows as at ten: it writes one part and reads no earlier one
+    (the keys it has seen are kept); compaction then folds the parts into one, every row as it was."""
+    path = tmp_path / "r.parquet"
+    append_results(path, [row("s0")])
+    reads = []
+    real = results.read_parquet
+    monkeypatch.setattr(results, "read_parquet", lambda p: reads.append(p) or real(p))
+    for i in range(1, 20):
+        append_results(path, [row(f"s{i}")])
+    assert reads == [] and len(list(path.glob("part-*.parquet"))) == 20
+    with pytest.raises(ResultsError, match="s3 is already evaluated"):  # the kept keys still refuse a repeat
+        append_results(path, [row("s3")])
+    before = read_results(path).to_pylist()
+    results.compact_results(path)
+    assert [p.name for p in path.iterdir()] == [p.name for p in path.glob("part-*.parquet")] and \
+        len(list(path.iterdir())) == 1
+    assert read_results(path).to_pylist() == before
+
+
+def test_a_table_changed_or_made_again_behind_the_writers_back_is_read_afresh(tmp_path):
+    """The kept keys hold only while nobody else wrote: a table removed and made again takes a row it had."""
+    import shutil
+
+    path = tmp_path / "r.parquet"
+    append_results(path, [row("s0"), row("s1")])
+    shutil.rmtree(path)
+    append_results(path, [row("s0")])  # not "already evaluated": the keys were of the removed table
+    pq.write_table(pa.Table.from_pylist([row("s5")], schema=SCHEMA), path / "part-9-other.parquet")  # another writer
+    with pytest.raises(ResultsError, match="s5 is already evaluated"):
+        append_results(path, [row("s5")])
+    assert sorted(read_results(path)["subnet_id"].to_pylist()) == ["s0", "s5"]
+
+
+def test_a_reader_racing_compaction_sees_each_row_once(tmp_path):
+    path = tmp_path / "r.parquet"
+    append_results(path, [row("s0"), row("s1")])
+    append_results(path, [row("s2")])
+    parts = sorted(path.glob("part-*.parquet"))
+    both = pa.concat_tables([pq.read_table(p) for p in parts])
+    pq.write_table(both, path / "part-9999999999999999999-compact.parquet")  # written, the old not yet removed
+    assert read_results(path)["subnet_id"].to_pylist() == ["s0", "s1", "s2"]
+
+
+def test_a_one_file_table_becomes_the_first_part_even_when_cut_short(tmp_path):
+    path = tmp_path / "r.parquet"
+    pq.write_table(pa.Table.from_pylist([row("s0")], schema=SCHEMA), path)
+    append_results(path, [row("s1")])
+    assert path.is_dir() and read_results(path)["subnet_id"].to_pylist() == ["s0", "s1"]
+    # a conversion cut between its two renames leaves the old file beside the name: still read, then finished
+    cut = tmp_path / "cut.parquet"
+    pq.write_table(pa.Table.from_pylist([row("s0")], schema=SCHEMA), tmp_path / ".cut.parquet.legacy")
+    assert read_results(cut)["subnet_id"].to_pylist() == ["s0"]
+    append_results(cut, [row("s1")])
+    assert read_results(cut)["subnet_id"].to_pylist() == ["s0", "s1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.parquet", "r.parquet"]
 
 
 def test_a_row_of_an_unknown_phase_is_refused_naming_the_phases(tmp_path):
@@ -86,16 +153,16 @@ def test_the_same_subnet_is_never_appended_twice_on_a_pool(tmp_path):
 def test_bad_rows_raise_naming_the_column_and_leave_the_file_alone(tmp_path, bad, message):
     path = tmp_path / "r.parquet"
     append_results(path, [row("s0")])
-    before = path.read_bytes()
+    before = tree(path)
     with pytest.raises(ValueError, match=message):
         append_results(path, [row("s1"), bad])
-    assert path.read_bytes() == before
+    assert tree(path) == before
 
 
 def test_a_failed_write_leaves_the_old_file_intact_and_no_temp_file(tmp_path, monkeypatch):
     path = tmp_path / "r.parquet"
     append_results(path, [row("s0")])
-    before = path.read_bytes()
+    before = tree(path)
 
     def half_write(table, where, **kwargs):
         with open(where, "wb") as f:
@@ -105,7 +172,7 @@ def test_a_failed_write_leaves_the_old_file_intact_and_no_temp_file(tmp_path, mo
     monkeypatch.setattr(results.pq, "write_table", half_write)
     with pytest.raises(OSError, match="disk full"):
         append_results(path, [row("s1")])
-    assert path.read_bytes() == before
+    assert tree(path) == before  # no temporary part left either
     assert [p.name for p in tmp_path.iterdir()] == ["r.parquet"]
 
 

@@ -26,7 +26,7 @@ from lonas_ray.config_io import from_dict, to_dict
 from lonas_ray.search.config import SearchConfig
 from lonas_ray.search.results import ResultsError, read_results
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.ray, pytest.mark.slow]
 
 TINY = ROOT / "jobs" / "configs" / "search_tiny.yaml"
 
@@ -84,10 +84,12 @@ def test_search_writes_results_pareto_and_a_second_run_evaluates_nothing(local_r
             evaluators.add(json.loads(line)["evaluator_id"])
     assert 1 <= len(evaluators) <= cfg.pools["local"].evaluators
 
-    before = (Path(cfg.output_dir) / "results.parquet").read_bytes()
+    table = Path(cfg.output_dir) / "results.parquet"  # a directory of Parquet parts, folded into one at the end
+    before = {p.name: p.read_bytes() for p in table.iterdir()}
+    assert len(before) == 1
     again = run_search(cfg)
     assert again.evaluated == {"local": 0}
-    assert (Path(cfg.output_dir) / "results.parquet").read_bytes() == before
+    assert {p.name: p.read_bytes() for p in table.iterdir()} == before
 
 
 def test_a_larger_budget_continues_from_the_results(local_ray, tmp_path):
@@ -96,10 +98,12 @@ def test_a_larger_budget_continues_from_the_results(local_ray, tmp_path):
     out = tmp_path / "s"
     run_search(tiny_cfg(out, budget=3, strategy="random"))
     first = {r["subnet_id"] for r in rows(out)}
-    result = run_search(tiny_cfg(out, budget=5, strategy="random"))
+    # and a search longer than one Tune run may hold goes on as several, each continuing from the rows
+    result = run_search(tiny_cfg(out, budget=7, strategy="random", trials_per_run=2))
     got = rows(out)
-    assert result.evaluated == {"local": 2} and len(got) == 5
-    assert first < {r["subnet_id"] for r in got} and len({r["subnet_id"] for r in got}) == 5
+    assert result.evaluated == {"local": 4} and len(got) == 7
+    assert first < {r["subnet_id"] for r in got} and len({r["subnet_id"] for r in got}) == 7
+    assert len(glob.glob(str(out / "ray_results" / "search-local-*"))) == 1 + 2
 
 
 def test_heuristic_evaluates_maximal_median_and_minimal_only(local_ray, tmp_path):
@@ -290,12 +294,32 @@ alive = proc.poll() is None
 os.killpg(proc.pid, signal.SIGKILL)
 proc.wait(timeout=60)
 (out / "killed.results.json").write_text(json.dumps(pq.read_table(results).to_pylist() if results.exists() else []))
+import psutil
+import threading
+evaluator_killed = []
+
+
+def kill_an_evaluator(before):
+    # once the continued search has written a row of its own, one evaluator actor (either pool) dies mid-run
+    while not (results.exists() and pq.read_table(results, columns=["pool"]).num_rows > before):
+        time.sleep(0.1)
+    # an evaluator's process title: the trainable's name while idle, Tune's resource wrapper's while it evaluates
+    # (a Ray worker's title starts with ray::; this script's own command line names them too)
+    titles = {p: " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])}
+    actors = [p for p, t in titles.items()
+              if t.startswith("ray::") and any(n in t for n in ("ResourceTrainable", "SubnetTrainable"))]
+    if actors:
+        actors[0].kill()
+        evaluator_killed.append(actors[0].pid)
+
+
+rows_before = pq.read_table(results, columns=["pool"]).num_rows
+threading.Thread(target=kill_an_evaluator, args=(rows_before,), daemon=True).start()
 runs["resumed"] = run_search(SearchConfig.from_dict(raw), address=cluster.address).evaluated
 keep("resumed")
 
 # pool-b's node lost once pool-b has a row (last: the cluster keeps one pool after it); pool-b slow again, so its
 # search is still under way when the node goes
-import threading
 raw["output_dir"] = str(out / "lost")
 raw["pools"]["pool-b"] = {"evaluators": 1, "latency": {**lat, "repeats": 60}}
 lost = out / "lost" / "results.parquet"
@@ -317,7 +341,7 @@ except Exception as e:
 finals = out / "lost" / "final_quality.json"
 (out / "lost.final_quality.json").write_text(finals.read_text() if finals.exists() else "{}")
 print(json.dumps({"a": a.node_id, "b": b.node_id, "evaluated": runs, "killed_while_running": alive,
-                  "lost_error": error}))
+                  "evaluator_killed": evaluator_killed, "lost_error": error}))
 ray.shutdown()
 cluster.shutdown()
 """
@@ -400,11 +424,12 @@ def test_a_pool_whose_search_is_done_cross_evaluates_and_scores_without_waiting_
 
 
 def test_a_driver_killed_mid_search_is_continued_on_every_pool_without_repeats(multi_pool):
-    """SIGKILL the driver while both pools search, then re-run: each pool's search continues from its own rows
-    to its budget, every earlier row is kept, nothing is evaluated twice, and the follow-up work completes."""
+    """SIGKILL the driver while both pools search, then re-run, an evaluator actor SIGKILLed as that run goes:
+    each pool's search continues from its own rows to its budget (the dead evaluator's trial started again on its
+    pool: ``search.trial_retries``), every earlier row is kept, nothing is evaluated twice, the follow-up completes."""
     out, ids = multi_pool
     killed = load(out, "killed", "results")
-    assert ids["killed_while_running"]
+    assert ids["killed_while_running"] and len(ids["evaluator_killed"]) == 1
     searched = {p: [r for r in killed if r["pool"] == p and r["phase"] == "search"] for p in ("pool-a", "pool-b")}
     assert all(searched.values()) and sum(map(len, searched.values())) < 16  # killed mid-search
     rows = load(out, "resumed", "results")

@@ -12,6 +12,8 @@ import pytest
 
 from helpers import ROOT, run_python
 
+pytestmark = [pytest.mark.ray]
+
 SOURCES = sorted([*(ROOT / "lonas_ray").rglob("*.py"), *(ROOT / "jobs").glob("*.py")])
 # The one pickle read, and why it is allowed: Ray Tune's own experiment checkpoint format (Searcher.save/restore),
 # which Tune reads only when a Tune run is restored; lonas-ray never restores one (every run starts a fresh Tune

@@ -25,7 +25,7 @@ from lonas_ray.config_io import ConfigError
 from lonas_ray.pipeline.export import already_exported, deliver
 from lonas_ray.storage import RunStorage, check_not_in_job_copy, download_file, upload_file, upload_tree
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +187,23 @@ def test_a_local_path_is_its_own_working_copy_and_mirrors_nothing(tmp_path):
     assert run.pull() == 0 and run.push() == 0
 
 
+def test_a_supernet_dir_uri_that_holds_no_super_network_is_named_not_a_traceback(s3, tmp_path, monkeypatch):
+    from lonas_ray.config_io import ConfigError
+    from lonas_ray.search.config import SearchConfig
+    from lonas_ray.search.driver import supernet_source
+
+    _, fs = s3
+    monkeypatch.setenv("LONAS_RAY_CACHE", str(tmp_path / "cache"))
+    with fs.open_output_stream("lonas/elsewhere/supernet/notes.txt") as f:  # something there, not a super-network
+        f.write(b"not a super-network")
+    raw = yaml.safe_load((ROOT / "jobs/configs/search_tiny.yaml").read_text())
+    raw.pop("supernet")
+    raw.update(supernet_dir="s3://lonas/elsewhere/supernet", output_dir=str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=r"^supernet_dir s3://lonas/elsewhere/supernet is not a lonas-ray "
+                                          r"super-network directory: missing .*point it at the supernet/"):
+        supernet_source(SearchConfig.from_dict(raw), tmp_path / "out")
+
+
 @pytest.mark.parametrize("output, message", [
     ("s3://lonas/run?endpoint_override=127.0.0.1:9", "carries options after '?': give the plain URI and set the "
                                                      "endpoint and credentials in the environment"),
@@ -265,20 +282,21 @@ def test_the_pipeline_runs_on_a_node_that_cannot_see_the_drivers_disk_with_its_o
         head.stop()
 
     stored = set(remote_files(fs, "lonas/e2e"))
-    for contract in ("stages.json", "supernet/adapter.safetensors", "results.parquet", "pareto.parquet",
+    for contract in ("stages.json", "supernet/adapter.safetensors", "pareto.parquet",
                      "search_summary.json", "models/baseline/config.json", "models/baseline/README.md",
-                     "report.md", "summary.json", "pareto.png", "zero_shot/results.parquet",
-                     "baseline/results.parquet", "baseline/supernet/adapter.safetensors", "ranks/rank0.jsonl",
-                     "ranks/rank1.jsonl", "baseline/ranks/rank0.jsonl"):
+                     "report.md", "summary.json", "pareto.png", "baseline/supernet/adapter.safetensors",
+                     "ranks/rank0.jsonl", "ranks/rank1.jsonl", "baseline/ranks/rank0.jsonl"):
         assert contract in stored, contract
+    for table in ("results.parquet", "zero_shot/results.parquet", "baseline/results.parquet"):  # parts of a table
+        assert any(re.fullmatch(rf"{re.escape(table)}/part-[\w-]+\.parquet", f) for f in stored), table
+    assert len([f for f in stored if f.startswith("results.parquet/")]) == 1  # compacted when the search ended
     assert any(re.fullmatch(r"ray_results/train/step_\d+/adapter\.safetensors", f) for f in stored)
     models = {f.split("/")[1] for f in stored if f.startswith("models/") and f.endswith("/config.json")}
     assert len(models) >= 2  # the baseline and at least one searched sub-network
     # every training step and every evaluation ran on the isolated node
     nodes = {json.loads(line)["node"] for f in ("ranks/rank0.jsonl", "ranks/rank1.jsonl")
              for line in remote_files(fs, "lonas/e2e")[f].decode().splitlines()}
-    with fs.open_input_file("lonas/e2e/results.parquet") as f:
-        rows = pq.read_table(f).to_pylist()
+    rows = pq.read_table("lonas/e2e/results.parquet", filesystem=fs).to_pylist()
     assert nodes == {node_id} and {r["node_id"] for r in rows} == {node_id}
     # the merges (on the isolated node) uploaded the weights; the driver's working copy never held them
     assert {f"models/{m}/model.safetensors" for m in models} <= stored

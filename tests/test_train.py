@@ -26,6 +26,8 @@ from lonas_ray.train.schedule import batch_indices, rank_micro_batches, subnets_
 from lonas_ray.train.state import CorruptCheckpointError
 from lonas_ray.train.trainer import load_trained_supernet, train
 
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 16
 
@@ -139,14 +141,11 @@ def test_all_ranks_train_the_same_subnetworks_on_each_step(uninterrupted):
         assert r1[step]["indices"] == rank_micro_batches(indices, 1, 2, 2)
 
 
-def test_a_killed_worker_resumes_from_the_last_checkpoint_with_the_same_schedule(uninterrupted, tmp_path):
-    reference, _ = uninterrupted
-    config = make_config(tmp_path, "killed")
-    out = tmp_path / "killed"
-    proc = start_train(config)
+def kill_rank1_past_a_checkpoint(proc: subprocess.Popen, out: Path) -> None:
+    """SIGKILL rank 1's worker once a checkpoint exists (step 4) and training went past it."""
     deadline = time.time() + 300
     rank1_log = out / "ranks" / "rank1.jsonl"
-    while time.time() < deadline:  # wait until a checkpoint exists (step 4) and training went past it
+    while time.time() < deadline:
         if rank1_log.is_file() and any(json.loads(x)["step"] >= 5 for x in rank1_log.read_text().splitlines()):
             break
         assert proc.poll() is None, proc.communicate()[0][-4000:]
@@ -154,9 +153,11 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_with_the_same_schedule
     else:
         proc.kill()
         pytest.fail("training never reached step 6")
-    pid = int((out / "ranks" / "rank1.pid").read_text())
-    os.kill(pid, signal.SIGKILL)
-    finish(proc)
+    os.kill(int((out / "ranks" / "rank1.pid").read_text()), signal.SIGKILL)
+
+
+def assert_resumed_as_uninterrupted(out: Path, reference: Path) -> None:
+    """One restart, from a checkpoint; then the uninterrupted run's schedule and, state restored exactly, losses."""
     records = rank_records(out, 0)
     restarts = sorted({r["restart_from"] for r in records})
     assert restarts[0] == 0 and len(restarts) == 2 and restarts[1] in (4, 8), restarts
@@ -167,7 +168,6 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_with_the_same_schedule
     for step in range(STEPS):
         assert resumed[step]["subnets"] == ref[step]["subnets"]
         assert resumed[step]["indices"] == ref[step]["indices"]
-        # state was restored exactly: the resumed run computes the uninterrupted run's losses
         assert resumed[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-4)
 
 
@@ -218,8 +218,18 @@ def test_shipped_training_configs_are_valid():
         assert cfg.scaling.num_workers == 2
 
 
-def test_workers_spread_over_two_nodes_of_a_cluster(tmp_path, monkeypatch):
-    """Two single-CPU nodes of a real ``ray.cluster_utils.Cluster``: one rank on each, one schedule."""
+def same_losses(out: Path, reference: Path, steps: int) -> None:
+    """The first ``steps`` per-step losses equal the reference run's (ZeRO-2; the learning rate is the same on the
+    steps compared: warm-up, then a decay that first differs between run lengths at step 3's update)."""
+    got, ref = last_per_step(rank_records(out, 0)), last_per_step(rank_records(reference, 0))
+    assert sorted(got) == list(range(steps))
+    for step in range(steps):
+        assert got[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-4), step
+
+
+def test_workers_spread_over_two_nodes_of_a_cluster(uninterrupted, tmp_path, monkeypatch):
+    """Two single-CPU nodes of a real ``ray.cluster_utils.Cluster``: one rank on each, one schedule; under ZeRO-1
+    (optimizer states sharded across the nodes) with ZeRO-2's losses."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -230,7 +240,8 @@ def test_workers_spread_over_two_nodes_of_a_cluster(tmp_path, monkeypatch):
     try:
         cluster.add_node(num_cpus=1, object_store_memory=200 * 2**20)
         # an epoch budget: 0.125 x 128 toy examples / batch 8 = 2 steps, whatever optim.steps says
-        config = make_config(tmp_path, "nodes", optim={"steps": 50, "epochs": 0.125}, checkpoint={"every_steps": 2})
+        config = make_config(tmp_path, "nodes", optim={"steps": 50, "epochs": 0.125}, checkpoint={"every_steps": 2},
+                             deepspeed={"zero_stage": 1})
         result = train(TrainConfig.from_yaml(config), address=cluster.address)
         assert result.steps == 2
         nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
@@ -243,18 +254,18 @@ def test_workers_spread_over_two_nodes_of_a_cluster(tmp_path, monkeypatch):
     node0, node1 = {r["node"] for r in r0}, {r["node"] for r in r1}
     assert len(node0) == len(node1) == 1 and node0 != node1 and (node0 | node1) == nodes
     assert [r["subnets"] for r in r0] == [r["subnets"] for r in r1]
+    same_losses(out, uninterrupted[0], 2)
 
 
-def test_zero3_trains_the_same_adapters_and_saves_them_whole(uninterrupted, tmp_path):
-    """ZeRO-3 shards the adapters too: same per-step losses as ZeRO-2, and the saved adapters are complete."""
+def test_zero3_resumes_a_killed_worker_to_the_same_losses_and_saves_the_adapters_whole(uninterrupted, tmp_path):
+    """ZeRO-3 shards the adapters too: a worker killed past a checkpoint resumes from the sharded checkpoint to the
+    per-step losses of the uninterrupted ZeRO-2 run, and the saved adapters are complete."""
     reference, _ = uninterrupted
-    config = make_config(tmp_path, "zero3", deepspeed={"zero_stage": 3})
-    finish(start_train(config))
+    proc = start_train(make_config(tmp_path, "zero3", deepspeed={"zero_stage": 3}))
+    kill_rank1_past_a_checkpoint(proc, tmp_path / "zero3")
+    finish(proc)
     out = tmp_path / "zero3"
-    ref = last_per_step(rank_records(reference, 0))
-    got = last_per_step(rank_records(out, 0))
-    for step in range(STEPS):
-        assert got[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-4)
+    assert_resumed_as_uninterrupted(out, reference)
     supernet, _ = load_trained_supernet(out / "supernet")
     probe = load_file(str(out / "supernet" / "probe.safetensors"))
     supernet.eval()
@@ -263,8 +274,9 @@ def test_zero3_trains_the_same_adapters_and_saves_them_whole(uninterrupted, tmp_
     torch.testing.assert_close(logits, probe["logits"], rtol=1e-5, atol=1e-5)
 
 
-def test_training_metrics_reach_the_node_metrics_endpoint(tmp_path):
-    """The ray_lonas_train_* gauges are exported on the node's Prometheus port (what the dashboard charts)."""
+def test_training_metrics_reach_the_node_metrics_endpoint(uninterrupted, tmp_path):
+    """The ray_lonas_train_* gauges are exported on the node's Prometheus port (what the dashboard charts); the run
+    is without ZeRO sharding (stage 0), with ZeRO-2's losses."""
     import socket
     import urllib.request
 
@@ -276,7 +288,8 @@ def test_training_metrics_reach_the_node_metrics_endpoint(tmp_path):
     ray.init(address="local", num_cpus=2, include_dashboard=False, _metrics_export_port=port,
              object_store_memory=200 * 2**20)
     try:
-        config = make_config(tmp_path, "metrics", optim={"steps": 4}, checkpoint={"every_steps": 4})
+        config = make_config(tmp_path, "metrics", optim={"steps": 4}, checkpoint={"every_steps": 4},
+                             deepspeed={"zero_stage": 0})
         train(TrainConfig.from_yaml(config))
         found: dict[str, float] = {}
         deadline = time.time() + 60
@@ -292,3 +305,4 @@ def test_training_metrics_reach_the_node_metrics_endpoint(tmp_path):
                           "ray_lonas_train_subnet_params", "ray_lonas_train_step"}
     assert found["ray_lonas_train_step"] == 4
     assert found["ray_lonas_train_loss"] > 0 and found["ray_lonas_train_tokens_per_s"] > 0
+    same_losses(tmp_path / "metrics", uninterrupted[0], 4)

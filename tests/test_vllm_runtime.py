@@ -15,7 +15,7 @@ from lonas_ray.config_io import ConfigError
 from lonas_ray.search.config import SearchConfig
 from lonas_ray.search.results import read_results
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.ray, pytest.mark.slow, pytest.mark.vllm]
 
 
 def tiny_cfg(out: Path, latency: dict, budget: int = 2) -> SearchConfig:

@@ -251,9 +251,9 @@ def run_pipeline(cfg: PipelineConfig, output: str | Path | None = None, address:
     fps = pipeline.fingerprints()
     for stage in STRICT:  # a changed training config is refused before any cluster work
         stages.is_done(stage, fps[stage])
+    ensure_ray(address, dashboard=True, **local_pool_tags(pipeline.search_cfg))  # refused (a token): nothing written
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
-    ensure_ray(address, dashboard=True, **local_pool_tags(pipeline.search_cfg))
     storage.start_mirroring()
     try:
         return _run_stages(pipeline, stages, fps, stop_after)

@@ -36,6 +36,15 @@ log = logging.getLogger(__name__)
 RECOVERY = "recovery.json"
 
 
+LEFTOVER_GLOB = ".lonas-export-*"  # a merge's working directory beside the models, renamed into place when done
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Working directories of merges that died (SIGKILL skips their cleanup); called when no merge runs."""
+    for d in root.glob(LEFTOVER_GLOB) if root.is_dir() else ():
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter: bool, dest: dict,
                    judge: dict | None = None, recover: dict | None = None,
                    teacher_files: dict[str, bytes] | None = None, gguf: dict | None = None) -> dict[str, bytes]:
@@ -58,7 +67,7 @@ def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter:
     beside = Path(dest["path"]).parent if dest.get("node") == this_node() else None  # then a rename delivers it
     if beside is not None:
         beside.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".lonas-export-", dir=beside) as d:
+    with tempfile.TemporaryDirectory(prefix=LEFTOVER_GLOB.rstrip("*"), dir=beside) as d:
         model_dir = Path(d) / "model"
         save_subnetwork(supernet, config, model_dir, tokenizer=tokenizer, with_adapter=with_adapter, gguf=gguf)
         del supernet
@@ -228,6 +237,7 @@ def export_models(jobs: dict[str, tuple[Path, dict]], storage: RunStorage, targe
         pending[task.remote(files_ref[supernet_dir], config, spec.with_adapter, dest, judge, own_recovery,
                             teacher_ref if own_recovery else None, gguf)] = name
     failed: dict[str, str] = {}
+    _remove_leftovers(root)  # of merges a killed driver took with it
     with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="merge + export", unit="model") as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -241,6 +251,7 @@ def export_models(jobs: dict[str, tuple[Path, dict]], storage: RunStorage, targe
                 if files:  # else the task put it in place itself
                     write_tree(files, root / name)
             bar.update(1)
+    _remove_leftovers(root)  # of attempts whose worker died (Ray ran the task again)
     if failed:
         raise ExportError(f"{len(failed)} of {len(jobs)} exports failed: "
                           + "; ".join(f"{name}: {why}" for name, why in failed.items())

@@ -148,6 +148,14 @@ class StrategySpec:
         True, help="search every pool at once (a Tune run per pool, each with its own searcher and budget; one "
         "writer of results.parquet); false: one pool after another"
     )
+    trials_per_run: int = help_field(
+        250, help="the most trials one Tune run of a pool's search holds; a longer search runs as several, each "
+        "continuing from the rows, so the driver's memory stays bounded however large the budget"
+    )
+    trial_retries: int = help_field(
+        2, help="times an evaluation whose evaluator died (its worker killed, its node lost, out of memory) is "
+        "started again on a fresh evaluator of its pool before it counts as failed"
+    )
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -158,6 +166,10 @@ class StrategySpec:
             raise ConfigError(f"search.budget must be an integer >= 1 (evaluations per pool), got {self.budget!r}")
         if not isinstance(self.population, int) or self.population < 2:
             raise ConfigError(f"search.population must be an integer >= 2, got {self.population!r}")
+        if not isinstance(self.trials_per_run, int) or self.trials_per_run < 1:
+            raise ConfigError(f"search.trials_per_run must be an integer >= 1, got {self.trials_per_run!r}")
+        if not isinstance(self.trial_retries, int) or self.trial_retries < 0:
+            raise ConfigError(f"search.trial_retries must be an integer >= 0, got {self.trial_retries!r}")
 
 
 @dataclass

@@ -52,7 +52,7 @@ from lonas_ray.data.spec import check_data
 from lonas_ray.search.board import FrontBoard
 from lonas_ray.search.config import SearchConfig
 from lonas_ray.search.front import pool_fronts
-from lonas_ray.search.results import SCHEMA, append_results, check_space, read_results
+from lonas_ray.search.results import SCHEMA, append_results, check_space, compact_results, read_results
 from lonas_ray.space import SearchSpace
 from lonas_ray.storage import RunStorage, is_uri
 
@@ -149,6 +149,7 @@ def supernet_source(cfg: SearchConfig, out: Path) -> Path:
     if cfg.supernet_dir:
         source = RunStorage.open(cfg.supernet_dir, key="supernet_dir", writable=False)
         source.pull()  # a URI (`lonas-ray train --output s3://...`) is fetched once into a local copy
+        check_supernet_dir(source.local, cfg.supernet_dir)
         return source.local
     from lonas_ray.build import prepare_once
 
@@ -186,8 +187,12 @@ def _results_writer(path: Path, pool: str, phase: str, progress=None):
 
         def __init__(self):
             self.written = 0
+            self.reported: set[str] = set()
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            if trial.trial_id in self.reported:  # a retried trial whose evaluator died after reporting
+                return
+            self.reported.add(trial.trial_id)
             row = json.loads(result["row_json"])
             row = {k: phase if k == "phase" else row[k] for k in SCHEMA.names}  # the driver knows the phase
             _append_row(path, pool, row)
@@ -236,10 +241,12 @@ def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, 
         tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=num_samples, reuse_actors=True,
                                     max_concurrent_trials=limit),
         run_config=tune.RunConfig(
-            name=f"{mode}-{pool}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"{mode}-{pool}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",  # runs of one second
             storage_path=str(out / "ray_results"),
             stop=(watch := PoolWatch(placement, wait_seconds(cfg.pools[pool]))),
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),  # a trial has nothing to resume
+            # an evaluator that dies (killed, out of memory) takes its trial with it: started again from scratch
+            failure_config=tune.FailureConfig(max_failures=cfg.search.trial_retries),
             callbacks=[callback],
             verbose=0,  # progress is our bar and gauges: Tune's tables of ~150 config columns are unreadable
         ),
@@ -304,14 +311,15 @@ def check_pools_now(cfg: SearchConfig) -> None:
             _placement(cfg, pool)
 
 
-def check_supernet_dir(directory: Path) -> None:
-    """``ConfigError`` when ``supernet_dir`` is not a super-network directory lonas-ray wrote."""
+def check_supernet_dir(directory: Path, named: str | None = None) -> None:
+    """``ConfigError`` when ``supernet_dir`` is not a super-network directory lonas-ray wrote; ``named``: what the
+    config called it (a URI, whose local copy ``directory`` is)."""
     from lonas_ray.build import missing_prepared
 
     missing = missing_prepared(directory)
     if missing:
-        raise ConfigError(f"supernet_dir {directory} is not a lonas-ray super-network directory: missing {missing}; "
-                          "point it at the supernet/ directory `lonas-ray train` wrote")
+        raise ConfigError(f"supernet_dir {named or directory} is not a lonas-ray super-network directory: missing "
+                          f"{missing}; point it at the supernet/ directory `lonas-ray train` wrote")
 
 
 def check_pool_runtimes(cfg: SearchConfig) -> None:
@@ -357,17 +365,23 @@ def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, 
     s = cfg.search
     if s.strategy == "heuristic":
         return evaluate_configs(cfg, pool, space, source, out, seed_configs(space, s.strategy), run=run)
-    n = s.budget - len(rows_by_pool(path, pool, "search"))  # cross rows are not the pool's search
-    if n <= 0:
+    written = 0
+    # A long search runs as several Tune runs of at most trials_per_run trials, each continuing from the rows as a
+    # resumed search does: what Tune keeps per trial is let go between them, so the driver's memory stays bounded.
+    while (n := s.budget - len(rows_by_pool(path, pool, "search"))) > 0:  # cross rows are not the pool's search
+        known = rows_by_pool(path, pool)  # every row on the pool: the searcher's history and its cache
+        # a later run's sampler seeded anew (by the trials so far), or it would first replay its predecessor
+        alg = build_searcher(space, s.strategy, population=s.population, seed=pool_seed(s.seed, pool) + written,
+                             known=known, study_name=f"lonas-{pool}", objective=s.objective)
+        # the Optuna searcher holds the space, so no param_space
+        new = _run_pool(cfg, pool, space, source, out, total=s.budget, phase="search", run=run, search_alg=alg,
+                        num_samples=min(n, s.trials_per_run), param_space=None)
+        if new == 0:  # nothing more to propose (a small space, all of it evaluated)
+            break
+        written += new
+    if written == 0:
         log.info("pool %s: budget of %d already spent (in %s); nothing to evaluate", pool, s.budget, path)
-        return 0
-    known = rows_by_pool(path, pool)  # every row on the pool: the searcher's history and its cache
-    alg = build_searcher(space, s.strategy, population=s.population, seed=pool_seed(s.seed, pool), known=known,
-                         study_name=f"lonas-{pool}", objective=s.objective)
-    # the Optuna searcher holds the space, so no param_space
-    return _run_pool(cfg, pool, space, source, out, total=s.budget, phase="search", run=run, search_alg=alg,
-                     num_samples=n,
-                     param_space=None)
+    return written
 
 
 def front_members(cfg: SearchConfig, rows) -> dict[str, dict]:
@@ -522,6 +536,8 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
                           "pools": pools, "concurrent_pools": cfg.search.concurrent_pools,
                           "utilisation": CLOCK.utilisation(cfg)}
         write_json(out / SUMMARY, result.summary)
-    finally:  # done or failed: the storage gets what was written
+    finally:  # done or failed: the rows in one part, and the storage gets what was written
+        with _WRITE:
+            compact_results(out / RESULTS)
         storage.stop_mirroring()
     return result

@@ -29,15 +29,24 @@ are a contract (``SCHEMA``); nothing downstream reads a trial's internals.
 * The numeric measurements may be null (e.g. latency not measured on a pool);
   the identity columns may not.
 
-Appends are atomic (``atomic.atomic_file``: written beside the table, then renamed over it),
-so a crash mid-write never leaves a half-written table. They are not locked:
-one writer (the search driver) appends, trials report to it (pools searched at once append under one lock
-in the driver).
+On disk ``results.parquet`` is a directory of Parquet parts (``part-*.parquet``), the layout pyarrow, pandas,
+DuckDB and Spark read as one table (``pq.read_table("results.parquet")``): an append writes one small part, so it
+costs the same at a thousand rows as at ten, where rewriting one file grew with the table. A part is written
+beside its name and renamed into place (``atomic.atomic_file``; the temporary's leading dot hides it from
+readers), so a crash mid-append never leaves half a row. ``compact_results`` folds the parts into one when a
+search ends; a reader that races it may see a row twice (kept once) or a part vanish (it lists again). A file
+written before the directory layout is read as it is and becomes the first part at the next append.
+
+Appends are not locked: one writer (the search driver) appends, trials report to it (pools searched at once
+append under one lock in the driver), and it keeps the keys it has seen so an append reads nothing.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -110,49 +119,150 @@ def _rows_to_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
-def read_results(path: str | Path) -> pa.Table:
-    """The results table at ``path``; an empty table with ``SCHEMA`` when the file does not exist yet."""
-    path = Path(path)
-    if not path.exists():
-        return SCHEMA.empty_table()
-    try:
-        table = read_parquet(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise ResultsError(
-            f"{path}: not a readable Parquet results file ({exc}); move it aside or restore it from a backup"
-        ) from exc
+PART_GLOB = "part-*.parquet"
+
+
+def _legacy(path: Path) -> Path:
+    """Where a one-file table waits while it becomes the first part (a crash then leaves it readable here)."""
+    return path.with_name(f".{path.name}.legacy")
+
+
+def _check_columns(table: pa.Table, where: Path) -> pa.Table:
     if "phase" not in table.column_names:  # written before rows said their phase: all were counted as search
         table = table.append_column("phase", pa.array(["search"] * table.num_rows, pa.string()))
     if set(table.column_names) != set(SCHEMA.names):
         raise ResultsError(
-            f"{path}: columns {sorted(table.column_names)} do not match the results schema "
+            f"{where}: columns {sorted(table.column_names)} do not match the results schema "
             f"{sorted(SCHEMA.names)}; it was written by another version or tool"
         )
     try:
         return table.select(SCHEMA.names).cast(SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise ResultsError(f"{path}: column types do not match the results schema ({exc})") from exc
+        raise ResultsError(f"{where}: column types do not match the results schema ({exc})") from exc
+
+
+def _read_file(path: Path) -> pa.Table:
+    try:
+        table = read_parquet(path)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        raise ResultsError(
+            f"{path}: not a readable Parquet results file ({exc}); move it aside or restore it from a backup"
+        ) from exc
+    return _check_columns(table, path)
+
+
+def _unique(table: pa.Table) -> pa.Table:
+    """Each (subnet_id, pool) once: a reader that lists the parts while they are compacted sees some rows twice."""
+    keys = list(zip(table["subnet_id"].to_pylist(), table["pool"].to_pylist()))
+    if len(set(keys)) == len(keys):
+        return table
+    first: dict[tuple, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    return table.take(sorted(first.values()))
+
+
+def read_results(path: str | Path) -> pa.Table:
+    """The results table at ``path``; an empty table with ``SCHEMA`` when it does not exist yet."""
+    path = Path(path)
+    if path.is_file():
+        return _read_file(path)
+    if not path.exists():
+        legacy = _legacy(path)
+        return _read_file(legacy) if legacy.is_file() else SCHEMA.empty_table()
+    import pyarrow.dataset as ds
+
+    for _ in range(100):  # a part compacted away between listing and reading: list again
+        files = sorted(str(p) for p in path.glob(PART_GLOB))
+        if not files:
+            return SCHEMA.empty_table()
+        try:  # parts never change once in place, so one dataset read of them all (no snapshot needed)
+            table = ds.dataset(files, format="parquet").to_table()
+        except FileNotFoundError:
+            time.sleep(0.01)  # the compaction removing the parts is under way
+            continue
+        except (pa.ArrowException, OSError) as exc:
+            raise ResultsError(
+                f"{path}: a part is not a readable Parquet results part ({exc}); move the directory aside or "
+                "restore it from a backup"
+            ) from exc
+        return _unique(_check_columns(table, path))
+    raise ResultsError(f"{path}: its parts kept changing while being read; is another process compacting it?")
+
+
+# keys already in a table this process appends to, by path, with the directory's (inode, mtime) after this process's
+# last write: an append reads nothing while they hold; a table another process changed, or one removed and made
+# again, is read afresh
+_KEYS: dict[Path, tuple[tuple[int, int], set[tuple[str, str]]]] = {}
+
+
+def _as_directory(path: Path) -> None:
+    """Turn a one-file table (written before the directory layout) into a directory whose first part it is."""
+    if not path.is_file():
+        path.mkdir(parents=True, exist_ok=True)
+        return
+    table = _read_file(path)  # raises on a corrupt file before anything moves
+    staging = path.with_name(f".{path.name}.partial")
+    staging.mkdir(exist_ok=True)
+    pq.write_table(table, staging / "part-0000000000000000000-legacy.parquet")
+    os.replace(path, _legacy(path))
+    os.replace(staging, path)
+    _legacy(path).unlink()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+def _known_keys(path: Path) -> set[tuple[str, str]]:
+    cached = _KEYS.get(path)
+    if cached is None or cached[0] != _stamp(path):
+        table = read_results(path)
+        cached = (_stamp(path), set(zip(table["subnet_id"].to_pylist(), table["pool"].to_pylist())))
+        _KEYS[path] = cached
+    return cached[1]
 
 
 def append_results(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Append ``rows`` to the table at ``path`` atomically; on any error the old file is left as it was."""
+    """Append ``rows`` to the table at ``path`` as one new part, atomically; on any error nothing is written."""
     if not rows:
         return
-    path = Path(path)
+    path = Path(path).absolute()
     new = _rows_to_table(rows)
-    old = read_results(path)  # raises on a corrupt file before anything is written
-    seen = set(zip(old["subnet_id"].to_pylist(), old["pool"].to_pylist()))
-    for i, key in enumerate(zip(new["subnet_id"].to_pylist(), new["pool"].to_pylist())):
-        if key in seen:
+    if not path.is_dir():
+        if _legacy(path).is_file() and not path.exists():  # a conversion cut short: finish it
+            os.replace(_legacy(path), path)
+        _as_directory(path)
+    seen, batch = _known_keys(path), set()
+    keys = list(zip(new["subnet_id"].to_pylist(), new["pool"].to_pylist()))
+    for i, key in enumerate(keys):
+        if key in seen or key in batch:
             raise ResultsError(
                 f"results row {i}: subnet {key[0]} is already evaluated on pool {key[1]}; "
                 "check evaluated_ids before evaluating"
             )
-        seen.add(key)
-    table = pa.concat_tables([old, new])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
+        batch.add(key)
+    with atomic_file(path / f"part-{time.time_ns():019d}-{uuid.uuid4().hex[:8]}.parquet") as tmp:
+        pq.write_table(new, tmp)
+    seen.update(keys)
+    _KEYS[path] = (_stamp(path), seen)
+
+
+def compact_results(path: str | Path) -> None:
+    """Fold the parts of the table at ``path`` into one (fewer files to list, read and upload); the rows as they
+    were. The new part is in place before the old ones go, so a reader never misses a row."""
+    path = Path(path)
+    parts = sorted(path.glob(PART_GLOB)) if path.is_dir() else []
+    if len(parts) < 2:
+        return
+    table = pa.concat_tables([_read_file(p) for p in parts])
+    with atomic_file(path / f"part-{time.time_ns():019d}-{uuid.uuid4().hex[:8]}.parquet") as tmp:
         pq.write_table(table, tmp)
+    for p in parts:
+        p.unlink()
 
 
 def check_space(path: str | Path, dims: Mapping[str, Sequence[Any]]) -> None:
