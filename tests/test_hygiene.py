@@ -10,10 +10,10 @@ import pytest
 
 from helpers import ROOT, ray_daemons
 
+pytestmark = [pytest.mark.ray]
+
 LEAKY = """
 import ray
-
-pytestmark = [pytest.mark.ray]
 
 
 def test_connects_and_forgets_to_shut_down():

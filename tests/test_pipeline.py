@@ -120,6 +120,7 @@ def run(tmp_path_factory):
                     seen["samples"][key] = max(float(value), seen["samples"].get(key, float("-inf")))
                 stop.wait(2)
 
+        # only the last run is watched: its search finished earlier, and its figures are published again
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         job = head.submit(out)

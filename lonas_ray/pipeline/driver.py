@@ -104,6 +104,15 @@ class Pipeline:
         result = run_search(self.search_cfg)
         return {"new_evaluations": result.evaluated}
 
+    def publish_search_figures(self) -> None:
+        """The search's gauges from its rows, for a run that skips the search it finished earlier."""
+        from lonas_ray.search.progress import publish_search
+
+        maximal = json.loads((self.out / SUMMARY).read_text())["maximal"]
+        for pool in self.search_cfg.search.pools:
+            rows = list(rows_by_pool(self.out / RESULTS, pool).values())
+            publish_search(self.storage.name, pool, len(rows), rows, maximal)
+
     def chosen(self) -> dict[str, dict]:
         rows = read_parquet(self.out / PARETO).to_pylist()
         if self.cfg.export.select == "targets":  # recover-then-rank's winners (the export stage wrote them)
@@ -268,6 +277,8 @@ def _run_stages(pipeline: Pipeline, stages: StageLog, fps: dict[str, str], stop_
     for stage in STAGES:
         if stages.is_done(stage, fps[stage]) and all(p.exists() for p in pipeline.outputs(stage)):
             _say(stage, f"finished earlier ({stages.path}), skipped")
+            if stage == "search":
+                pipeline.publish_search_figures()
         else:
             _say(stage, "running")
             stages.start(stage, fps[stage])

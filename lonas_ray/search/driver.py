@@ -379,7 +379,7 @@ def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, 
         if new == 0:  # nothing more to propose (a small space, all of it evaluated)
             break
         written += new
-    if written == 0:
+    if written == 0 and n <= 0:
         log.info("pool %s: budget of %d already spent (in %s); nothing to evaluate", pool, s.budget, path)
     return written
 

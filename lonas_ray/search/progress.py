@@ -53,19 +53,24 @@ class SearchProgress:
         self.publish()
 
     def publish(self) -> None:
-        from lonas_ray.metrics import set_gauges
-
-        try:
-            set_gauges({"lonas_search_evaluations_done": len(self.rows),
-                        "lonas_search_evaluations_total": self.total,
-                        "lonas_pareto_size": len(front_rows(self.rows, "latency_ms"))}, self.run, pool=self.pool)
-            maximal = next((r for r in self.rows if r["subnet_id"] == self.maximal_id), None)
-            if maximal is not None and maximal.get("latency_ms"):
-                for band, q in best_quality_per_band(self.rows, maximal["latency_ms"]).items():
-                    set_gauges({"lonas_search_best_quality": q}, self.run, pool=self.pool, band=band)
-        except Exception as exc:  # metrics are a view: never fail a search over them
-            log.warning("could not publish search metrics: %s", exc)
+        publish_search(self.run, self.pool, self.total, self.rows, self.maximal_id)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def publish_search(run: str, pool: str, total: int, rows: Sequence[Mapping[str, Any]], maximal_id: str) -> None:
+    """The ``lonas_search_*`` gauges of one pool's rows: as its search goes, and again when a resumed pipeline skips
+    a search finished earlier (so its dashboard shows the run's figures too)."""
+    from lonas_ray.metrics import set_gauges
+
+    try:
+        set_gauges({"lonas_search_evaluations_done": len(rows), "lonas_search_evaluations_total": total,
+                    "lonas_pareto_size": len(front_rows(rows, "latency_ms"))}, run, pool=pool)
+        maximal = next((r for r in rows if r["subnet_id"] == maximal_id), None)
+        if maximal is not None and maximal.get("latency_ms"):
+            for band, q in best_quality_per_band(rows, maximal["latency_ms"]).items():
+                set_gauges({"lonas_search_best_quality": q}, run, pool=pool, band=band)
+    except Exception as exc:  # metrics are a view: never fail a search over them
+        log.warning("could not publish search metrics: %s", exc)
