@@ -55,7 +55,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
             ray.init(address=address)
         except AuthenticationError as exc:  # Ray's message names where the token is looked for
             raise InputError(f"the Ray cluster at {address} refused this driver: {exc}") from None
-        _say_where_logs_are()
+        _quiet_terminal()
         _install_dashboard()
         return False
     context = ray.init(
@@ -70,14 +70,14 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
         runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
     )
     log.info("started a local Ray: %s", ray.cluster_resources())
-    _say_where_logs_are()
+    _quiet_terminal()
     if dashboard and context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
         _install_dashboard()
     return True
 
 
-def _say_where_logs_are() -> None:
+def _quiet_terminal() -> None:
     """Unless ``verbose``: copy only the workers' progress bars to this terminal, and say in the first lines a user
     reads where the rest went."""
     if verbose():

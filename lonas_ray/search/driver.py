@@ -368,8 +368,11 @@ def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, 
     written = 0
     # A long search runs as several Tune runs of at most trials_per_run trials, each continuing from the rows as a
     # resumed search does: what Tune keeps per trial is let go between them, so the driver's memory stays bounded.
-    while (n := s.budget - len(rows_by_pool(path, pool, "search"))) > 0:  # cross rows are not the pool's search
+    while True:
         known = rows_by_pool(path, pool)  # every row on the pool: the searcher's history and its cache
+        n = s.budget - sum(r["phase"] == "search" for r in known.values())  # cross rows are not the pool's search
+        if n <= 0:
+            break
         # a later run's sampler seeded anew (by the trials so far), or it would first replay its predecessor
         alg = build_searcher(space, s.strategy, population=s.population, seed=pool_seed(s.seed, pool) + written,
                              known=known, study_name=f"lonas-{pool}", objective=s.objective)

@@ -212,6 +212,11 @@ def _as_directory(path: Path) -> None:
     _legacy(path).unlink()
 
 
+def _new_part(path: Path) -> Path:
+    """A part's name: sorted by when it was written, unique across writers."""
+    return path / f"part-{time.time_ns():019d}-{uuid.uuid4().hex[:8]}.parquet"
+
+
 def _stamp(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_ino, st.st_mtime_ns
@@ -245,7 +250,7 @@ def append_results(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
                 "check evaluated_ids before evaluating"
             )
         batch.add(key)
-    with atomic_file(path / f"part-{time.time_ns():019d}-{uuid.uuid4().hex[:8]}.parquet") as tmp:
+    with atomic_file(_new_part(path)) as tmp:
         pq.write_table(new, tmp)
     seen.update(keys)
     _KEYS[path] = (_stamp(path), seen)
@@ -259,7 +264,7 @@ def compact_results(path: str | Path) -> None:
     if len(parts) < 2:
         return
     table = pa.concat_tables([_read_file(p) for p in parts])
-    with atomic_file(path / f"part-{time.time_ns():019d}-{uuid.uuid4().hex[:8]}.parquet") as tmp:
+    with atomic_file(_new_part(path)) as tmp:
         pq.write_table(table, tmp)
     for p in parts:
         p.unlink()
