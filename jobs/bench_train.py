@@ -16,11 +16,13 @@ config (SmolLM2-135M's shape by default) with random weights; the figures say so
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -145,8 +147,11 @@ def part_a(shape: dict, device: str, dtype: torch.dtype, batch: int, seq: int, r
             "note": "tokens_per_s counts tokens through a forward pass: sandwich runs 3 sub-networks per step"}
 
 
-def part_b(workers: int, device: str, steps: int, quick: bool) -> dict:
-    """The real job (TorchTrainer + DeepSpeed ZeRO-2) with 1 and ``workers`` workers."""
+def part_b(workers: int, device: str, steps: int, quick: bool, log_every: int | None = None) -> dict:
+    """The real job (TorchTrainer + DeepSpeed ZeRO-2) with 1 and ``workers`` workers, reporting to Ray Train every
+    ``log_every`` steps (default: the config's). Two throughputs from the ranks' records: the steps' own time (the
+    slowest rank's), and the wall time from one step's record to the next, which also holds what the loop waits for
+    between steps (a report Ray Train's controller has not yet taken)."""
     from lonas_ray.config_io import to_dict
     from lonas_ray.data.toy import write_toy_task
     from lonas_ray.ray_env import ensure_ray
@@ -171,17 +176,26 @@ def part_b(workers: int, device: str, steps: int, quick: bool) -> dict:
                 "scaling": {"num_workers": n, "use_gpu": gpu,
                             "resources_per_worker": {"GPU": 1} if gpu else {"CPU": 1}},
                 "checkpoint": {"every_steps": steps, "max_failures": 0},
+                **({"log_every": log_every} if log_every else {}),
             })
             train(cfg)
-            per_step = {}
+            per_step, ended = {}, {}
             for r in range(n):
                 for line in (Path(cfg.output_dir) / "ranks" / f"rank{r}.jsonl").read_text().splitlines():
                     rec = json.loads(line)
                     tok, s = per_step.get(rec["step"], (0, 0.0))
                     per_step[rec["step"]] = (tok + rec["tokens"], max(s, rec["step_s"]))
-            rates = [tok / s for step, (tok, s) in sorted(per_step.items()) if step >= 2]
+                    ended[rec["step"]] = max(ended.get(rec["step"], 0.0), rec["ended"])
+            measured = [step for step in sorted(per_step) if step >= 2]
+            rates = [per_step[step][0] / per_step[step][1] for step in measured]
+            walls = [ended[step] - ended[step - 1] for step in measured]
             res[f"workers_{n}"] = {"tokens_per_s_median": statistics.median(rates), "steps_measured": len(rates),
+                                   "step_s_median": statistics.median(s for _, s in map(per_step.get, measured)),
+                                   "wall_step_s_median": statistics.median(walls),
+                                   "wall_tokens_per_s_median": statistics.median(
+                                       per_step[step][0] / w for step, w in zip(measured, walls)),
                                    "config": to_dict(cfg)["optim"]}
+            res["log_every"] = cfg.log_every
     if workers > 1:
         one, many = res["workers_1"]["tokens_per_s_median"], res[f"workers_{workers}"]["tokens_per_s_median"]
         res["scaling_efficiency"] = many / (workers * one)
@@ -195,6 +209,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small model, few repeats (for tests)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--scaling", type=int, default=0, help="also run the Ray Train job with 1 and N workers")
+    ap.add_argument("--log-every", type=int, default=None,
+                    help="the Ray Train job's train.log_every (default: the config's)")
     ap.add_argument("--shape", choices=sorted(SHAPES), default=None,
                     help="model shape of part A (default: smollm2, quick with --quick)")
     args = ap.parse_args()
@@ -203,7 +219,8 @@ def main() -> None:
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     batch, seq = (2, 32) if args.quick else ((16, 256) if args.device == "cuda" else (4, 128))
     repeats = args.repeats or (3 if args.quick else 10)
-    result = {"machine": machine(args.device), "model_shape": shape, "weights": "random (from config)",
+    result = {"date": datetime.date.today().isoformat(), "command": "python " + " ".join(sys.argv),
+              "machine": machine(args.device), "model_shape": shape, "weights": "random (from config)",
               "dtype": str(dtype), "batch": batch, "seq_len": seq,
               "single_process": part_a(shape, args.device, dtype, batch, seq, repeats, warmup=2)}
     if not torch.cuda.is_available():
@@ -213,7 +230,7 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=1))  # part A survives a failure in part B
     if args.scaling:
         result["ray_train_deepspeed"] = part_b(args.scaling, args.device, steps=6 if args.quick else 12,
-                                               quick=args.quick)
+                                               quick=args.quick, log_every=args.log_every)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     sp = result["single_process"]

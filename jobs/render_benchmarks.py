@@ -557,16 +557,22 @@ def train_variants(runs: list[Run]) -> str:
 def train_scaling(runs: list[Run]) -> str:
     """The real Ray Train + DeepSpeed job with 1 and 2 workers."""
     names = short(runs)
-    header = ["run", "workers", "global batch (micro)", "tokens/s, median", "steps measured", "scaling efficiency"]
+    header = ["run", "workers", "global batch (micro)", "reports every", "tokens/s, median",
+              "wall tokens/s, median", "wall s/step, median", "steps measured", "scaling efficiency"]
     body = []
     for run in runs:
         rtd = run.data["ray_train_deepspeed"]
         workers = sorted((k for k in rtd if k.startswith("workers_")), key=lambda k: int(k.split("_")[1]))
         for k in workers:
             w = rtd[k]
+            wall = w.get("wall_tokens_per_s_median")  # recorded since the ranks' records carry their end times
+            every = rtd.get("log_every")
+            reports = "not recorded" if every is None else "step" if every == 1 else f"{every} steps"
             body.append([names[run.stem], k.split("_")[1],
                          f"{w['config']['batch_size']} ({w['config']['micro_batch_size']})",
-                         f"{w['tokens_per_s_median']:.0f}", str(w["steps_measured"]),
+                         reports,
+                         f"{w['tokens_per_s_median']:.0f}", f"{wall:.0f}" if wall is not None else "-",
+                         fixed(w["wall_step_s_median"], 2) if wall is not None else "-", str(w["steps_measured"]),
                          fixed(rtd["scaling_efficiency"], 2) if k == workers[-1] else ""])
     return section(runs, table(header, body))
 

@@ -226,3 +226,14 @@ def run_python(code: str, timeout: int = 300, **env) -> subprocess.CompletedProc
     tb = proc.stderr.rfind("Traceback (most recent call last)")  # the error itself, not the progress bars after it
     assert proc.returncode == 0, proc.stderr[tb:tb + 4000] if tb >= 0 else proc.stderr[-3000:]
     return proc
+
+
+def checkpoints(out: Path) -> list[str]:
+    """The training checkpoints Ray Train has recorded in a training output directory, which a resumed run restores
+    from (its snapshot: a step's files are written first, and the controller records them when it next takes the
+    workers' reports, about every 2 s)."""
+    try:
+        snapshot = json.loads((out / "ray_results" / "train" / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not yet, or being written
+        return []
+    return [c["checkpoint_dir_name"] for c in snapshot["checkpoint_results"]]

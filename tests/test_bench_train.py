@@ -32,4 +32,10 @@ def test_bench_train_quick_writes_all_figures(tmp_path):
     scaling = result["ray_train_deepspeed"]
     assert scaling["workers_1"]["steps_measured"] == scaling["workers_2"]["steps_measured"] == 4
     assert scaling["scaling_efficiency"] > 0
+    assert scaling["log_every"] == 10  # train.log_every's default: Ray Train is not waited for on every step
+    for workers in ("workers_1", "workers_2"):
+        w = scaling[workers]
+        # the wall time from one step's record to the next holds the step's own time and what the loop waited for
+        assert 0 < w["step_s_median"] <= w["wall_step_s_median"]
+        assert 0 < w["wall_tokens_per_s_median"] <= w["tokens_per_s_median"] * 1.0001
     assert result["machine"]["device"] == "cpu"

@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import ENV, ROOT, TINY, Head
+from helpers import ENV, ROOT, TINY, Head, checkpoints
 from lonas_ray.search.results import SCHEMA, read_results
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.ray, pytest.mark.slow]
@@ -70,16 +70,6 @@ def interrupt(head: Head, out: Path, job: str, ready, how: str, timeout: float =
 def ranks(out: Path, rank: int = 0) -> list[dict]:
     path = out / "ranks" / f"rank{rank}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-
-
-def checkpoints(out: Path) -> list[str]:
-    """The training checkpoints Ray Train has recorded, which a resumed run restores from (its snapshot: a step's
-    files are written before, and the controller records them when it next takes the workers' reports)."""
-    try:
-        snapshot = json.loads((out / "ray_results" / "train" / "checkpoint_manager_snapshot.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):  # not yet, or being written
-        return []
-    return [c["checkpoint_dir_name"] for c in snapshot["checkpoint_results"]]
 
 
 def manifests(out: Path) -> dict[str, int]:

@@ -18,6 +18,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from helpers import checkpoints
 from lonas_ray.config_io import ConfigError
 from lonas_ray.data.toy import write_toy_task
 from lonas_ray.space import SearchSpace
@@ -142,17 +143,19 @@ def test_all_ranks_train_the_same_subnetworks_on_each_step(uninterrupted):
 
 
 def kill_rank1_past_a_checkpoint(proc: subprocess.Popen, out: Path) -> None:
-    """SIGKILL rank 1's worker once a checkpoint exists (step 4) and training went past it."""
+    """SIGKILL rank 1's worker once Ray Train has recorded a checkpoint (step 4 or 8) and training went past it."""
     deadline = time.time() + 300
     rank1_log = out / "ranks" / "rank1.jsonl"
     while time.time() < deadline:
-        if rank1_log.is_file() and any(json.loads(x)["step"] >= 5 for x in rank1_log.read_text().splitlines()):
+        saved = checkpoints(out)
+        if saved and rank1_log.is_file() and any(json.loads(x)["step"] >= int(saved[-1].split("_")[1])
+                                                 for x in rank1_log.read_text().splitlines()):
             break
         assert proc.poll() is None, proc.communicate()[0][-4000:]
         time.sleep(0.2)
     else:
         proc.kill()
-        pytest.fail("training never reached step 6")
+        pytest.fail("training never went past a checkpoint Ray Train recorded")
     os.kill(int((out / "ranks" / "rank1.pid").read_text()), signal.SIGKILL)
 
 

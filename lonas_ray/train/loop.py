@@ -243,7 +243,8 @@ def report_step(w: Worker, step: int, subnets: list, ids: list[str], micro: list
     with w.rank_log.open("a") as f:
         f.write(json.dumps({"step": step, "subnets": ids, "indices": micro, "loss": rank_loss,
                             "tokens": stats.tokens, "teacher_passes": stats.teacher_passes, "step_s": step_s,
-                            "restart_from": w.start, "node": ray.get_runtime_context().get_node_id()}) + "\n")
+                            "restart_from": w.start, "node": ray.get_runtime_context().get_node_id(),
+                            "ended": time.time()}) + "\n")  # epoch s: the wall time between steps, waits included
     done = step + 1
     metrics = {"step": done, "loss": loss_mean, "tokens_per_s": tokens_per_s, "subnet_params": params_mean,
                "lr": w.engine.get_lr()[0], "subnets": ids}
