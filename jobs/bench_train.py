@@ -190,7 +190,7 @@ def part_b(workers: int, device: str, steps: int, quick: bool, log_every: int | 
             rates = [per_step[step][0] / per_step[step][1] for step in measured]
             walls = [ended[step] - ended[step - 1] for step in measured]
             res[f"workers_{n}"] = {"tokens_per_s_median": statistics.median(rates), "steps_measured": len(rates),
-                                   "step_s_median": statistics.median(s for _, s in map(per_step.get, measured)),
+                                   "step_s_median": statistics.median(per_step[step][1] for step in measured),
                                    "wall_step_s_median": statistics.median(walls),
                                    "wall_tokens_per_s_median": statistics.median(
                                        per_step[step][0] / w for step, w in zip(measured, walls)),

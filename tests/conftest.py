@@ -53,6 +53,7 @@ def leaves_no_ray_running(request):
         pytest.fail(f"{request.module.__name__} left Ray running: " + "; ".join(left) +
                     ". Stop what a test starts: ray.shutdown(), Cluster.shutdown(), helpers.Head.stop().")
 
+
 class VllmBuild:
     """vLLM's environment (jobs/make_vllm_env.sh, about 1.5 min on 2 cores) built in the background while the other
     tests run: at low priority (``nice``), from collection on, with the vLLM tests ordered last to use it."""
