@@ -99,7 +99,9 @@ def rows(path: Path) -> int:
     """Rows in the results table (a directory of parts; a one-file table from before), from the parts' footers."""
     import pyarrow.parquet as pq
 
-    parts = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
+    from lonas_ray.search.results import PART_GLOB
+
+    parts = sorted(path.glob(PART_GLOB)) if path.is_dir() else [path]
     total = 0
     for part in parts:
         try:

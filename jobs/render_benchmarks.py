@@ -649,10 +649,13 @@ def load(runs: list[Run]) -> str:
         search, resume = data["search"], data["resume"]
         notes.append(f"{run.stem}: {search['rows']} rows in {search['wall_s']} s; resume on its output:"
                      f" {sum(resume['new_evaluations'].values())} new evaluations in {resume['wall_s']} s.")
-        notes.append("Appending one row: " + ", ".join(f"{ms} ms at {n} rows" for n, ms in data["append_ms"].items())
-                     + (" (the table one file read and written again instead: " + ", ".join(
-                         f"{ms} ms at {n} rows" for n, ms in data["rewrite_ms"].items()) + ")"
-                        if "rewrite_ms" in data else "") + ".")
+        def at_marks(ms_by_rows: dict) -> str:
+            return ", ".join(f"{ms} ms at {n} rows" for n, ms in ms_by_rows.items())
+
+        rewrite = data.get("rewrite_ms")
+        notes.append(f"Appending one row: {at_marks(data['append_ms'])}"
+                     + (f" (the table one file read and written again instead: {at_marks(rewrite)})" if rewrite else "")
+                     + ".")
         for n, at in data["at"].items():
             notes.append(f"At mark {n} ({at['rows']} rows): driver {at['driver_mb']} MB; evaluator processes"
                          f" {at['evaluators']}, {at['evaluators_mb']} MB summed.")

@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import ENV, ROOT, TINY, Head, checkpoints
+from helpers import ENV, ROOT, TINY, Head, checkpoints, processes_using
 from lonas_ray.search.results import SCHEMA, read_results
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.ray, pytest.mark.slow]
@@ -38,14 +38,7 @@ def result_rows(out: Path) -> list[dict]:
 
 def driver_pids(out: Path) -> list[int]:
     """The job's entrypoint processes (the pipeline driver, and the shell Ray may start it through)."""
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        line = " ".join(proc.info["cmdline"] or [])
-        if "jobs/pipeline.py" in line and str(out) in line:
-            found.append(proc.pid)
-    return found
+    return sorted(set(processes_using("jobs/pipeline.py")) & set(processes_using(str(out))))
 
 
 def interrupt(head: Head, out: Path, job: str, ready, how: str, timeout: float = 400) -> None:

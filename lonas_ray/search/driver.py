@@ -274,14 +274,14 @@ def _fixed_list(cfg: SearchConfig, pool: str, space: SearchSpace, configs: list)
     return {"search_alg": alg, "num_samples": len(configs), "param_space": choice_space(space)}
 
 
-def _run_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path, *, total: int,
-              phase: str, run: str | None = None, **tune_args) -> int:
-    """One Tune run on ``pool`` whose rows go to results.parquet; returns how many were written."""
+def _run_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path, *, known: dict[str, dict],
+              total: int, phase: str, run: str | None = None, **tune_args) -> int:
+    """One Tune run on ``pool`` whose rows go to results.parquet; returns how many were written. ``known``: the
+    pool's rows so far (``rows_by_pool``, which the caller has just read), where its progress starts."""
     from lonas_ray.search.progress import SearchProgress
 
     path = out / RESULTS
-    progress = SearchProgress(run or out.name, pool, total, list(rows_by_pool(path, pool).values()),
-                              space.subnet_id(space.maximal()))
+    progress = SearchProgress(run or out.name, pool, total, list(known.values()), space.subnet_id(space.maximal()))
     writer = _results_writer(path, pool, phase, progress)
     try:
         _, errors = _tune(cfg, pool, _placement(cfg, pool), source, mode="search", callback=writer, out=out,
@@ -352,8 +352,8 @@ def evaluate_configs(cfg: SearchConfig, pool: str, space: SearchSpace, source: P
             todo.append(c)
     if not todo:
         return 0
-    return _run_pool(cfg, pool, space, source, out, total=len(known) + len(todo), phase=phase, run=run,
-                     **_fixed_list(cfg, pool, space, todo))
+    return _run_pool(cfg, pool, space, source, out, known=known, total=len(known) + len(todo), phase=phase,
+                     run=run, **_fixed_list(cfg, pool, space, todo))
 
 
 def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path,
@@ -377,8 +377,8 @@ def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, 
         alg = build_searcher(space, s.strategy, population=s.population, seed=pool_seed(s.seed, pool) + written,
                              known=known, study_name=f"lonas-{pool}", objective=s.objective)
         # the Optuna searcher holds the space, so no param_space
-        new = _run_pool(cfg, pool, space, source, out, total=s.budget, phase="search", run=run, search_alg=alg,
-                        num_samples=min(n, s.trials_per_run), param_space=None)
+        new = _run_pool(cfg, pool, space, source, out, known=known, total=s.budget, phase="search", run=run,
+                        search_alg=alg, num_samples=min(n, s.trials_per_run), param_space=None)
         if new == 0:  # nothing more to propose (a small space, all of it evaluated)
             break
         written += new

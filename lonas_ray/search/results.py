@@ -153,9 +153,14 @@ def _read_file(path: Path) -> pa.Table:
     return _check_columns(table, path)
 
 
+def _keys(table: pa.Table) -> list[tuple[str, str]]:
+    """A table's row keys, (subnet_id, pool): a sub-network is evaluated once on a pool."""
+    return list(zip(table["subnet_id"].to_pylist(), table["pool"].to_pylist()))
+
+
 def _unique(table: pa.Table) -> pa.Table:
     """Each (subnet_id, pool) once: a reader that lists the parts while they are compacted sees some rows twice."""
-    keys = list(zip(table["subnet_id"].to_pylist(), table["pool"].to_pylist()))
+    keys = _keys(table)
     if len(set(keys)) == len(keys):
         return table
     first: dict[tuple, int] = {}
@@ -226,7 +231,7 @@ def _known_keys(path: Path) -> set[tuple[str, str]]:
     cached = _KEYS.get(path)
     if cached is None or cached[0] != _stamp(path):
         table = read_results(path)
-        cached = (_stamp(path), set(zip(table["subnet_id"].to_pylist(), table["pool"].to_pylist())))
+        cached = (_stamp(path), set(_keys(table)))
         _KEYS[path] = cached
     return cached[1]
 
@@ -242,7 +247,7 @@ def append_results(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
             os.replace(_legacy(path), path)
         _as_directory(path)
     seen, batch = _known_keys(path), set()
-    keys = list(zip(new["subnet_id"].to_pylist(), new["pool"].to_pylist()))
+    keys = _keys(new)
     for i, key in enumerate(keys):
         if key in seen or key in batch:
             raise ResultsError(
