@@ -246,6 +246,7 @@ import ray
 from ray.cluster_utils import Cluster
 from lonas_ray.search.config import SearchConfig
 from lonas_ray.search.driver import run_search
+from lonas_ray.search.results import read_results
 
 out = Path(sys.argv[1])
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
@@ -287,13 +288,13 @@ proc = subprocess.Popen([sys.executable, "-m", "lonas_ray.cli", "search", "--con
                         start_new_session=True)
 deadline, results = time.monotonic() + 240, out / "resumed" / "results.parquet"
 while time.monotonic() < deadline and proc.poll() is None:
-    if results.exists() and {r["pool"] for r in pq.read_table(results).to_pylist()} == {"pool-a", "pool-b"}:
+    if set(read_results(results)["pool"].to_pylist()) == {"pool-a", "pool-b"}:
         break
     time.sleep(0.1)
 alive = proc.poll() is None
 os.killpg(proc.pid, signal.SIGKILL)
 proc.wait(timeout=60)
-(out / "killed.results.json").write_text(json.dumps(pq.read_table(results).to_pylist() if results.exists() else []))
+(out / "killed.results.json").write_text(json.dumps(read_results(results).to_pylist()))
 import psutil
 import threading
 evaluator_killed = []
@@ -301,7 +302,7 @@ evaluator_killed = []
 
 def kill_an_evaluator(before):
     # once the continued search has written a row of its own, one evaluator actor (either pool) dies mid-run
-    while not (results.exists() and pq.read_table(results, columns=["pool"]).num_rows > before):
+    while not read_results(results).num_rows > before:
         time.sleep(0.1)
     # an evaluator's process title: the trainable's name while idle, Tune's resource wrapper's while it evaluates
     # (a Ray worker's title starts with ray::; this script's own command line names them too)
@@ -313,7 +314,7 @@ def kill_an_evaluator(before):
         evaluator_killed.append(actors[0].pid)
 
 
-rows_before = pq.read_table(results, columns=["pool"]).num_rows
+rows_before = read_results(results).num_rows
 threading.Thread(target=kill_an_evaluator, args=(rows_before,), daemon=True).start()
 runs["resumed"] = run_search(SearchConfig.from_dict(raw), address=cluster.address).evaluated
 keep("resumed")
@@ -325,10 +326,18 @@ raw["pools"]["pool-b"] = {"evaluators": 1, "latency": {**lat, "repeats": 60}}
 lost = out / "lost" / "results.parquet"
 
 
+removal = []
+
+
 def remove_b():
-    while not (lost.exists() and "pool-b" in pq.read_table(lost, columns=["pool"])["pool"].to_pylist()):
-        time.sleep(0.1)
-    cluster.remove_node(b)
+    # read as the product reads the table: its directory exists, partless, for a moment before the first append
+    try:
+        while "pool-b" not in read_results(lost)["pool"].to_pylist():
+            time.sleep(0.1)
+        cluster.remove_node(b)
+        removal.append("removed")
+    except Exception as e:  # a thread's error would otherwise vanish, and the search end normally
+        removal.append(f"{type(e).__name__}: {e}")
 
 
 threading.Thread(target=remove_b, daemon=True).start()
@@ -341,7 +350,7 @@ except Exception as e:
 finals = out / "lost" / "final_quality.json"
 (out / "lost.final_quality.json").write_text(finals.read_text() if finals.exists() else "{}")
 print(json.dumps({"a": a.node_id, "b": b.node_id, "evaluated": runs, "killed_while_running": alive,
-                  "evaluator_killed": evaluator_killed, "lost_error": error}))
+                  "evaluator_killed": evaluator_killed, "lost_error": error, "removal": removal}))
 ray.shutdown()
 cluster.shutdown()
 """
@@ -486,6 +495,7 @@ def test_a_pool_whose_node_is_lost_mid_search_fails_named_and_the_other_pool_fin
     that is gone) and the search fails naming pool-b, after pool-a's whole budget and its full-set scoring are
     written; pool-b's rows so far are kept."""
     out, ids = multi_pool
+    assert ids["removal"] == ["removed"]
     assert ids["lost_error"] and ids["lost_error"].startswith("PoolError: pool 'pool-b': its nodes were lost")
     rows = load(out, "lost", "results")
     assert [r["phase"] for r in rows if r["pool"] == "pool-a"].count("search") == 8
