@@ -102,8 +102,11 @@ class Head:
         self.temp_dir = tempfile.mkdtemp(prefix="lonas-ray-", dir="/tmp")
 
     def ray(self, *args: str, timeout: int = 120, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([str(Path(sys.executable).parent / "ray"), *args], env=self.env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout, check=check)
+        proc = subprocess.run([str(Path(sys.executable).parent / "ray"), *args], env=self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout)
+        assert not check or proc.returncode == 0, f"ray {' '.join(args[:2])}: exit {proc.returncode}\n" + \
+            (proc.stdout + proc.stderr)[-3000:]
+        return proc
 
     def start(self, pools: bool = True, num_cpus: int = 2, *extra: str) -> None:
         """The head; ``pools``: it also serves tiny.yaml's two pools (a one-node cluster); ``extra``: more

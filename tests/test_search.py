@@ -77,12 +77,17 @@ def test_search_writes_results_pareto_and_a_second_run_evaluates_nothing(local_r
     summary = json.loads((Path(cfg.output_dir) / "search_summary.json").read_text())
     assert summary["pools"]["local"]["latency"]["hypervolume"] > 0
 
-    # A trial reuses the evaluator's loaded super-network: fewer loads than trials.
-    evaluators = set()
-    for f in glob.glob(str(Path(cfg.output_dir) / "ray_results" / "search-local-*" / "*" / "result.json")):
+    # A trial reuses the evaluator's loaded super-network: fewer loads than trials. The follow-up (full-set
+    # scoring) runs in the search's Tune run, on evaluators the search loaded.
+    evaluators: dict[str, list[str]] = {"search": [], "final": []}
+    for f in glob.glob(str(Path(cfg.output_dir) / "ray_results" / "*" / "*" / "result.json")):
+        assert "/search-local-" in f, f  # one Tune run: no run of its own for the follow-up
         for line in Path(f).read_text().splitlines():
-            evaluators.add(json.loads(line)["evaluator_id"])
-    assert 1 <= len(evaluators) <= cfg.pools["local"].evaluators
+            result = json.loads(line)
+            evaluators[result["mode"]].append(result["evaluator_id"])
+    assert len(evaluators["search"]) == 6 and 1 <= len(set(evaluators["search"])) <= cfg.pools["local"].evaluators
+    finals = json.loads((Path(cfg.output_dir) / "final_quality.json").read_text())
+    assert len(evaluators["final"]) == len(finals) >= 1 and set(evaluators["final"]) & set(evaluators["search"])
 
     table = Path(cfg.output_dir) / "results.parquet"  # a directory of Parquet parts, folded into one at the end
     before = {p.name: p.read_bytes() for p in table.iterdir()}

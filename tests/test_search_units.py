@@ -615,49 +615,146 @@ def test_each_pool_runs_the_pools_at_once_lets_all_finish_and_names_the_failed()
     assert exc.value is named
 
 
-def test_a_shared_queue_hands_each_configuration_to_one_pool_and_ends_every_pools_run():
+def test_a_shared_queue_hands_each_configuration_to_one_pool_once():
     import pickle
 
-    from lonas_ray.search.searchers import QueueSearcher, SharedQueue
+    from lonas_ray.search.searchers import SharedQueue
 
-    queue = SharedQueue([{"d": 1}, {"d": 2}, {"d": 3}])
-    a, b = QueueSearcher(queue), QueueSearcher(queue)
-    got = [a.suggest("t1"), b.suggest("t2"), a.suggest("t3")]
-    assert got == [{"d": 1}, {"d": 2}, {"d": 3}]
-    assert a.suggest("t4") == Searcher.FINISHED and b.suggest("t5") == Searcher.FINISHED
+    queue = SharedQueue([{"d": 1}, {"d": 2}])
+    assert [queue.pop(), queue.pop(), queue.pop()] == [{"d": 1}, {"d": 2}, None]
+    queue.put([{"d": 3}])
+    assert len(queue) == 1 and queue.pop() == {"d": 3}
     copy_ = pickle.loads(pickle.dumps(SharedQueue([{"d": 9}])))  # Tune pickles its search algorithm
     assert copy_.pop() == {"d": 9} and copy_.pop() is None
 
 
-def test_the_front_board_queues_each_front_once_for_scoring_and_wakes_the_pools_that_wait():
+def test_the_front_board_queues_each_front_once_for_scoring_and_counts_a_failed_pool_as_done():
     """``board.FrontBoard``: a published front is visible at once and queued for full-set scoring (maximal first,
-    nothing already scored, no sub-network twice); a pool waiting for more fronts wakes when one is published,
-    and a failed pool counts as done so nobody waits for it."""
-    import threading
-
+    nothing already scored, no sub-network twice); a failed pool counts as done so nobody waits for it."""
     from lonas_ray.search.board import FrontBoard
 
     board = FrontBoard(["a", "b", "c"], score=True, scored={"s0"}, maximal=("max", {"d": 9}))
     board.publish("a", {"s1": {"d": 1}, "s0": {"d": 0}})
     fronts, done, finished = board.snapshot()
     assert fronts == {"a": {"s1": {"d": 1}, "s0": {"d": 0}}} and done == 1 and not finished
-    woke = threading.Event()
-
-    def waiter():
-        board.wait_past(1)
-        woke.set()
-
-    t = threading.Thread(target=waiter)
-    t.start()
-    assert not woke.wait(0.2)  # nothing new yet
     board.publish("b", {"s1": {"d": 1}, "s2": {"d": 2}})
-    assert woke.wait(5)
-    t.join()
     board.publish("c", None)  # c's search failed: no front, but done
     fronts, done, finished = board.snapshot()
     assert set(fronts) == {"a", "b"} and done == 3 and finished
     assert [board.queue.pop() for _ in range(4)] == [{"d": 9}, {"d": 1}, {"d": 2}, None]
     assert FrontBoard(["a"], score=False).queue is None  # the search subset is the full set: nothing to score
+
+
+def test_follow_ups_cross_evaluate_each_new_front_once_share_the_scoring_and_finish_when_every_pool_is_done():
+    """``board.FollowUps``: pool a, its search done, measures b's front as soon as b publishes it (less what a has
+    measured), takes scoring work from the shared queue in between, answers "nothing now" while a pool still
+    searches and "finished" once every pool is done and nothing is left; pool b takes from the same queue."""
+    from lonas_ray.search.board import FollowUps, FrontBoard
+
+    board = FrontBoard(["a", "b"], score=True, maximal=("max", {"d": 9}))
+    measured = {"s1"}
+    a = FollowUps(board, "a", cross=True, measured=lambda: set(measured))
+    b = FollowUps(board, "b", cross=True, measured=lambda: set())
+    board.publish("a", {"s1": {"d": 1}})
+    assert not a.done()  # b still searches
+    assert a() == ("final", {"d": 9}) and a() == ("final", {"d": 1})  # the queue: maximal, then a's front
+    assert a() is None  # nothing now: b's front is to come
+    board.publish("b", {"s1": {"d": 1}, "s2": {"d": 2}, "s3": {"d": 3}})
+    assert a() == ("cross", {"d": 2}) and a() == ("cross", {"d": 3})  # s1 is measured on a already
+    assert b() == ("cross", {"d": 1})  # b measures a's front
+    assert b() == ("final", {"d": 2})  # the queue is shared: each sub-network scored by one pool
+    assert a() == ("final", {"d": 3})
+    assert a() == "finished" and b() == "finished" and a.done() and b.done()
+    lone = FollowUps(FrontBoard(["a"], score=False), "a", cross=False, measured=set)
+    lone.board.publish("a", {"s1": {"d": 1}})
+    assert lone() == "finished"  # one pool, the full set searched already: no follow-up at all
+
+
+def test_pool_work_searches_its_budget_then_follows_up_and_publishes_once_its_search_trials_end():
+    """``searchers.PoolWork``: the search's configurations first (tagged ``search``, at most ``budget``, their
+    results reported to the searcher); then follow-up work (tagged with its mode, not reported to the searcher) on
+    the evaluators the search no longer needs, once a search trial has succeeded; ``on_searched`` once, when the
+    last search trial has ended; finished when the follow-up is."""
+    import pickle
+
+    from lonas_ray.search.board import FollowUps, FrontBoard
+    from lonas_ray.search.modes import MODE
+    from lonas_ray.search.searchers import PoolWork
+
+    space = resolve(MEDIUM)
+    inner, alg = searcher(space)
+    board = FrontBoard(["a"], score=True, maximal=("max", {"d": 9}))
+    published = []
+    work = PoolWork(alg, 2, FollowUps(board, "a", cross=False, measured=set),
+                    on_searched=lambda: (published.append(1), board.publish("a", {"s": {"d": 1}})))
+    t1, t2 = work.suggest("t1"), work.suggest("t2")
+    assert t1[MODE] == t2[MODE] == "search"
+    assert work.suggest("t3") is None  # the budget is out; no search trial has succeeded yet
+    work.on_trial_complete("t1", result=fake_result(space, {k: v for k, v in t1.items() if k != MODE}))
+    assert work.suggest("t3") == {"d": 9, MODE: "final"} and not published  # t2 still runs
+    assert work.suggest("t4") is None  # a's front waits for t2
+    work.on_trial_complete("t2", result=fake_result(space, {k: v for k, v in t2.items() if k != MODE}))
+    assert [t.state.is_finished() for t in inner.study.trials].count(True) >= 2
+    assert work.suggest("t4") == {"d": 1, MODE: "final"} and published == [1]
+    n = len(inner.study.trials)
+    work.on_trial_complete("t3", result={"quality": 1.0, "latency_ms": 1.0})  # not the searcher's trial
+    assert len(inner.study.trials) == n
+    assert work.suggest("t5") == Searcher.FINISHED and published == [1]
+    assert pickle.loads(pickle.dumps(work)).then is None  # Tune pickles it; the driver's callables stay behind
+
+
+def test_pool_work_whose_every_search_trial_failed_ends_without_publishing_or_taking_shared_work():
+    from lonas_ray.search.board import FollowUps, FrontBoard
+    from lonas_ray.search.searchers import PoolWork
+
+    space = resolve(MEDIUM)
+    board = FrontBoard(["a", "b"], score=True, maximal=("max", {"d": 9}))
+    published = []
+    work = PoolWork(searcher(space)[1], 1, FollowUps(board, "a", cross=True, measured=set),
+                    on_searched=lambda: published.append(1))
+    assert work.suggest("t1") is not None
+    work.on_trial_complete("t1", result=None, error=True)
+    assert work.suggest("t2") == Searcher.FINISHED and not published
+    assert len(board.queue) == 1  # maximal's scoring is left to the other pool
+
+
+def test_a_sigterm_while_pools_search_tells_every_pools_run_to_stop_and_still_exits():
+    """The driver's main thread waits while the pools search in threads; SIGTERM (``ray job stop``; Ray's handler
+    raises ``SystemExit``) there sets the stop request, which ends each pool's Tune run (``PoolWatch``) and its
+    follow-up (``FollowUps``), so the threads end and the exit goes on, instead of the threads running to their end."""
+    import os
+    import signal
+    import sys
+    import threading
+
+    from lonas_ray.search import stop
+    from lonas_ray.search.board import FollowUps, FrontBoard
+    from lonas_ray.search.driver import each_pool
+    from lonas_ray.search.pools import PoolWatch
+
+    ended = []
+
+    def pool_run(pool: str) -> str:  # a pool's Tune run, stepping until the stop request (checked by PoolWatch)
+        for _ in range(600):
+            if stop.stop_requested():
+                ended.append(pool)
+                return pool
+            threading.Event().wait(0.05)
+        return pool
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(15))
+    stop.clear_stop()
+    try:
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        with pytest.raises(SystemExit):
+            each_pool(["a", "b"], pool_run)
+        assert sorted(ended) == ["a", "b"]
+        assert PoolWatch(None, grace_s=0).stop_all()  # a pool's Tune run ends at its next step, nodes or not
+        board = FrontBoard(["a", "b"], score=True, maximal=("max", {"d": 9}))
+        assert FollowUps(board, "a", cross=True, measured=set)() == "finished" and len(board.queue) == 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop.clear_stop()
 
 
 def test_each_pool_gets_a_sampler_seed_of_its_own_from_the_search_seed():

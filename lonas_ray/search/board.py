@@ -12,9 +12,11 @@ A pool whose search failed publishes nothing but still counts as done, so nobody
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
+from lonas_ray.search.modes import CROSS, FINAL
 from lonas_ray.search.searchers import SharedQueue
+from lonas_ray.search.stop import stop_requested
 from lonas_ray.space import SubnetConfig
 
 
@@ -24,7 +26,7 @@ class FrontBoard:
         """``score``: whether fronts are queued for full-set scoring (not when the search subset is the full set);
         ``scored``: ids already in final_quality.json, never queued again."""
         self._pools = list(pools)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._fronts: dict[str, dict[str, SubnetConfig]] = {}
         self._done: set[str] = set()
         self._queued = set(scored)
@@ -41,19 +43,61 @@ class FrontBoard:
 
     def publish(self, pool: str, members: Mapping[str, SubnetConfig] | None) -> None:
         """``pool``'s search is over: its front members, or None when it failed."""
-        with self._cond:
+        with self._lock:
             if members is not None:
                 self._fronts[pool] = dict(members)
                 self._enqueue(members)
             self._done.add(pool)
-            self._cond.notify_all()
 
     def snapshot(self) -> tuple[dict[str, dict[str, SubnetConfig]], int, bool]:
         """(the fronts published so far, how many pools are done, whether all are)."""
-        with self._cond:
+        with self._lock:
             return dict(self._fronts), len(self._done), len(self._done) == len(self._pools)
 
-    def wait_past(self, done: int, timeout: float | None = None) -> None:
-        """Block until more than ``done`` pools are done (or ``timeout`` seconds pass)."""
-        with self._cond:
-            self._cond.wait_for(lambda: len(self._done) > done, timeout)
+
+class FollowUps:
+    """What ``pool`` does once its own search is done, one sub-network at a time: each other pool's front as it is
+    published (cross-evaluation: ``(CROSS, config)``, those not yet measured on this pool), and in between the
+    shared full-set scoring queue (``(FINAL, config)``). Called by the pool's Tune searcher (``PoolWork``), so
+    the work runs on the evaluators its search loaded; the answer is a searcher's: work, ``None`` (nothing now, ask
+    again) or ``"finished"`` (every pool is done and nothing is left).
+
+    ``measured()`` gives the subnet ids already on this pool (read only when a new front arrives).
+    """
+
+    FINISHED = "finished"
+
+    def __init__(self, board: FrontBoard, pool: str, *, cross: bool, measured: Callable[[], set[str]]):
+        self.board, self.pool, self.cross, self.measured = board, pool, cross, measured
+        self.handled, self.todo, self.taken = {pool}, [], set()
+
+    def _take_fronts(self) -> bool:
+        """Queue the fronts published since the last call for cross-evaluation; whether every pool is done."""
+        fronts, _, finished = self.board.snapshot()
+        fresh = sorted(set(fronts) - self.handled)
+        if self.cross and fresh:
+            members = {sid: c for p in fresh for sid, c in fronts[p].items()}
+            for sid in sorted(set(members) - self.measured() - self.taken):
+                self.todo.append(members[sid])
+                self.taken.add(sid)
+        self.handled.update(fresh)
+        return finished
+
+    def done(self) -> bool:
+        """Nothing is left for this pool, nor will be (so no Tune run need start for it)."""
+        finished = self._take_fronts()
+        return finished and not self.todo and not (self.board.queue is not None and len(self.board.queue))
+
+    def __call__(self) -> tuple[str, SubnetConfig] | str | None:
+        if stop_requested():  # the driver is stopping: no new work (a re-run does what is left)
+            return self.FINISHED
+        finished = self._take_fronts()
+        if self.todo:
+            return CROSS, self.todo.pop(0)
+        config = self.board.queue.pop() if self.board.queue is not None else None
+        if config is not None:
+            return FINAL, config
+        return self.FINISHED if finished else None
+
+    def __getstate__(self) -> dict:  # Tune pickles its search algorithm: the board (a lock) stays behind
+        return {}

@@ -20,7 +20,9 @@ writer of ``results.parquet``: the pools' Tune callbacks append under one lock
 (``_WRITE``). A pool whose search is done publishes its front (``FrontBoard``) and
 goes on at once: it measures each other pool's front as soon as that is published
 (cross-evaluation, rows with phase ``cross``) and takes sub-networks from one queue of
-full-set scoring shared by all pools (``QueueSearcher``), so a faster pool takes more.
+full-set scoring shared by all pools, so a faster pool takes more. That follow-up work
+(``board.FollowUps``) runs in the pool's last Tune run of its search (``PoolWork``), on
+the evaluators that search loaded, instead of starting and loading new ones.
 What is cross-evaluated and scored depends only on each pool's own search rows, not on
 which pool finished first, so the fronts equal a sequential run's. A pool that fails
 does not stop the others' running work: each runs to its end, then the failure is
@@ -37,7 +39,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +51,12 @@ from lonas_ray.atomic import atomic_file, write_json
 from lonas_ray.build import load_prepared, preflight
 from lonas_ray.config_io import ConfigError, to_dict
 from lonas_ray.data.spec import check_data
-from lonas_ray.search.board import FrontBoard
+from lonas_ray.search import modes
+from lonas_ray.search.board import FollowUps, FrontBoard
 from lonas_ray.search.config import SearchConfig
 from lonas_ray.search.front import pool_fronts
 from lonas_ray.search.results import SCHEMA, append_results, check_space, compact_results, read_results
+from lonas_ray.search.stop import clear_stop, request_stop, stop_requested
 from lonas_ray.space import SearchSpace
 from lonas_ray.storage import RunStorage, is_uri
 
@@ -105,8 +109,16 @@ def each_pool(pools: list[str], work: Callable[[str], Any], concurrent: bool = T
     """
     results, errors = {}, {}
     if concurrent and len(pools) > 1:
-        with ThreadPoolExecutor(len(pools), thread_name_prefix="lonas-pool") as ex:
-            futures = {pool: ex.submit(work, pool) for pool in pools}
+        ex = ThreadPoolExecutor(len(pools), thread_name_prefix="lonas-pool")
+        futures = {pool: ex.submit(work, pool) for pool in pools}
+        try:  # in short waits: Python runs a signal's handler in this thread between waits, not during one
+            while wait(futures.values(), timeout=0.2).not_done:
+                pass
+        except BaseException:  # SIGTERM (`ray job stop`; Ray's handler raises SystemExit here) or Ctrl-C
+            request_stop()  # the pools' Tune runs end at their next step, so this process exits now
+            raise
+        finally:
+            ex.shutdown(wait=True)
         for pool, f in futures.items():
             if f.exception() is None:
                 results[pool] = f.result()
@@ -179,14 +191,15 @@ def _record_final(path: Path, pool: str, row: dict) -> None:
     CLOCK.add(pool, row["eval_s"])
 
 
-def _results_writer(path: Path, pool: str, phase: str, progress=None):
+def _results_writer(out: Path, pool: str, progress=None):
     from ray.tune import Callback
 
     class ResultsWriter(Callback):
-        """Appends each finished trial's row on the driver, so an interrupted search keeps its work."""
+        """Appends each finished trial's row on the driver, so an interrupted search keeps its work: a search or
+        cross row to results.parquet (its phase is the trial's mode), a full-set score to final_quality.json."""
 
         def __init__(self):
-            self.written = 0
+            self.written = self.scored = 0
             self.reported: set[str] = set()
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -194,8 +207,12 @@ def _results_writer(path: Path, pool: str, phase: str, progress=None):
                 return
             self.reported.add(trial.trial_id)
             row = json.loads(result["row_json"])
-            row = {k: phase if k == "phase" else row[k] for k in SCHEMA.names}  # the driver knows the phase
-            _append_row(path, pool, row)
+            if result["mode"] == modes.FINAL:
+                _record_final(out / FINAL, pool, row)
+                self.scored += 1
+                return
+            row = {k: result["mode"] if k == "phase" else row[k] for k in SCHEMA.names}
+            _append_row(out / RESULTS, pool, row)
             self.written += 1
             if progress is not None:
                 progress.add(row)
@@ -205,19 +222,10 @@ def _results_writer(path: Path, pool: str, phase: str, progress=None):
     return ResultsWriter()
 
 
-def _final_writer(path: Path, pool: str):
-    from ray.tune import Callback
-
-    class FinalWriter(Callback):
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            _record_final(path, pool, json.loads(result["row_json"]))
-
-    return FinalWriter()
-
-
-def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, num_samples: int, mode: str, callback,
+def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, num_samples: int, kind: str, callback,
           out: Path, param_space: dict | None = None):
-    """One Tune run of ``num_samples`` evaluator trials on ``pool``; returns (results grid, failed trials)."""
+    """One Tune run of ``num_samples`` evaluator trials on ``pool`` (-1: until ``search_alg`` says it is finished),
+    named by its ``kind``; returns (results grid, failed trials)."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -226,11 +234,11 @@ def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, 
     from lonas_ray.search.trainable import SubnetTrainable
 
     job = EvalJob.from_config(cfg, pool, source)
-    trainable = tune.with_resources(tune.with_parameters(SubnetTrainable, job=job, mode=mode),
+    trainable = tune.with_resources(tune.with_parameters(SubnetTrainable, job=job),
                                     placement.trial_resources())
     # Tune's trainable registry is not thread-safe (it iterates what it is about to store while another
     # registration adds to it): pools searching at once register theirs one at a time, under a name of their own
-    name = f"lonas-{mode}-{pool}-{uuid.uuid4().hex[:8]}"
+    name = f"lonas-{kind}-{pool}-{uuid.uuid4().hex[:8]}"
     with _REGISTER:
         tune.register_trainable(name, trainable)
     # a fixed list's generator limits its own concurrency; a Searcher gets Tune's limiter
@@ -241,7 +249,7 @@ def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, 
         tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=num_samples, reuse_actors=True,
                                     max_concurrent_trials=limit),
         run_config=tune.RunConfig(
-            name=f"{mode}-{pool}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",  # runs of one second
+            name=f"{kind}-{pool}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",  # runs of one second
             storage_path=str(out / "ray_results"),
             stop=(watch := PoolWatch(placement, wait_seconds(cfg.pools[pool]))),
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),  # a trial has nothing to resume
@@ -257,6 +265,8 @@ def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, 
         log.error("pool %s: trial %s failed: %s", pool, r.path, r.error)
     if watch.lost:
         raise PoolError(watch.lost)
+    if stop_requested():  # nothing after this run (its front, the follow-up) is to start
+        raise SearchError(f"pool {pool}: stopped (the driver was told to stop); its rows so far are kept")
     return grid, errors
 
 
@@ -275,20 +285,19 @@ def _fixed_list(cfg: SearchConfig, pool: str, space: SearchSpace, configs: list)
 
 
 def _run_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path, *, known: dict[str, dict],
-              total: int, phase: str, run: str | None = None, **tune_args) -> int:
-    """One Tune run on ``pool`` whose rows go to results.parquet; returns how many were written. ``known``: the
-    pool's rows so far (``rows_by_pool``, which the caller has just read), where its progress starts."""
+              total: int, run: str | None = None, kind: str = modes.SEARCH, **tune_args) -> int:
+    """One Tune run on ``pool`` whose rows go to results.parquet (and full-set scores to final_quality.json);
+    returns how many rows were written. ``known``: the pool's rows so far (``rows_by_pool``, which the caller has
+    just read), where its progress starts."""
     from lonas_ray.search.progress import SearchProgress
 
-    path = out / RESULTS
     progress = SearchProgress(run or out.name, pool, total, list(known.values()), space.subnet_id(space.maximal()))
-    writer = _results_writer(path, pool, phase, progress)
+    writer = _results_writer(out, pool, progress)
     try:
-        _, errors = _tune(cfg, pool, _placement(cfg, pool), source, mode="search", callback=writer, out=out,
-                          **tune_args)
+        _, errors = _tune(cfg, pool, _placement(cfg, pool), source, kind=kind, callback=writer, out=out, **tune_args)
     finally:
         progress.close()
-    if errors and not writer.written:
+    if errors and not writer.written and not writer.scored:
         raise SearchError(f"pool {pool}: every trial failed ({len(errors)}); the first: {errors[0].error}")
     return writer.written
 
@@ -340,7 +349,7 @@ def check_pool_runtimes(cfg: SearchConfig) -> None:
 
 
 def evaluate_configs(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path,
-                     configs: list, phase: str = "search", run: str | None = None) -> int:
+                     configs: list, run: str | None = None) -> int:
     """Evaluate the given sub-networks on ``pool`` (those not yet in results.parquet); returns how many. ``run``:
     the name the gauges are tagged with (default: the output directory's)."""
     known = rows_by_pool(out / RESULTS, pool)
@@ -352,14 +361,16 @@ def evaluate_configs(cfg: SearchConfig, pool: str, space: SearchSpace, source: P
             todo.append(c)
     if not todo:
         return 0
-    return _run_pool(cfg, pool, space, source, out, known=known, total=len(known) + len(todo), phase=phase,
-                     run=run, **_fixed_list(cfg, pool, space, todo))
+    return _run_pool(cfg, pool, space, source, out, known=known, total=len(known) + len(todo), run=run,
+                     **_fixed_list(cfg, pool, space, todo))
 
 
 def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path,
-                run: str | None = None) -> int:
-    """Run the pool's remaining budget; returns the number of new evaluations."""
-    from lonas_ray.search.searchers import build_searcher, pool_seed, seed_configs
+                run: str | None = None, then: FollowUps | None = None, on_searched=None) -> int:
+    """Run the pool's remaining budget; returns the number of new rows. With ``then``, the search's last Tune run
+    goes on, once its trials have ended, with ``on_searched()`` and the follow-up work ``then`` hands out
+    (``PoolWork``); a search that starts no Tune run (heuristic, budget spent) calls neither."""
+    from lonas_ray.search.searchers import PoolWork, build_searcher, pool_seed, seed_configs
 
     path = out / RESULTS
     s = cfg.search
@@ -376,12 +387,14 @@ def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, 
         # a later run's sampler seeded anew (by the trials so far), or it would first replay its predecessor
         alg = build_searcher(space, s.strategy, population=s.population, seed=pool_seed(s.seed, pool) + written,
                              known=known, study_name=f"lonas-{pool}", objective=s.objective)
-        # the Optuna searcher holds the space, so no param_space
-        new = _run_pool(cfg, pool, space, source, out, known=known, total=s.budget, phase="search", run=run,
-                        search_alg=alg, num_samples=min(n, s.trials_per_run), param_space=None)
-        if new == 0:  # nothing more to propose (a small space, all of it evaluated)
-            break
+        last = then is not None and n <= s.trials_per_run
+        work = PoolWork(alg, min(n, s.trials_per_run), then if last else None, on_searched if last else None)
+        # the Optuna searcher holds the space, so no param_space; a run that follows up ends when its work does
+        new = _run_pool(cfg, pool, space, source, out, known=known, total=s.budget, run=run, search_alg=work,
+                        num_samples=-1 if last else min(n, s.trials_per_run), param_space=None)
         written += new
+        if last or new == 0:  # followed up; or nothing more to propose (a small space, all of it evaluated)
+            break
     if written == 0 and n <= 0:
         log.info("pool %s: budget of %d already spent (in %s); nothing to evaluate", pool, s.budget, path)
     return written
@@ -409,45 +422,55 @@ def new_board(cfg: SearchConfig, space: SearchSpace, out: Path) -> FrontBoard:
                       maximal=(space.subnet_id(maximal), maximal))
 
 
+def follow_ups(cfg: SearchConfig, pool: str, out: Path, board: FrontBoard) -> FollowUps:
+    """``pool``'s follow-up work: the other pools' fronts (with ``search.cross_evaluate``), the scoring queue.
+
+    One round of cross-evaluation is enough: a pool's front after it is drawn from its own front and the other
+    pools' fronts, all of which are then measured everywhere (a dominated row stays dominated when rows are added).
+    """
+    return FollowUps(board, pool, cross=cfg.search.cross_evaluate and len(cfg.search.pools) > 1,
+                     measured=lambda: set(rows_by_pool(out / RESULTS, pool)))
+
+
 def search_and_publish(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path,
-                       board: FrontBoard, run: str | None = None) -> int:
-    """``pool``'s search, then its front on the board (nothing, when the search failed: the others stop waiting)."""
+                       board: FrontBoard, run: str | None = None, follow: bool = False) -> int:
+    """``pool``'s search, then its front on the board (nothing, when the search failed: the others stop waiting);
+    with ``follow``, then its follow-up work, in the search's last Tune run where it has one. Returns the rows
+    written."""
+    published = []
+
+    def publish() -> None:
+        board.publish(pool, front_members(cfg, rows_by_pool(out / RESULTS, pool, modes.SEARCH).values()))
+        published.append(pool)
+
     try:
-        n = search_pool(cfg, pool, space, source, out, run)
+        n = search_pool(cfg, pool, space, source, out, run, then=follow_ups(cfg, pool, out, board) if follow else None,
+                        on_searched=publish)
     except BaseException:
-        board.publish(pool, None)
+        if not published:
+            board.publish(pool, None)
         raise
-    board.publish(pool, front_members(cfg, rows_by_pool(out / RESULTS, pool, "search").values()))
+    if not published:  # no Tune run of the search went on to follow up
+        publish()
+        if follow:
+            n += follow_up(cfg, pool, space, source, out, board, run)
     return n
 
 
 def follow_up(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path, board: FrontBoard,
               run: str | None = None) -> int:
-    """After ``pool``'s search: measure each other pool's front on ``pool`` as soon as it is published
+    """``pool``'s follow-up work in a Tune run of its own, after a search that had none to go on in (or when pools
+    search one after another): measure each other pool's front on ``pool`` as soon as it is published
     (cross-evaluation, so every front member has a latency on every pool) and, in between, take sub-networks from
-    the shared full-set scoring queue; returns the cross rows written.
+    the shared full-set scoring queue; returns the cross rows written."""
+    from lonas_ray.search.searchers import PoolWork
 
-    One round of cross-evaluation is enough: a pool's front after it is drawn from its own front and the other
-    pools' fronts, all of which are then measured everywhere (a dominated row stays dominated when rows are added).
-    """
-    cross = cfg.search.cross_evaluate and len(cfg.search.pools) > 1
-    handled, written = {pool}, 0
-    while True:
-        fronts, done, finished = board.snapshot()
-        fresh = sorted(set(fronts) - handled)
-        if cross and fresh:
-            members = {sid: c for p in fresh for sid, c in fronts[p].items()}
-            written += evaluate_configs(cfg, pool, space, source, out, [members[s] for s in sorted(members)],
-                                        phase="cross", run=run)
-        handled.update(fresh)
-        if board.queue is not None and len(board.queue):
-            from lonas_ray.search.searchers import QueueSearcher
-
-            _tune(cfg, pool, _placement(cfg, pool), source, mode="final", callback=_final_writer(out / FINAL, pool),
-                  out=out, search_alg=QueueSearcher(board.queue), num_samples=len(board.queue))
-        if finished:  # every front was in this snapshot: all measured here
-            return written
-        board.wait_past(done, timeout=30)
+    then = follow_ups(cfg, pool, out, board)
+    if then.done():
+        return 0
+    known = rows_by_pool(out / RESULTS, pool)
+    return _run_pool(cfg, pool, space, source, out, known=known, total=len(known), run=run, kind="follow-up",
+                     search_alg=PoolWork(None, 0, then), num_samples=-1, param_space=None)
 
 
 PARETO_EXTRA = [pa.field("front", pa.string()), pa.field("member", pa.bool_()), pa.field("picked", pa.bool_()),
@@ -514,20 +537,21 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
     result = SearchResult(out)
     global CLOCK
     CLOCK = BusyClock()
+    clear_stop()
     storage.start_mirroring()
     try:
         check_pool_runtimes(cfg)
         board = new_board(cfg, space, out)
 
-        def searched(pool: str) -> int:
-            return search_and_publish(cfg, pool, space, source, out, board, storage.name)
+        def searched(pool: str, follow: bool = False) -> int:
+            return search_and_publish(cfg, pool, space, source, out, board, storage.name, follow)
 
         def followed(pool: str) -> int:
             return follow_up(cfg, pool, space, source, out, board, storage.name)
 
         pools = cfg.search.pools
         if cfg.search.concurrent_pools:  # each pool follows up on its own as soon as its search is done
-            result.evaluated = each_pool(pools, lambda pool: searched(pool) + followed(pool))
+            result.evaluated = each_pool(pools, lambda pool: searched(pool, follow=True))
         else:
             result.evaluated = each_pool(pools, searched, concurrent=False)
             for pool, n in each_pool(pools, followed, concurrent=False).items():

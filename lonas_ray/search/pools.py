@@ -33,6 +33,7 @@ from ray.tune.stopper import Stopper
 
 from lonas_ray.config_io import InputError
 from lonas_ray.search.config import PoolSpec, pool_label, pool_resource
+from lonas_ray.search.stop import stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ class PoolWatch(Stopper):
         return result.get("training_iteration", 0) >= 1  # one trial is one evaluation
 
     def stop_all(self) -> bool:
-        if self.lost is not None:
+        if self.lost is not None or stop_requested():
             return True
         now = time.monotonic()
         if self.checked is not None and now - self.checked < self.every_s:

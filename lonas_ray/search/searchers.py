@@ -40,6 +40,7 @@ from ray import cloudpickle
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from lonas_ray.search.modes import MODE, SEARCH
 from lonas_ray.search.objective import OBJECTIVES, objective_value
 from lonas_ray.space import SearchSpace, SubnetConfig
 
@@ -299,28 +300,68 @@ class SharedQueue:
         self._items, self._lock = state["_items"], threading.Lock()
 
 
-class QueueSearcher(Searcher):
-    """Proposes the next configuration of a ``SharedQueue``, and ends the pool's run when the queue is empty:
-    pools that share one queue split its work by how fast each takes it (the final full-set scoring). What is
-    put on the queue after a run ended is taken by the next run (``driver.follow_up``)."""
+class PoolWork(Searcher):
+    """One Tune run of a pool: at most ``budget`` trials of its own ``search``, then the work ``then`` hands out (a
+    ``board.FollowUps``: cross-evaluation, full-set scoring) until it says it is finished, with ``on_searched()``
+    (the driver publishes the pool's front) once every search trial has ended. The follow-up runs on the evaluators
+    the search loaded, where a run of its own would start and load them again, and an evaluator the search no
+    longer needs takes it while the last search trials run. Each configuration carries its mode
+    (``modes.MODE``); only the search's own trials reach ``search``.
 
-    def __init__(self, queue: SharedQueue):
-        super().__init__(metric="quality", mode="max")
-        self.queue = queue
+    A search none of whose trials succeeded ends the run there (its evaluator is broken: the driver names it, and
+    the shared work is left to the other pools). Either part may be absent: no ``search`` (a follow-up of its own:
+    the pool's search needed no Tune run, or pools search one after another) or no ``then`` (a search cut into
+    several runs, before its last one).
+    """
+
+    def __init__(self, search: Searcher | None, budget: int, then=None, on_searched=None):
+        super().__init__()
+        self.search, self.budget, self.then, self.on_searched = search, budget, then, on_searched
+        self.issued, self.searching, self.searched = 0, set(), search is None or budget <= 0
+        self.succeeded = 0
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        return True  # the queue holds whole configurations: no space to set
+        return True if self.search is None else self.search.set_search_properties(metric, mode, config, **spec)
 
-    def suggest(self, trial_id: str) -> dict | str:
-        config = self.queue.pop()
-        return Searcher.FINISHED if config is None else dict(config)
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if not self.searched:
+            config = self.search.suggest(trial_id) if self.issued < self.budget else Searcher.FINISHED
+            if config is None:
+                return None
+            if config != Searcher.FINISHED:
+                self.issued += 1
+                self.searching.add(trial_id)
+                return {**config, MODE: SEARCH}
+            self.searched = True  # the budget is spent, or nothing is left to propose (a small space)
+        if not self.searching:
+            if self.issued and not self.succeeded:  # a broken evaluator: it would fail the others' work too
+                return Searcher.FINISHED
+            if self.on_searched is not None:  # the front is drawn from the search's rows: all of them are in
+                self.on_searched()
+                self.on_searched = None
+        elif not self.succeeded:
+            return None  # the running search trials may yet show the evaluator is broken
+        work = self.then() if self.then is not None else Searcher.FINISHED
+        if work is None or isinstance(work, str):  # nothing now; or finished, which waits for the search's trials
+            return None if work is None or self.searching else Searcher.FINISHED
+        mode, config = work
+        return {**config, MODE: mode}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.searching:
+            self.search.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        pass  # the driver's callback records the result; a failed configuration is not retried
+        if trial_id in self.searching:  # a follow-up trial's result is the driver's callback's alone
+            self.searching.discard(trial_id)
+            self.succeeded += result is not None and not error
+            self.search.on_trial_complete(trial_id, result=result, error=error)
 
     def save(self, checkpoint_path: str) -> None:
-        pass  # nothing to resume: a re-run scores what final_quality.json lacks
+        pass  # nothing to resume from Tune's state: a re-run continues from results.parquet and final_quality.json
 
     def restore(self, checkpoint_path: str) -> None:
         pass
 
+    def __getstate__(self) -> dict:  # Tune pickles its search algorithm; the driver's callables stay behind
+        return self.__dict__ | {"then": None, "on_searched": None}

@@ -3,7 +3,8 @@
 A class trainable whose ``reset_config`` keeps the ``Evaluator`` (loaded
 super-network, tokenized evaluation set), so with ``reuse_actors=True`` Tune
 hands the next configuration to the same actor and a trial costs one
-evaluation, not one model load.
+evaluation, not one model load. What a trial is for (``modes``) comes with its
+configuration, so one run's evaluators do a pool's search and its follow-up.
 """
 
 from __future__ import annotations
@@ -15,26 +16,27 @@ from typing import Any
 from ray import tune
 
 from lonas_ray.search.evaluator import EvalJob, Evaluator
-
-SEARCH, FINAL = "search", "final"
+from lonas_ray.search.modes import FINAL, MODE, SEARCH
 
 
 class SubnetTrainable(tune.Trainable):
-    def setup(self, config: dict, job: EvalJob | None = None, mode: str = SEARCH):
+    def setup(self, config: dict, job: EvalJob | None = None):
         self.evaluator = Evaluator(job)
         self.evaluator_id = uuid.uuid4().hex  # which loaded evaluator served a trial (reuse is auditable)
-        self.mode = mode
 
     def step(self) -> dict:
         ev = self.evaluator
-        if self.mode == SEARCH:
-            row = ev.evaluate(dict(self.config), examples=ev.quality_spec.examples)
-        else:  # the final, full-set quality of chosen sub-networks; their latency is already known
-            row = ev.evaluate(dict(self.config), examples=ev.quality_spec.final_examples, with_latency=False)
+        config = dict(self.config)
+        mode = config.pop(MODE, SEARCH)
+        if mode == FINAL:  # the full-set quality of chosen sub-networks; their latency is already known
+            row = ev.evaluate(config, examples=ev.quality_spec.final_examples, with_latency=False)
+        else:
+            row = ev.evaluate(config, examples=ev.quality_spec.examples)
         # Tune reserves "timestamp" and other keys, so the row travels as JSON; the objectives also flat.
         return {"quality": row["quality"], "neg_loss": -row["loss"], "neg_task_loss": -row["task_loss"],
                 "latency_ms": row["latency_ms"] or 0.0, "params": row["params"],
-                "subnet_id": row["subnet_id"], "evaluator_id": self.evaluator_id, "row_json": json.dumps(row)}
+                "subnet_id": row["subnet_id"], "evaluator_id": self.evaluator_id, "mode": mode,
+                "row_json": json.dumps(row)}
 
     def reset_config(self, new_config: dict) -> bool:
         return True  # Tune sets self.config itself; the evaluator is what we keep
