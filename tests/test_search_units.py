@@ -699,8 +699,37 @@ def test_pool_work_searches_its_budget_then_follows_up_and_publishes_once_its_se
     n = len(inner.study.trials)
     work.on_trial_complete("t3", result={"quality": 1.0, "latency_ms": 1.0})  # not the searcher's trial
     assert len(inner.study.trials) == n
+    assert work.suggest("t5") is None  # t4 still runs
+    work.on_trial_complete("t4", result={"quality": 1.0, "latency_ms": 1.0})
     assert work.suggest("t5") == Searcher.FINISHED and published == [1]
     assert pickle.loads(pickle.dumps(work)).then is None  # Tune pickles it; the driver's callables stay behind
+
+
+def test_pool_work_ends_its_run_when_no_work_is_there_for_now_and_none_of_its_trials_runs():
+    """Pool a's search is done while pool b still searches: a's run takes what there is (the scoring queue), then
+    ends instead of idling with loaded evaluators that b, on the same nodes, may need; the driver's follow-up loop
+    waits for b (``FollowUps.ready``/``done``) and starts a run for b's front."""
+    from lonas_ray.search.board import FollowUps, FrontBoard
+    from lonas_ray.search.modes import MODE
+    from lonas_ray.search.searchers import PoolWork
+
+    board = FrontBoard(["a", "b"], score=True, maximal=("max", {"d": 9}))
+    follow = FollowUps(board, "a", cross=True, measured=set)
+    board.publish("a", {"s1": {"d": 1}})
+    work = PoolWork(None, 0, follow)
+    assert work.suggest("t1") == {"d": 9, MODE: "final"} and work.suggest("t2") == {"d": 1, MODE: "final"}
+    assert work.suggest("t3") is None  # nothing now, t1 and t2 run
+    work.on_trial_complete("t1", result={"quality": 1.0})
+    work.on_trial_complete("t2", result={"quality": 1.0})
+    assert work.suggest("t3") == Searcher.FINISHED  # nothing now, nothing running: the run ends
+    assert not follow.ready() and not follow.done()  # b's front is still to come
+    board.publish("b", {"s2": {"d": 2}})
+    assert follow.ready() and not follow.done()
+    work = PoolWork(None, 0, follow)
+    assert work.suggest("t4") == {"d": 2, MODE: "cross"} and work.suggest("t5") == {"d": 2, MODE: "final"}
+    work.on_trial_complete("t4", result={"quality": 1.0})
+    work.on_trial_complete("t5", result={"quality": 1.0})
+    assert work.suggest("t6") == Searcher.FINISHED and follow.done()
 
 
 def test_pool_work_whose_every_search_trial_failed_ends_without_publishing_or_taking_shared_work():

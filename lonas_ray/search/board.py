@@ -26,7 +26,7 @@ class FrontBoard:
         """``score``: whether fronts are queued for full-set scoring (not when the search subset is the full set);
         ``scored``: ids already in final_quality.json, never queued again."""
         self._pools = list(pools)
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._fronts: dict[str, dict[str, SubnetConfig]] = {}
         self._done: set[str] = set()
         self._queued = set(scored)
@@ -43,16 +43,22 @@ class FrontBoard:
 
     def publish(self, pool: str, members: Mapping[str, SubnetConfig] | None) -> None:
         """``pool``'s search is over: its front members, or None when it failed."""
-        with self._lock:
+        with self._cond:
             if members is not None:
                 self._fronts[pool] = dict(members)
                 self._enqueue(members)
             self._done.add(pool)
+            self._cond.notify_all()
 
     def snapshot(self) -> tuple[dict[str, dict[str, SubnetConfig]], int, bool]:
         """(the fronts published so far, how many pools are done, whether all are)."""
-        with self._lock:
+        with self._cond:
             return dict(self._fronts), len(self._done), len(self._done) == len(self._pools)
+
+    def wait_past(self, done: int, timeout: float | None = None) -> None:
+        """Block until more than ``done`` pools are done (or ``timeout`` seconds pass)."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._done) > done, timeout)
 
 
 class FollowUps:
@@ -83,10 +89,15 @@ class FollowUps:
         self.handled.update(fresh)
         return finished
 
+    def ready(self) -> bool:
+        """Whether there is work for this pool now (without taking it)."""
+        self._take_fronts()
+        return bool(self.todo) or (self.board.queue is not None and len(self.board.queue) > 0)
+
     def done(self) -> bool:
-        """Nothing is left for this pool, nor will be (so no Tune run need start for it)."""
+        """Nothing is left for this pool, nor will be."""
         finished = self._take_fronts()
-        return finished and not self.todo and not (self.board.queue is not None and len(self.board.queue))
+        return finished and not self.ready()
 
     def __call__(self) -> tuple[str, SubnetConfig] | str | None:
         if stop_requested():  # the driver is stopping: no new work (a re-run does what is left)

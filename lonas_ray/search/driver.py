@@ -21,8 +21,9 @@ writer of ``results.parquet``: the pools' Tune callbacks append under one lock
 goes on at once: it measures each other pool's front as soon as that is published
 (cross-evaluation, rows with phase ``cross``) and takes sub-networks from one queue of
 full-set scoring shared by all pools, so a faster pool takes more. That follow-up work
-(``board.FollowUps``) runs in the pool's last Tune run of its search (``PoolWork``), on
-the evaluators that search loaded, instead of starting and loading new ones.
+(``board.FollowUps``) begins in the pool's last Tune run of its search (``PoolWork``), on
+the evaluators that search loaded, instead of starting and loading new ones; a run ends
+when it has no work for now, and ``follow_up`` waits, holding no evaluators, for more.
 What is cross-evaluated and scored depends only on each pool's own search rows, not on
 which pool finished first, so the fronts equal a sequential run's. A pool that fails
 does not stop the others' running work: each runs to its end, then the failure is
@@ -435,42 +436,49 @@ def follow_ups(cfg: SearchConfig, pool: str, out: Path, board: FrontBoard) -> Fo
 def search_and_publish(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path,
                        board: FrontBoard, run: str | None = None, follow: bool = False) -> int:
     """``pool``'s search, then its front on the board (nothing, when the search failed: the others stop waiting);
-    with ``follow``, then its follow-up work, in the search's last Tune run where it has one. Returns the rows
-    written."""
+    with ``follow``, then its follow-up work, begun in the search's last Tune run where it has one. Returns the
+    rows written."""
     published = []
 
     def publish() -> None:
         board.publish(pool, front_members(cfg, rows_by_pool(out / RESULTS, pool, modes.SEARCH).values()))
         published.append(pool)
 
+    then = follow_ups(cfg, pool, out, board) if follow else None
     try:
-        n = search_pool(cfg, pool, space, source, out, run, then=follow_ups(cfg, pool, out, board) if follow else None,
-                        on_searched=publish)
+        n = search_pool(cfg, pool, space, source, out, run, then=then, on_searched=publish)
     except BaseException:
         if not published:
             board.publish(pool, None)
         raise
-    if not published:  # no Tune run of the search went on to follow up
+    if not published:  # no Tune run of the search went on to publish
         publish()
-        if follow:
-            n += follow_up(cfg, pool, space, source, out, board, run)
+    if then is not None:  # what the search's run left (it ends when no work is there for now)
+        n += follow_up(cfg, pool, space, source, out, board, run, then)
     return n
 
 
 def follow_up(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path, board: FrontBoard,
-              run: str | None = None) -> int:
-    """``pool``'s follow-up work in a Tune run of its own, after a search that had none to go on in (or when pools
-    search one after another): measure each other pool's front on ``pool`` as soon as it is published
-    (cross-evaluation, so every front member has a latency on every pool) and, in between, take sub-networks from
-    the shared full-set scoring queue; returns the cross rows written."""
+              run: str | None = None, then: FollowUps | None = None) -> int:
+    """``pool``'s follow-up work in Tune runs of its own: measure each other pool's front on ``pool`` as soon as it
+    is published (cross-evaluation, so every front member has a latency on every pool) and, in between, take
+    sub-networks from the shared full-set scoring queue; returns the cross rows written. A run starts when there is
+    work and ends when there is none for now; in between this waits for the next pool to be done, holding no
+    evaluators (pools sharing nodes would otherwise wait on each other). ``then``: the pool's ``FollowUps`` so far."""
     from lonas_ray.search.searchers import PoolWork
 
-    then = follow_ups(cfg, pool, out, board)
-    if then.done():
-        return 0
-    known = rows_by_pool(out / RESULTS, pool)
-    return _run_pool(cfg, pool, space, source, out, known=known, total=len(known), run=run, kind="follow-up",
-                     search_alg=PoolWork(None, 0, then), num_samples=-1, param_space=None)
+    then, written = then or follow_ups(cfg, pool, out, board), 0
+    while not then.done():
+        if stop_requested():
+            raise SearchError(f"pool {pool}: stopped (the driver was told to stop); its rows so far are kept")
+        _, done, _ = board.snapshot()
+        if not then.ready():
+            board.wait_past(done, timeout=1.0)
+            continue
+        known = rows_by_pool(out / RESULTS, pool)
+        written += _run_pool(cfg, pool, space, source, out, known=known, total=len(known), run=run,
+                             kind="follow-up", search_alg=PoolWork(None, 0, then), num_samples=-1, param_space=None)
+    return written
 
 
 PARETO_EXTRA = [pa.field("front", pa.string()), pa.field("member", pa.bool_()), pa.field("picked", pa.bool_()),

@@ -302,11 +302,12 @@ class SharedQueue:
 
 class PoolWork(Searcher):
     """One Tune run of a pool: at most ``budget`` trials of its own ``search``, then the work ``then`` hands out (a
-    ``board.FollowUps``: cross-evaluation, full-set scoring) until it says it is finished, with ``on_searched()``
-    (the driver publishes the pool's front) once every search trial has ended. The follow-up runs on the evaluators
-    the search loaded, where a run of its own would start and load them again, and an evaluator the search no
-    longer needs takes it while the last search trials run. Each configuration carries its mode
-    (``modes.MODE``); only the search's own trials reach ``search``.
+    ``board.FollowUps``: cross-evaluation, full-set scoring) while it has some, with ``on_searched()`` (the driver
+    publishes the pool's front) once every search trial has ended. The follow-up runs on the evaluators the search
+    loaded, where a run of its own would start and load them again, and an evaluator the search no longer needs
+    takes it while the last search trials run. The run ends when there is no work left for now and none of its
+    trials runs; the driver then waits for more (another pool's front) without holding evaluators. Each
+    configuration carries its mode (``modes.MODE``); only the search's own trials reach ``search``.
 
     A search none of whose trials succeeded ends the run there (its evaluator is broken: the driver names it, and
     the shared work is left to the other pools). Either part may be absent: no ``search`` (a follow-up of its own:
@@ -318,7 +319,7 @@ class PoolWork(Searcher):
         super().__init__()
         self.search, self.budget, self.then, self.on_searched = search, budget, then, on_searched
         self.issued, self.searching, self.searched = 0, set(), search is None or budget <= 0
-        self.succeeded = 0
+        self.succeeded, self.following = 0, set()
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True if self.search is None else self.search.set_search_properties(metric, mode, config, **spec)
@@ -342,9 +343,12 @@ class PoolWork(Searcher):
         elif not self.succeeded:
             return None  # the running search trials may yet show the evaluator is broken
         work = self.then() if self.then is not None else Searcher.FINISHED
-        if work is None or isinstance(work, str):  # nothing now; or finished, which waits for the search's trials
-            return None if work is None or self.searching else Searcher.FINISHED
+        if work is None or isinstance(work, str):  # nothing now, or nothing more
+            # the run ends once none of its trials runs: idle, its evaluators would hold what another pool on
+            # the same nodes may need to publish the front this one waits for (the driver waits, not the run)
+            return None if self.searching or self.following else Searcher.FINISHED
         mode, config = work
+        self.following.add(trial_id)
         return {**config, MODE: mode}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -352,7 +356,8 @@ class PoolWork(Searcher):
             self.search.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self.searching:  # a follow-up trial's result is the driver's callback's alone
+        self.following.discard(trial_id)  # a follow-up trial's result is the driver's callback's alone
+        if trial_id in self.searching:
             self.searching.discard(trial_id)
             self.succeeded += result is not None and not error
             self.search.on_trial_complete(trial_id, result=result, error=error)
