@@ -109,6 +109,3 @@ class FollowUps:
         if config is not None:
             return FINAL, config
         return self.FINISHED if finished else None
-
-    def __getstate__(self) -> dict:  # Tune pickles its search algorithm: the board (a lock) stays behind
-        return {}

@@ -223,6 +223,12 @@ def _results_writer(out: Path, pool: str, progress=None):
     return ResultsWriter()
 
 
+def _stop_if_requested(pool: str) -> None:
+    """``SearchError`` once the driver is told to stop (``search.stop``): the pool starts nothing more."""
+    if stop_requested():
+        raise SearchError(f"pool {pool}: stopped (the driver was told to stop); its rows so far are kept")
+
+
 def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, num_samples: int, kind: str, callback,
           out: Path, param_space: dict | None = None):
     """One Tune run of ``num_samples`` evaluator trials on ``pool`` (-1: until ``search_alg`` says it is finished),
@@ -266,8 +272,7 @@ def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, 
         log.error("pool %s: trial %s failed: %s", pool, r.path, r.error)
     if watch.lost:
         raise PoolError(watch.lost)
-    if stop_requested():  # nothing after this run (its front, the follow-up) is to start
-        raise SearchError(f"pool {pool}: stopped (the driver was told to stop); its rows so far are kept")
+    _stop_if_requested(pool)  # nothing after this run (its front, the follow-up) is to start
     return grid, errors
 
 
@@ -469,8 +474,7 @@ def follow_up(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, ou
 
     then, written = then or follow_ups(cfg, pool, out, board), 0
     while not then.done():
-        if stop_requested():
-            raise SearchError(f"pool {pool}: stopped (the driver was told to stop); its rows so far are kept")
+        _stop_if_requested(pool)
         _, done, _ = board.snapshot()
         if not then.ready():
             board.wait_past(done, timeout=1.0)
