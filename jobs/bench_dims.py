@@ -37,10 +37,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from bench_quality import add_arguments, load_task, run_saving, start, step_batch, train_peft_lora, train_supernet  # noqa: E402
+from bench_quality import (  # noqa: E402
+    add_arguments,
+    build_for_task,
+    load_task,
+    run_saving,
+    start,
+    step_batch,
+    train_peft_lora,
+    train_supernet,
+)
 
-from lonas_ray.build import SupernetSpec, build_supernet  # noqa: E402
-from lonas_ray.config_io import from_dict  # noqa: E402
 from lonas_ray.elastic.block_influence import block_influence, influence_order  # noqa: E402
 from lonas_ray.merge.extract import extract  # noqa: E402
 from lonas_ray.space import SearchSpace, SubnetConfig  # noqa: E402
@@ -88,7 +95,8 @@ def bench_task(name: str, args, source, space_spec: dict, device: torch.device, 
     rows.append(scorer.row("peft_lora", tuned, time.perf_counter() - t0, steps=args.steps))
     save(result)
     teacher = TeacherLogits(tuned.eval().requires_grad_(False)) if args.distill else None
-    built = build_supernet(from_dict(SupernetSpec, {**space_spec, "model": vars(source)}, where="supernet"))
+    built = build_for_task(task, source, space_spec)  # importance on the task's training examples, as a run does
+    result["calibration"] = built.calibration
     supernet = built.supernet.to(device, task.dtype)
     t0 = time.perf_counter()
     passes = train_supernet(supernet, task.dataset, task.pad_id, args, device, teacher)

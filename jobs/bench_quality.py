@@ -14,8 +14,10 @@ with the 95 % Wilson interval and the number of examples:
   super-adapter.
 * ``supernet:<name>`` (part ``supernet``): the super-network of
   ``--space-config``'s ``supernet`` section (importance reordering, the space it
-  generates) trained with lonas-ray's own step (``lonas_ray.train.step``: sandwich,
-  optional in-place distillation), then the maximal, the heuristic and searched
+  generates; importance and ``depth.auto``'s block influence measured on the task's
+  own training examples, as ``lonas-ray run`` measures them: ``build_for_task``)
+  trained with lonas-ray's own step (``lonas_ray.train.step``: sandwich, optional
+  in-place distillation), then the maximal, the heuristic and searched
   picks at ``--targets`` fractions of the maximal's params or, with ``--target-by
   latency``, of its measured latency (each candidate's merged model timed with the
   rows' request), extracted and merged. The search here is in-process:
@@ -63,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from lonas_ray.build import SupernetSpec, build_supernet  # noqa: E402
+from lonas_ray.build import Built, SupernetSpec, build_supernet  # noqa: E402
 from lonas_ray.config_io import from_dict  # noqa: E402
 from lonas_ray.counting import count_model, count_subnet  # noqa: E402
 from lonas_ray.data import shipped  # noqa: E402
@@ -277,8 +279,10 @@ def search_picks(supernet, select, tokenizer, args, runtime: str = "static") -> 
 @dataclass
 class Task:
     """One task's data as every row of a benchmark sees it: the training set, the selection and report parts of
-    the recorded test split, a scorer on the report part, and the JSON entry its rows go into."""
+    the recorded test split, a scorer on the report part, and the JSON entry its rows go into; ``data``: the task's
+    DataSpec (its training examples calibrate the super-network, ``build_for_task``)."""
 
+    data: DataSpec
     model: Any
     tokenizer: Any
     dataset: Any
@@ -302,8 +306,16 @@ def load_task(task: str, args, source: ModelSource, device: torch.device) -> Tas
               "report_examples": len(report), "train_examples": len(dataset),
               "epochs": round(args.steps * args.batch / len(dataset), 2), "rows": []}
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return Task(model, tokenizer, dataset, select, Scorer(report, tokenizer, args, device), full_eval.pad_id, dtype,
-                result)
+    return Task(spec, model, tokenizer, dataset, select, Scorer(report, tokenizer, args, device), full_eval.pad_id,
+                dtype, result)
+
+
+def build_for_task(t: Task, source: ModelSource, spec: dict, where: str = "supernet") -> Built:
+    """The super-network of ``spec`` (a config's ``supernet`` section, without its model) over ``source``, built as
+    the pipeline builds it (``prepare_once(cfg.supernet, ..., cfg.data)``): importance, ``depth.auto``'s block
+    influence and Wanda's input norms are measured on ``t``'s own training examples, and the log says so
+    (``importance.data: shipped`` in ``spec`` keeps the shipped social_iqa text, as it does in a run)."""
+    return build_supernet(from_dict(SupernetSpec, {**spec, "model": vars(source)}, where=where), t.data)
 
 
 def compare_to_peft_lora(rows: list[dict]) -> None:
@@ -388,7 +400,8 @@ def bench_task(task: str, args, source: ModelSource, space_spec: dict, device: t
         save(result)
 
     def build():
-        built = build_supernet(from_dict(SupernetSpec, {**space_spec, "model": vars(source)}, where="supernet"))
+        built = build_for_task(t, source, space_spec)
+        result["calibration"] = built.calibration  # where importance (and depth.auto) came from: the task's examples
         return built.supernet.to(device, dtype)
 
     supernet = earlier = None

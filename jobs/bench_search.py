@@ -161,7 +161,7 @@ def runtimes(base: SearchConfig, work: Path, skip: list[str]) -> dict:
 
     pool = base.search.pools[0]
     cfg = _cfg(base, work / "runtimes", strategy="heuristic")
-    source = prepare_once(cfg.supernet, work / "runtimes" / "prepared") if cfg.supernet else cfg.supernet_dir
+    source = prepare_once(cfg.supernet, work / "runtimes" / "prepared", cfg.data) if cfg.supernet else cfg.supernet_dir
     cuda = cfg.pools[pool].uses_cuda
     names = [r for r in RUNTIMES if (cuda or r != "cuda_graph") and r not in skip]
     cfg.pools[pool].latency.runtimes = names

@@ -37,6 +37,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from bench_quality import (  # noqa: E402
     add_arguments,
+    build_for_task,
     compare_to_peft_lora,
     load_task,
     run_saving,
@@ -46,8 +47,6 @@ from bench_quality import (  # noqa: E402
     train_supernet,
 )
 
-from lonas_ray.build import SupernetSpec, build_supernet  # noqa: E402
-from lonas_ray.config_io import from_dict  # noqa: E402
 from lonas_ray.counting import count_model  # noqa: E402
 from lonas_ray.merge.extract import extract  # noqa: E402
 from lonas_ray.merge.save import save_subnetwork  # noqa: E402
@@ -82,8 +81,8 @@ def int4_rel_err(supernet, config: dict, model_dir: Path, probe: torch.Tensor) -
 
 def bench_variant(name: str, task, args, source, space_spec: dict, device: torch.device) -> list[dict]:
     """Build the super-network over the ``name`` base, train it, and score its maximal and its picks."""
-    raw = {**space_spec, **VARIANTS[name], "model": vars(source)}
-    built = build_supernet(from_dict(SupernetSpec, raw, where=f"variant {name}"))
+    # importance and Wanda's input norms on the task's training examples, as a run calibrates them
+    built = build_for_task(task, source, {**space_spec, **VARIANTS[name]}, where=f"variant {name}")
     supernet = built.supernet.to(device, task.dtype)
     t0 = time.perf_counter()
     passes = train_supernet(supernet, task.dataset, task.pad_id, args, device)

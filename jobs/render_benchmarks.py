@@ -712,10 +712,44 @@ def serving(runs: list[Run]) -> str:
     return section(runs, table(header, body), notes)
 
 
+# --- bench_lease ---
+
+
+def lease(runs: list[Run]) -> str:
+    """One architecture timed alone and beside busy evaluators, without and with the hardware lease."""
+    names = short(runs)
+    header = ["run", "condition", "latency ms, median (p10-p90)", "vs alone", "lease wait s, median",
+              "timed beside busy work", "busy evaluators' scorings / timings meanwhile", "other processes, cores"]
+    body = []
+    for run in runs:
+        for row in run.data["conditions"]:
+            words = "alone" if not row["busy"] else \
+                f"{row['busy']} busy, {'lease' if row['lease'] else 'no lease'}"
+            work = ", ".join(f"{w['scorings']} / {w['timings']}" for w in row["busy_work"]) or "-"
+            body.append([names[run.stem], words,
+                         f"{fixed(row['latency_ms'])} ({fixed(row['latency_p10_ms'])}-{fixed(row['latency_p90_ms'])})",
+                         times(row["ratio_to_alone"]), fixed(row["lease_wait_s_median"], 2),
+                         pct(row["overlap"]["share"], 1), work,
+                         fixed(row["other_load"]["mean_cores_busy_with_other_work"], 2)])
+    notes = ["\"latency ms\" is the median over a condition's measurements of each one's median request, p10-p90",
+             "of all its requests together; \"vs alone\" is `ratio_to_alone`, that median over the alone one's.",
+             "\"timed beside busy work\" is `overlap.share`: the share of the measured timings' seconds during which a",
+             "busy evaluator scored or timed (the lease's own check: none under it). \"Other processes\" is the mean",
+             "number of cores the host's other processes kept busy meanwhile, which no lease holds back."]
+    for run in runs:
+        s = run.data["settings"]
+        notes.append(f"{names[run.stem]}: {millions(run.data['params'])} params, {s['measurements']} measurements of"
+                     f" {s['warmup']} + {s['repeats']} requests ({s['batch_size']} x {s['prompt_len']} prompt tokens"
+                     f" + {s['new_tokens']} new, `{s['runtime']}`) per condition, one thread per evaluator; a busy"
+                     f" evaluator scores {s['busy_batch']} x {s['busy_tokens']} tokens, then times"
+                     f" {s['busy_repeats']} requests, over and over.")
+    return section(runs, table(header, body), notes)
+
+
 RENDERERS: dict[str, Callable[[list[Run]], str]] = {
     f.__name__: f for f in (quality_rows, quality_variants, sliced_recovered, per_target, sparse, dims, scale_decode,
                             scale_formats, train_variants, train_scaling, search_runtimes, search_scaling,
-                            search_strategies, load, pools, serving)}
+                            search_strategies, load, pools, serving, lease)}
 
 
 def load_run(results: Path, stem: str, placeholder: str) -> Run:

@@ -1,8 +1,13 @@
 """The calibration batch of importance and Wanda: the run's own training examples, tokenized as training does."""
 
+import argparse
+import logging
+import sys
+
 import pytest
 import torch
 
+from helpers import ROOT
 from lonas_ray.build import CALIBRATION_FILE, SupernetSpec, build_supernet, save_prepared
 from lonas_ray.calibration import task_batch
 from lonas_ray.config_io import ConfigError, from_dict
@@ -65,3 +70,49 @@ def test_importance_data_shipped_ignores_the_runs_data():
 def test_an_unknown_calibration_source_is_a_config_error_that_names_the_choices():
     with pytest.raises(ConfigError, match="importance.data 'eval' is unknown; use one of task, shipped"):
         spec(data="eval")
+
+
+BENCH_SPACE = {"space": {"mlp": {"choices": [1.0, 0.5]}, "heads": {"choices": [1.0, 0.5]}, "depth": {"auto": 1}},
+               "importance": {"method": "grad", "examples": 6, "max_length": 64}}
+
+
+def test_the_quality_benchmarks_score_importance_and_block_influence_on_the_benchmarked_tasks_examples(caplog):
+    """jobs/bench_quality.py (and bench_dims / bench_sparse, through ``build_for_task``) calibrate as ``lonas-ray run``
+    does: on the task's own training examples, the log and the JSON naming them, not the shipped social_iqa text."""
+    sys.path.insert(0, str(ROOT / "jobs"))
+    from bench_quality import add_arguments, build_for_task, load_task
+
+    from lonas_ray.model_source import ModelSource
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--cutoff-len", "64", "--latency-repeats", "0"])
+    source = ModelSource(kind="tiny")
+    built = {}
+    for task in ("arithmetic_3_digit_addition", "intent_recognition"):
+        t = load_task(task, args, source, torch.device("cpu"))
+        assert t.data.train == f"shipped:{task}"
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="lonas_ray.build"):
+            built[task] = build_for_task(t, source, BENCH_SPACE)
+        named = f"6 training examples of shipped:{task} (byte tokenizer)"
+        assert built[task].calibration == {"importance": named, "depth": named}
+        assert f"reordered channels and heads by grad importance on {named}" in caplog.text
+        assert "block influence" in caplog.text and "social_iqa" not in caplog.text
+        # exactly what the pipeline scores for a run on that task: prepare_once(cfg.supernet, ..., cfg.data)
+        run_data = from_dict(DataSpec, {"train": f"shipped:{task}", "format": t.data.format, "cutoff_len": 64},
+                             where="run data")
+        run = build_supernet(from_dict(SupernetSpec, {**BENCH_SPACE, "model": {"kind": "tiny"}}, where="run"),
+                             run_data)
+        assert all(torch.equal(a, b) for a, b in zip(built[task].importance.mlp, run.importance.mlp))
+        assert built[task].supernet.space.dims.keys() == run.supernet.space.dims.keys()  # same blocks skippable
+    # each task's own examples moved the scores: not one fixed (social_iqa) calibration batch for every task
+    supernet = from_dict(SupernetSpec, {**BENCH_SPACE, "model": {"kind": "tiny"}}, where="supernet")
+    social = build_supernet(supernet, from_dict(DataSpec, {"train": "shipped:social_iqa", "format": "multiple_choice",
+                                                           "cutoff_len": 64}, where="social_iqa"))
+    default = build_supernet(supernet)  # no task data (lonas-ray export): the shipped default
+    assert "training examples" not in default.calibration["importance"]
+    others = [*built.values(), social, default]
+    for i, x in enumerate(others):
+        for y in others[i + 1:]:
+            assert any(not torch.allclose(a, b) for a, b in zip(x.importance.mlp, y.importance.mlp))

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -24,9 +25,21 @@ import torch
 import yaml
 
 from helpers import ENV, ROOT, TINY, Head, checkpoints, processes_using
+from lonas_ray.pipeline.report import speedup_text
 from lonas_ray.search.results import SCHEMA, read_results
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.ray, pytest.mark.slow]
+
+def reference_samples(out: Path, pool: str, maximal: str) -> list[float]:
+    """Every timed repeat of the maximal on ``pool``, read from the files: its row, then each re-timing."""
+    row = next(r for r in read_results(out / "results.parquet").to_pylist()
+               if r["pool"] == pool and r["subnet_id"] == maximal)
+    runtime = row["latency_runtime"]
+    samples = list(json.loads(row["latencies"])[runtime]["samples_ms"])
+    for ref in json.loads((out / "latency_reference.json").read_text()).get(pool, []):
+        samples += ref["latencies"][runtime]["samples_ms"]
+    return samples
+
 
 def stages(out: Path) -> dict:
     return json.loads((out / "stages.json").read_text())
@@ -260,6 +273,7 @@ def test_the_output_directory_holds_the_whole_contract(run):
     assert {"front", "member", "picked"} <= set(pareto[0])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["baseline"] and summary["models"]
+    ref_samples = {pool: reference_samples(out, pool, summary["search"]["maximal"]) for pool in summary["pools"]}
     picks = {r["subnet_id"] for r in pareto if r["picked"]}
     assert picks <= {m["subnet_id"] for m in summary["models"]}  # every pick is exported
     report = (out / "report.md").read_text()
@@ -304,10 +318,21 @@ def test_the_output_directory_holds_the_whole_contract(run):
             assert f"`{m['subnet_id']}`: after a recovery fine-tune of 3 steps" in report
             assert f"`{m['subnet_id']}`" in report and f"{m['quality']:.4f}" in report
             assert f"{summary['baseline']['quality']:.4f}" in card  # the baseline's figures beside its own
-            for pool, lat in m["latency"].items():
-                base = summary["baseline"]["latency"][pool]["latency_ms"]
-                assert lat["speedup"] == pytest.approx(base / lat["latency_ms"])
-                assert f"{lat['speedup']:.2f}x" in report
+            for pool, lat in m["latency"].items():  # against the run's reference: the maximal as the search timed it
+                ref = summary["references"][pool]
+                assert lat["speedup_reference"] == "maximal" and lat["speedup"] == pytest.approx(
+                    statistics.median(ref_samples[pool]) / statistics.median(lat["samples_ms"]))
+                assert lat["speedup_ci95"][0] <= lat["speedup"] <= lat["speedup_ci95"][1]
+                assert speedup_text(lat) in report
+    # the reference: the maximal's search row and its re-timings on each pool, and the same-shape rows beside it
+    for pool, ref in summary["references"].items():
+        assert ref["timings"] >= 2 and ref["subnet_id"] == summary["search"]["maximal"]
+        assert set(summary["same_shape"][pool]["latency_ms"]) == {"maximal", "baseline", "zero_shot"}
+        assert f"`{pool}`: the maximal (`{ref['subnet_id']}`), timed {ref['timings']} times" in report
+    assert summary["deployment"]["outcome"] in ("met", "missed", "undecided")
+    # every row scored on the final examples kept which were right: the verdict pairs them
+    assert len(summary["baseline"]["outcomes"]) == summary["baseline"]["eval_examples"]
+    assert all(len(m["outcomes"]) == m["eval_examples"] for m in summary["models"])
 
 
 def test_the_frozen_baseline_teaches_the_super_adapter_with_one_forward_per_micro_batch(run):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import yaml
@@ -195,8 +196,9 @@ def _fig():
 
 def test_the_report_has_a_row_per_model_with_its_speedup_and_the_baseline():
     text = report_markdown(_fig())
+    # no reference timings in these figures: speed-ups fall back to the baseline's latency, without an interval
     assert ("| baseline (plain LoRA) | reference | 0.5000 | [0.364, 0.636] | - | - | 0.00M | 1.00 | 4.0 "
-            "| 20.00 | 1.00x |") in text
+            "| 20.00 | - |") in text
     assert ("| `abc` | latency pick on p | 0.4800 | [0.345, 0.617] | 0.4792 (47/48) | -0.0200 | 0.00M | 0.60 | 0.5 "
             "| 8.00 | 2.50x |") in text
     assert "![quality vs latency per pool](pareto.png)" in text
@@ -273,7 +275,7 @@ def test_the_model_card_shows_its_figures_beside_the_baselines_and_how_to_load_i
     assert "| 95 % interval (Wilson) | [0.345, 0.617] | [0.364, 0.636] |" in card
     assert "| task loss (choice cross-entropy for multiple choice) | 0.6900 | 0.6900 |" in card
     assert "| lm-eval on the same examples (agrees with the above on) | 0.4792 (47/48) | - |" in card
-    assert "| latency on p (ms, static) | 8.00 (2.50x) | 20.00 |" in card
+    assert "| latency on p (ms, static; p10-p90) | 8.00 (2.50x) | 20.00 |" in card
     assert "import lonas_ray" in card
     stock = model_card(fig["models"][0], fig["baseline"], ["p"], "LlamaForCausalLM")
     assert "import lonas_ray" not in stock
@@ -452,35 +454,130 @@ def test_bad_recover_then_rank_settings_are_refused(export, message):
         PipelineConfig.from_dict(r)
 
 
-def deploy_model(sid: str, quality: float, params: float, speedups: dict[str, float]) -> dict:
-    return {"subnet_id": sid, "quality": quality, "params": params,
-            "latency": {pool: {"latency_ms": 10.0 / s, "speedup": s} for pool, s in speedups.items()}}
+def deploy_model(sid: str, outcomes: list[int], params: float, speedups: dict[str, tuple]) -> dict:
+    """A model with its 0/1 outcomes on the baseline's examples and, per pool, (speed-up, its interval)."""
+    return {"subnet_id": sid, "quality": sum(outcomes) / len(outcomes), "outcomes": outcomes, "params": params,
+            "eval_examples": len(outcomes),
+            "latency": {pool: {"latency_ms": 10.0 / x, "speedup": x, "speedup_ci95": list(ci)}
+                        for pool, (x, ci) in speedups.items()}}
 
 
-def test_the_deployment_verdict_says_plainly_whether_a_compressed_model_is_worth_deploying():
+def test_the_deployment_verdict_is_met_missed_or_undecided_on_paired_outcomes():
     from lonas_ray.cli import summary_table
-    from lonas_ray.pipeline.figures import deployment_verdict
+    from lonas_ray.pipeline.figures import MET, MISSED, UNDECIDED, deployment_verdict
 
-    base = {"quality": 0.80, "params": 100.0, "latency": {"a": {"latency_ms": 10.0}, "b": {"latency_ms": 20.0}}}
-    maximal = deploy_model("max", 0.78, 100.0, {"a": 1.0, "b": 1.0})
-    # the quick-start case: only the uncompressed maximal was exported
+    rng = __import__("random").Random(0)
+    base_outcomes = [1] * 60 + [0] * 40  # plain LoRA: 60 of 100 examples right
+    base = {"quality": 0.6, "params": 100.0, "outcomes": base_outcomes, "eval_examples": 100,
+            "latency": {"a": {"latency_ms": 10.0}, "b": {"latency_ms": 20.0}}}
+    maximal = deploy_model("max", base_outcomes, 100.0, {"a": (1.0, (0.95, 1.05))})
     v = deployment_verdict(base, [maximal])
-    assert v["worth_deploying"] == [] and "every exported model is the uncompressed maximal" in v["text"]
-    # compressed, but too slow (1.1x) or too poor (0.7 / 0.8 = 88 %): not worth it; the best-kept one is named
-    slow = deploy_model("slow", 0.79, 90.0, {"a": 1.1, "b": 1.15})
-    poor = deploy_model("poor", 0.70, 70.0, {"a": 1.5, "b": 1.4})
-    v = deployment_verdict(base, [maximal, slow, poor])
-    assert v["worth_deploying"] == [] and "keeps 99% at 1.15x on b" in v["text"] and "not" not in v["text"][:3]
-    assert v["text"].startswith("No compressed model worth deploying yet")
-    # 90 % of plain LoRA at 1.25x on one pool is enough; the fastest worthy one is named
-    good = deploy_model("good", 0.72, 85.0, {"a": 1.25, "b": 1.1})
-    better = deploy_model("better", 0.76, 80.0, {"a": 1.3, "b": 1.35})
-    v = deployment_verdict(base, [maximal, slow, poor, good, better])
-    assert v["worth_deploying"] == ["good", "better"]
-    assert (v["text"].startswith("Worth deploying: 2 compressed model(s)")
-            and "better, keeps 95% at 1.35x on b" in v["text"])
-    assert deployment_verdict(None, [good]) is None and deployment_verdict(dict(base, quality=0.0), [good]) is None
+    assert v["outcome"] == MISSED and "every exported model is the uncompressed maximal" in v["text"]
+    # the same examples right, clearly faster on pool b: met beyond both intervals, the fastest named
+    same = deploy_model("same", base_outcomes, 80.0, {"a": (1.1, (1.05, 1.15)), "b": (1.5, (1.4, 1.6))})
+    v = deployment_verdict(base, [maximal, same])
+    assert v["outcome"] == MET and v["worth_deploying"] == ["same"]
+    assert v["text"].startswith("Met: 1 compressed model(s)") and "same keeps 100% [100%, 100%]" in v["text"]
+    assert "on the same 100 examples at 1.50x [1.40, 1.60] on b" in v["text"]
+    # half the examples lost: missed beyond the interval, whatever its speed
+    poor = deploy_model("poor", [1] * 30 + [0] * 70, 60.0, {"a": (2.0, (1.9, 2.1))})
+    v = deployment_verdict(base, [maximal, poor])
+    assert v["outcome"] == MISSED and v["text"].startswith("Missed (the goal:") and "its quality below" in v["text"]
+    # 48 examples, a few flipped each way: 89 % kept with an interval across 90 %: undecided, and what decides it
+    b48 = [1] * 19 + [0] * 29
+    m48 = list(b48)
+    for i in rng.sample(range(19), 4):
+        m48[i] = 0
+    for i in rng.sample(range(19, 48), 2):
+        m48[i] = 1
+    base48 = dict(base, quality=19 / 48, outcomes=b48, eval_examples=48)
+    near = deploy_model("near", m48, 80.0, {"a": (1.23, (1.21, 1.25))})
+    v = deployment_verdict(base48, [near], whole_split=False)
+    assert v["outcome"] == UNDECIDED and v["models"][0]["kept_ci95"][0] < 0.9 < v["models"][0]["kept_ci95"][1]
+    assert v["text"].startswith("Undecided at 48 examples") and "raise quality.final_examples" in v["text"]
+    v = deployment_verdict(base48, [near], whole_split=True)
+    assert "the whole test split (48 examples) cannot decide the quality" in v["text"]
+    # the quality kept, the speed-up's interval across 1.2x: undecided on speed, more repeats decide it
+    unsure = deploy_model("unsure", base_outcomes, 80.0, {"a": (1.22, (1.1, 1.3))})
+    v = deployment_verdict(base, [unsure])
+    assert v["outcome"] == UNDECIDED and "speed-up straddles" in v["text"] and "latency.repeats" in v["text"]
+    assert deployment_verdict(None, [same]) is None and deployment_verdict(dict(base, quality=0.0), [same]) is None
+    # without per-example outcomes (another metric) the point figures decide, said as unpaired
+    loose = dict(same, outcomes=None)
+    v = deployment_verdict(dict(base, outcomes=None), [loose])
+    assert v["outcome"] == MET and v["models"][0]["paired"] is False and "the same" not in v["text"]
     # printed at the end of the run and in the report
     fig = _fig()
     fig["deployment"] = v
     assert v["text"] in summary_table(fig).splitlines() and f"**Compression:** {v['text']}" in report_markdown(fig)
+
+
+def _timed_row(sid: str, samples: list[float], timestamp: float, runtime: str = "static") -> dict:
+    return {"subnet_id": sid, "latency_runtime": runtime, "latency_ms": statistics.median(samples),
+            "timestamp": timestamp, "latencies": json.dumps({runtime: {"samples_ms": samples}})}
+
+
+def test_the_reference_pools_the_maximals_row_and_its_re_timings_and_reports_their_drift():
+    from lonas_ray.pipeline.figures import reference_latency
+
+    rows = {"p": {"max": _timed_row("max", [100.0, 101.0, 99.0], 1.0), "x": _timed_row("x", [50.0], 2.0)},
+            "q": {"x": _timed_row("x", [50.0], 2.0)}}  # q never timed the maximal: no reference there
+    refs = {"p": [{"timestamp": 3.0, "latencies": {"static": {"samples_ms": [110.0, 111.0, 109.0]}}},
+                  {"timestamp": 4.0, "latencies": {"eager": {"samples_ms": [500.0]}}}]}  # another runtime: not pooled
+    got = reference_latency(rows, refs, "max")
+    assert set(got) == {"p"}
+    ref = got["p"]
+    assert ref["timings"] == 2 and ref["samples_ms"] == [100.0, 101.0, 99.0, 110.0, 111.0, 109.0]
+    assert ref["latency_ms"] == pytest.approx(105.0) and ref["timing_medians_ms"] == [100.0, 110.0]
+    assert ref["drift"] == pytest.approx(0.10) and ref["latency_p10_ms"] < 100.0 < ref["latency_p90_ms"]
+
+
+def test_speedups_are_against_the_same_runs_reference_with_an_interval_that_says_when_it_includes_one():
+    from lonas_ray.pipeline.report import speedup_text
+
+    refs = {"p": {"runtime": "static", "samples_ms": [100.0, 102.0, 98.0, 101.0, 99.0]}}
+    baseline = {"quality": 0.5, "params": 100, "latency": {"p": {"latency_ms": 130.0}}}  # timed slow, elsewhere
+    fast = {"quality": 0.5, "params": 80, "latency": {"p": {"latency_ms": 80.0, "latency_runtime": "static",
+                                                             "samples_ms": [80.0, 81.0, 79.0, 80.5, 79.5]}}}
+    got = compare(fast, baseline, refs)["latency"]["p"]
+    assert got["speedup_reference"] == "maximal" and got["speedup"] == pytest.approx(100.0 / 80.0)
+    lo, hi = got["speedup_ci95"]
+    assert 1.0 < lo <= got["speedup"] <= hi < 1.4
+    assert speedup_text(got) == f"1.25x [{lo:.2f}, {hi:.2f}]"
+    same = {"quality": 0.5, "params": 100, "latency": {"p": {"latency_ms": 100.0, "latency_runtime": "static",
+                                                              "samples_ms": [99.0, 103.0, 97.0, 101.0, 100.0]}}}
+    tie = compare(same, baseline, refs)["latency"]["p"]
+    assert tie["speedup_ci95"][0] <= 1.0 <= tie["speedup_ci95"][1] and speedup_text(tie).endswith(", includes 1.0")
+    # no timed repeats (a table from before they were kept): the baseline's latency, no interval
+    old = compare({"quality": 0.5, "params": 80, "latency": {"p": {"latency_ms": 65.0}}}, baseline, refs)
+    assert old["latency"]["p"]["speedup"] == 2.0 and old["latency"]["p"]["speedup_reference"] == "baseline"
+    assert old["latency"]["p"]["speedup_ci95"] is None
+
+
+def test_same_shape_rows_agree_within_ten_percent_or_the_report_says_they_differ():
+    from lonas_ray.pipeline.figures import same_shape
+    from lonas_ray.pipeline.report import reference_lines
+
+    refs = {"p": {"subnet_id": "max", "runtime": "static", "timings": 3, "latency_ms": 560.0,
+                  "latency_p10_ms": 555.0, "latency_p90_ms": 570.0, "drift": 0.02}}
+    close = same_shape(refs, baseline={"latency": {"p": {"latency_ms": 572.0}}},
+                       zero_shot={"latency": {"p": {"latency_ms": 549.0}}})
+    assert close["p"]["agree"] and close["p"]["latency_ms"] == {"maximal": 560.0, "baseline": 572.0,
+                                                                 "zero_shot": 549.0}
+    far = same_shape(refs, baseline={"latency": {"p": {"latency_ms": 643.0}}}, zero_shot=None)
+    assert not far["p"]["agree"] and far["p"]["spread"] == pytest.approx(643 / 560 - 1)
+    text = "\n".join(reference_lines({"references": refs, "same_shape": far}))
+    assert "timed 3 times in the search" in text and "**differ by 15%, more than 10%**" in text
+    assert "agree within 10%" in "\n".join(reference_lines({"references": refs, "same_shape": close}))
+
+
+def test_the_ranking_says_what_it_ranked_on_and_over_how_many_examples():
+    from lonas_ray.pipeline.report import ranking_lines
+
+    cand = {"subnet_id": "a", "sliced": {"objective": -0.5, "quality": 0.2, "examples": 24},
+            "recovered": {"objective": -0.3, "quality": 0.3, "examples": 24}}
+    text = "\n".join(ranking_lines({"objective": "task_loss", "targets": {"t": {"chosen": "a", "candidates": [cand]}}}))
+    assert "Ranked on `task_loss`" in text and "over 24 examples" in text and "tie on exact matches" in text
+    assert "| t | `a` | -0.5000 | 0.2000 | -0.3000 | 0.3000 | yes |" in text
+    text = "\n".join(ranking_lines({"objective": "quality", "targets": {"t": {"chosen": "a", "candidates": [cand]}}}))
+    assert "Ranked on `quality`" in text and "a step of 1/n" in text

@@ -57,6 +57,15 @@ def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter:
     with ``"distill": {"teacher", "weight", "temperature"}`` the frozen teacher (its directory's files in
     ``teacher_files``, through the object store like the super-network's) teaches the recovery.
     """
+    from lonas_ray.lease import CPU, HardwareLease
+
+    with HardwareLease(CPU).shared():  # heavy work: a latency measurement on this host waits until it is done
+        return _merge_and_save(supernet_files, config, with_adapter, dest, judge, recover, teacher_files, gguf)
+
+
+def _merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter: bool, dest: dict,
+                    judge: dict | None, recover: dict | None, teacher_files: dict[str, bytes] | None,
+                    gguf: dict | None) -> dict[str, bytes]:
     from lonas_ray.merge.save import save_subnetwork
     from lonas_ray.search.evaluator import load_supernet_files
 
@@ -75,7 +84,8 @@ def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter:
         if recover:
             scored = score_final(model_dir, recover)
             record = {"steps": recover["steps"], "distill": recover.get("distill"), "seconds": round(recover_s, 2),
-                      "first_loss": losses[0], "last_loss": losses[-1], **asdict(scored.quality)}
+                      "first_loss": losses[0], "last_loss": losses[-1], **asdict(scored.quality),
+                      "outcomes": None if scored.right is None else [int(r) for r in scored.right]}
             if recover.get("rank"):  # recover-then-rank: the search's examples choose, the final ones report
                 record["selection"] = asdict(score_final(model_dir, recover, examples=recover["quality"]["examples"])
                                              .quality)

@@ -9,13 +9,22 @@ from typing import Any
 
 
 def ranking_lines(ranking: dict | None) -> list[str]:
-    """Recover-then-rank's table: every candidate of each latency target as sliced and as recovered."""
+    """Recover-then-rank's table: every candidate of each latency target as sliced and as recovered, and what the
+    ranking rested on (its objective, over how many examples)."""
     if not ranking:
         return []
+    objective = ranking["objective"]
+    sizes = sorted({(c["recovered"] or {}).get("examples") for t in ranking["targets"].values()
+                    for c in t["candidates"]} - {None})
+    over = f"{', '.join(map(str, sizes))} examples" if sizes else "the search's examples"
+    why = ("a loss over every example's answer, which separates candidates that tie on exact matches"
+           if objective != "quality" else "the accuracy itself: a difference of one example is a step of 1/n")
     lines = ["", "## Recover-then-rank", "",
-             f"Per latency target, the best front members on the search objective (`{ranking['objective']}`, higher "
-             "is better) were each recovered (`export.recover_steps`) and scored again on the search's examples; "
-             "the best after recovery was exported (`ranking.json`; every candidate's export is in `candidates/`).",
+             f"Per latency target, the best front members on the search objective were each recovered "
+             f"(`export.recover_steps`) and scored again; the best after recovery was exported (`ranking.json`; "
+             f"every candidate's export is in `candidates/`). Ranked on `{objective}` (higher is better as shown; "
+             f"{why}) over {over} of the search's seeded subset, which lies inside the test split the table above "
+             "reports on.",
              "", "| target | candidate | sliced objective | sliced quality | recovered objective | recovered quality "
              "| chosen |", "|---|---|---|---|---|---|---|"]
     for role, target in ranking["targets"].items():
@@ -52,14 +61,54 @@ def _judged(verdict: Mapping[str, Any] | None) -> str:
     return f"{verdict['lm_eval_quality']:.4f} ({verdict['agree']}/{verdict['examples']}{note})"
 
 
-def _latency_cells(model: Mapping[str, Any], pools: Sequence[str], *, reference: bool) -> list[str]:
-    """Latency and speed-up per pool; the reference (the baseline) is 1.00x by definition."""
+def speedup_text(lat: Mapping[str, Any]) -> str:
+    """``1.23x [1.15, 1.30]``; an interval that includes 1.0 says so (no faster beyond noise)."""
+    x, ci = lat.get("speedup"), lat.get("speedup_ci95")
+    if not x:
+        return "-"
+    if not ci:
+        return f"{x:.2f}x"
+    tie = ", includes 1.0" if ci[0] <= 1.0 <= ci[1] else ""
+    return f"{x:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}]{tie}"
+
+
+def latency_text(lat: Mapping[str, Any]) -> str:
+    """``560.12 (555.0-572.3)``: the median and its p10-p90 over the timed repeats."""
+    ms, lo, hi = lat.get("latency_ms"), lat.get("latency_p10_ms"), lat.get("latency_p90_ms")
+    if ms is None:
+        return "-"
+    return f"{ms:.2f} ({lo:.1f}-{hi:.1f})" if lo is not None and hi is not None else f"{ms:.2f}"
+
+
+def _latency_cells(model: Mapping[str, Any], pools: Sequence[str]) -> list[str]:
+    """Latency (median, p10-p90) and speed-up (against the same run's reference, with its interval) per pool."""
     cells = []
     for pool in pools:
         lat = model["latency"].get(pool) or {}
-        cells.append(_num(lat.get("latency_ms"), ".2f"))
-        cells.append("1.00x" if reference else f"{lat['speedup']:.2f}x" if lat.get("speedup") else "-")
+        cells += [latency_text(lat), speedup_text(lat)]
     return cells
+
+
+def reference_lines(fig: Mapping[str, Any]) -> list[str]:
+    """Where the speed-ups come from, per pool, and whether the same-shape rows agree."""
+    refs, shapes = fig.get("references") or {}, fig.get("same_shape") or {}
+    if not refs:
+        return ["Speed-ups: baseline latency / model latency (no reference timings in this run's results)."]
+    lines = []
+    for pool, ref in refs.items():
+        shape = shapes.get(pool, {})
+        rows = ", ".join(f"{name} {ms:.1f}" for name, ms in shape.get("latency_ms", {}).items())
+        agree = ("agree within {:.0%}".format(shape["tolerance"]) if shape.get("agree") else
+                 "**differ by {:.0%}, more than {:.0%}**: something else ran on the hardware while one of them was "
+                 "timed".format(shape["spread"], shape["tolerance"])) if shape else ""
+        lines.append(f"- `{pool}`: the maximal (`{ref['subnet_id']}`), timed {ref['timings']} times in the search "
+                     f"({ref['runtime']}): median {ref['latency_ms']:.1f} ms, p10-p90 {ref['latency_p10_ms']:.1f}-"
+                     f"{ref['latency_p90_ms']:.1f}, drift between timings {ref['drift']:.1%}. Same-shape rows (ms): "
+                     f"{rows}: {agree}.")
+    return ["Speed-ups are against each pool's reference, the maximal sub-network as this run's search timed it "
+            "(its own row and its re-timings, `latency.reference_every`), every timing holding the hardware alone "
+            "(`lonas_ray.lease`); the interval is a 95 % bootstrap of the ratio of medians over the timed repeats:",
+            "", *lines]
 
 
 def compression_text(c: Mapping[str, Any] | None) -> str | None:
@@ -96,11 +145,11 @@ def report_markdown(fig: Mapping[str, Any]) -> str:
         "# lonas-ray report", "",
         f"Output directory: `{fig['output_dir']}`. Quality: `{metric}` on {examples} held-out examples, with its "
         "95 % Wilson interval (a difference inside both intervals may be noise). Latency: one "
-        "request (prefill + greedy decode, the pool's `latency` settings, median over repeats) measured on each "
-        "pool's own hardware; speed-up = baseline latency / model latency on that pool. lm-eval: "
+        "request (prefill + greedy decode, the pool's `latency` settings, median and p10-p90 over repeats) measured "
+        "on each pool's own hardware; speed-up = reference latency / model latency on that pool (below). lm-eval: "
         "lm-evaluation-harness's score of the exported checkpoint on the same examples, and on how many of them "
         "it agrees with lonas-ray's scorer (it sees whole prompts: those lonas-ray cut to `data.cutoff_len` may "
-        "differ).", "",
+        "differ).", "", *reference_lines(fig), "",
     ]
     if fig.get("verdict"):
         lines += [f"**Fine-tuning:** {fig['verdict']['text']}", ""]
@@ -118,7 +167,7 @@ def report_markdown(fig: Mapping[str, Any]) -> str:
         ratio = "1.00" if is_base else (f"{m['params_ratio']:.2f}" if "params_ratio" in m else "-")
         row = [name, role, _num(m["quality"]), _interval(m.get("quality_ci95")), _judged(m.get("lm_eval")), delta,
                _millions(m["params"]), ratio, _mib(m.get("weight_bytes"))]
-        row += _latency_cells(m, pools, reference=is_base)
+        row += _latency_cells(m, pools)
         lines.append("| " + " | ".join(row) + " |")
     for m in fig["models"]:
         if m.get("recovery"):
@@ -195,9 +244,9 @@ def model_card(model: Mapping[str, Any], baseline: Mapping[str, Any] | None, poo
     for pool in pools:
         lat = model["latency"].get(pool, {})
         base_lat = b.get("latency", {}).get(pool, {}) if b else {}
-        speed = f" ({lat['speedup']:.2f}x)" if lat.get("speedup") else ""
-        lines.append(f"| latency on {pool} (ms, {lat.get('latency_runtime') or '-'}) | "
-                     f"{_num(lat.get('latency_ms'), '.2f')}{speed} | {_num(base_lat.get('latency_ms'), '.2f')} |")
+        speed = f" ({speedup_text(lat)})" if lat.get("speedup") else ""
+        lines.append(f"| latency on {pool} (ms, {lat.get('latency_runtime') or '-'}; p10-p90) | "
+                     f"{latency_text(lat)}{speed} | {latency_text(base_lat)} |")
     if compression:
         lines += ["", "## Compression", "", compression_text(compression), "",
                   "Recorded in `lonas_subnet.json` (`compression`): " + ", ".join(
@@ -264,6 +313,11 @@ def plot_pareto(fig: Mapping[str, Any], pool_rows: Mapping[str, Sequence[Mapping
         if zero and zero["latency"].get(pool, {}).get("latency_ms") is not None:
             ax.scatter([zero["latency"][pool]["latency_ms"]], [zero["quality"]], marker="X", s=90, c="k",
                        label="base model zero-shot (full set)")
+        ref = (fig.get("references") or {}).get(pool)
+        if ref:  # what every speed-up on this pool is taken against
+            ax.axvspan(ref["latency_p10_ms"], ref["latency_p90_ms"], color="tab:orange", alpha=0.15, lw=0)
+            ax.axvline(ref["latency_ms"], color="tab:orange", lw=1,
+                       label=f"reference: maximal, {ref['timings']} timings (p10-p90)")
         ax.set_title(f"pool {pool}")
         ax.set_xlabel("latency per request (ms)")
         ax.set_ylabel("quality")

@@ -36,6 +36,10 @@ class LatencySpec:
         "auto = cuda_graph + eager on GPU, static + eager on CPU; vllm = served by vLLM's offline engine in "
         "vLLM's own environment (latency.vllm_python)",
     )
+    reference_every: int = help_field(
+        4, help="time the maximal sub-network again after every N timed evaluations of an evaluator (and with its "
+        "first): the same-run reference of every speed-up, and its drift over a long search; 0: only the "
+        "maximal's own row")
     vllm_python: str = help_field(
         "", help="runtime vllm: the python of vLLM's environment on the pool's nodes (`bash jobs/make_vllm_env.sh "
         "DIR` makes one: DIR/bin/python); checked on the pool's own node before any trial"
@@ -45,8 +49,9 @@ class LatencySpec:
         for name in ("batch_size", "prompt_len", "new_tokens", "repeats"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"latency.{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ConfigError(f"latency.warmup must be an integer >= 0, got {self.warmup!r}")
+        for name in ("warmup", "reference_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"latency.{name} must be an integer >= 0, got {getattr(self, name)!r}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ConfigError(f"latency.dtype '{self.dtype}' is unknown; use auto or one of {', '.join(DTYPES)}")
         if not self.runtimes:

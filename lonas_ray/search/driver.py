@@ -3,7 +3,8 @@
 Output directory::
 
     results.parquet     every evaluation, one row per (subnet_id, pool), appended as trials finish
-    final_quality.json  full-set quality of the fronts' members (and maximal), by subnet id
+    latency_reference.json  per pool, the maximal timed again during the search (``Evaluator.reference``)
+    final_quality.json  full-set quality of the fronts' members (and maximal), by subnet id (+ outcomes)
     pareto.parquet      the fronts of every pool (columns of results + front, picked, *_full)
     search_summary.json per pool: evaluations, hypervolume, reference point, pick
     ray_results/        the Tune runs (trial logs, for the dashboard and debugging)
@@ -64,6 +65,7 @@ from lonas_ray.storage import RunStorage, is_uri
 log = logging.getLogger(__name__)
 
 RESULTS, PARETO, FINAL, SUMMARY = "results.parquet", "pareto.parquet", "final_quality.json", "search_summary.json"
+REFERENCES = "latency_reference.json"
 _WRITE = threading.Lock()  # one writer of results.parquet and final_quality.json: the pools' callbacks take turns
 _REGISTER = threading.Lock()  # Tune's trainable registry, one pool at a time
 
@@ -187,9 +189,22 @@ def _record_final(path: Path, pool: str, row: dict) -> None:
         finals = read_finals(path)
         finals[row["subnet_id"]] = {"quality": row["quality"], "loss": row["loss"], "task_loss": row["task_loss"],
                                     "examples": row["eval_examples"], "metric": row["quality_metric"],
-                                    "pool": pool, "timestamp": row["timestamp"]}
+                                    "pool": pool, "timestamp": row["timestamp"],
+                                    "outcomes": json.loads(row["outcomes"]) if row.get("outcomes") else None}
         write_json(path, finals)
     CLOCK.add(pool, row["eval_s"])
+
+
+def read_references(path: Path) -> dict[str, list[dict]]:
+    """latency_reference.json: per pool, the maximal's timings made during the search ({} before any)."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _record_reference(path: Path, pool: str, entry: dict) -> None:
+    with _WRITE:
+        refs = read_references(path)
+        refs.setdefault(pool, []).append(entry)
+        write_json(path, refs)
 
 
 def _results_writer(out: Path, pool: str, progress=None):
@@ -207,6 +222,8 @@ def _results_writer(out: Path, pool: str, progress=None):
             if trial.trial_id in self.reported:  # a retried trial whose evaluator died after reporting
                 return
             self.reported.add(trial.trial_id)
+            if result.get("reference_json"):
+                _record_reference(out / REFERENCES, pool, json.loads(result["reference_json"]))
             row = json.loads(result["row_json"])
             if result["mode"] == modes.FINAL:
                 _record_final(out / FINAL, pool, row)

@@ -4,6 +4,13 @@
 each ``evaluate`` then extracts and merges one sub-network (what would be
 deployed), scores it and times it on this process's device. ``SubnetTrainable``
 (``lonas_ray.search.trainable``) is the Tune face of it.
+
+Timing holds the device's lease alone and scoring holds it shared, batch by
+batch (``lonas_ray.lease``): evaluators sharing a node score at once but time
+one at a time, so a latency is the same figure whichever pool or stage took it.
+The evaluator also times the maximal sub-network with its first timed evaluation
+and after every ``latency.reference_every`` more (``reference``): the same-run
+reference every speed-up is taken against, and its drift over a long search.
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ import torch
 from lonas_ray.config_io import from_dict, to_dict
 from lonas_ray.counting import count_subnet
 from lonas_ray.data.spec import DataSpec
+from lonas_ray.lease import lease_for
 from lonas_ray.merge.extract import extract
 from lonas_ray.model_source import DTYPES
 from lonas_ray.search.config import LatencySpec, PoolSpec, QualitySpec, SearchConfig
 from lonas_ray.search.latency import measure
-from lonas_ray.search.quality import build_eval_set, evaluate_quality, subset, subset_indices
+from lonas_ray.search.quality import build_eval_set, score_examples, subset, subset_indices
 from lonas_ray.search.vllm_runtime import measure_vllm
 from lonas_ray.space import SearchSpace, SubnetConfig
 
@@ -102,6 +110,9 @@ class Evaluator:
         self.space: SearchSpace = self.supernet.space
         self.full_set = build_eval_set(load_examples(data, "eval"), self.tokenizer, data.cutoff_len)
         self.load_s = time.perf_counter() - t0
+        self.lease = lease_for(self.device)
+        self.since_reference = 0  # timed evaluations since this evaluator last timed the reference
+        self.references = 0  # reference timings this evaluator made
         log.info("evaluator for pool %s ready in %.1f s on %s (%d eval examples)",
                  job.pool, self.load_s, self.device, len(self.full_set))
 
@@ -109,27 +120,39 @@ class Evaluator:
         idx = subset_indices(len(self.full_set), n, self.quality_spec.seed)
         return subset(self.full_set, idx)
 
+    def _time(self, model) -> dict[str, dict]:
+        """Every runtime's figures (``LatencyStats`` as a dict) of ``model``, each timed holding the device alone;
+        ``lease_wait_s``: how long it waited for the other work on the device to pause."""
+        ls, out = self.latency, {}
+        for runtime in self.runtimes:
+            timer = partial(measure_vllm, python=ls.vllm_python) if runtime == "vllm" else \
+                partial(measure, runtime=runtime)
+            with self.lease.exclusive() as hold:
+                stats = timer(model, batch_size=ls.batch_size, prompt_len=ls.prompt_len, new_tokens=ls.new_tokens,
+                              warmup=ls.warmup, repeats=ls.repeats)
+            out[runtime] = dict(vars(stats), samples_ms=list(stats.samples_ms), lease=hold.key,
+                                lease_wait_s=round(hold.waited_s, 3))
+        return out
+
+    def _model(self, config: SubnetConfig):
+        with torch.no_grad():
+            return extract(self.supernet, config).to(self.dtype)
+
     def evaluate(self, config: SubnetConfig, *, examples: int | None, with_latency: bool = True) -> dict[str, Any]:
         """One results row (``lonas_ray.search.results.SCHEMA``) for sub-network ``config``."""
         t0 = time.perf_counter()
         config = self.space.validate(config)
         counts = count_subnet(self.supernet, config)
-        with torch.no_grad():
-            model = extract(self.supernet, config).to(self.dtype)
+        model = self._model(config)
         evalset = self._examples(examples)
-        q = evaluate_quality(model, evalset, self.quality_spec.batch_size, decode=self.tokenizer.decode)
-        lat = {}
-        if with_latency:
-            ls = self.latency
-            for runtime in self.runtimes:
-                timer = partial(measure_vllm, python=ls.vllm_python) if runtime == "vllm" else \
-                    partial(measure, runtime=runtime)
-                lat[runtime] = timer(model, batch_size=ls.batch_size, prompt_len=ls.prompt_len,
-                                     new_tokens=ls.new_tokens, warmup=ls.warmup, repeats=ls.repeats)
+        q, right = score_examples(model, evalset, self.quality_spec.batch_size, decode=self.tokenizer.decode,
+                                  share=self.lease.shared)
+        lat = self._time(model) if with_latency else {}
+        self.since_reference += bool(lat)
         del model
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        primary = lat[self.runtimes[0]] if lat else None
+        primary = lat[self.runtimes[0]] if lat else {}
         return {
             "subnet_id": self.space.subnet_id(config),
             "config": json.dumps(config, sort_keys=True),
@@ -138,21 +161,42 @@ class Evaluator:
             "quality_metric": q.metric,
             "loss": q.loss,
             "task_loss": q.task_loss,
-            "latency_ms": primary.latency_ms if primary else None,
-            "latency_p90_ms": primary.latency_p90_ms if primary else None,
-            "latency_runtime": primary.runtime if primary else None,
-            "prefill_ms": primary.prefill_ms if primary else None,
-            "decode_ms": primary.decode_ms if primary else None,
-            "latencies": json.dumps({r: vars(s) for r, s in lat.items()}),
+            "latency_ms": primary.get("latency_ms"),
+            "latency_p90_ms": primary.get("latency_p90_ms"),
+            "latency_runtime": primary.get("runtime"),
+            "prefill_ms": primary.get("prefill_ms"),
+            "decode_ms": primary.get("decode_ms"),
+            "latencies": json.dumps(lat),
             "params": counts.params,
             "nonzero_params": counts.nonzero_params,
             "macs": counts.macs_per_token,
             "weight_bytes": counts.weight_bytes,
             "eval_examples": q.examples,
+            "outcomes": json.dumps([int(r) for r in right]) if right is not None else None,
             "node_id": _node_id(),
             "eval_s": time.perf_counter() - t0,
             "timestamp": time.time(),
         }
+
+    def reference_due(self, subnet_id: str) -> bool:
+        """Whether the maximal is to be timed again after the evaluation of ``subnet_id`` just made: after the
+        evaluator's first timed evaluation of another sub-network, then after every ``latency.reference_every``
+        more (never right after the maximal's own row, which is a timing of it)."""
+        every = self.latency.reference_every
+        if not every or self.since_reference == 0 or subnet_id == self.space.subnet_id(self.space.maximal()):
+            return False
+        return self.references == 0 or self.since_reference >= every
+
+    def reference(self) -> dict[str, Any]:
+        """The maximal sub-network timed now, under the same lease as the candidates (``REFERENCES`` entry)."""
+        t0 = time.perf_counter()
+        maximal = self.space.maximal()
+        model = self._model(maximal)
+        lat = self._time(model)
+        del model
+        self.references, self.since_reference = self.references + 1, 0
+        return {"subnet_id": self.space.subnet_id(maximal), "pool": self.job.pool, "node_id": _node_id(),
+                "latencies": lat, "seconds": round(time.perf_counter() - t0, 3), "timestamp": time.time()}
 
 
 def _node_id() -> str:

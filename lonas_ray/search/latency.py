@@ -20,7 +20,10 @@ faster eagerly, 1.23x with a static cache, on one H100). Runtimes, by realism:
 Every repeat runs one prefill of ``prompt_len`` tokens and ``new_tokens`` greedy
 decode steps, timed with the device synchronised at both ends. A repeat's
 latency is prefill + all decode steps (one request); the figures are the
-median and p90 over repeats after ``warmup`` unmeasured repeats.
+median, p10 and p90 over repeats after ``warmup`` unmeasured repeats, and every
+repeat's total (``samples_ms``), from which speed-ups get their intervals
+(``lonas_ray.stats.ratio_of_medians``). Nothing here holds the hardware: the
+caller times under its lease (``lonas_ray.lease``), so nothing heavy runs beside.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ class LatencyStats:
     repeats: int
     prefill_p90_ms: float
     decode_p90_ms: float
+    latency_p10_ms: float | None = None
+    samples_ms: tuple[float, ...] = ()  # every measured repeat's prefill + decode, in order
 
 
 def sync(device: torch.device | str) -> None:
@@ -193,4 +198,6 @@ def measure(model, runtime: str, *, batch_size: int, prompt_len: int, new_tokens
         repeats=repeats,
         prefill_p90_ms=percentile(prefills, 0.9),
         decode_p90_ms=percentile(decodes, 0.9),
+        latency_p10_ms=percentile(totals, 0.1),
+        samples_ms=tuple(round(t, 4) for t in totals),
     )

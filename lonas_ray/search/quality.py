@@ -20,12 +20,15 @@ log-likelihood of the correct answer (+ eos where training has it).
 
 Everything is a pure function of (model, tokenized set), so the search's
 evaluator and an independent check on an exported model compute the same thing.
+``share`` (a context manager factory, e.g. ``lease.HardwareLease.shared``) is held
+around each batch: a latency measurement on the same hardware waits at most a batch.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +42,8 @@ from lonas_ray.search.metric import (  # noqa: F401  (the names this module's re
     TOKEN_METRIC,
     accuracy_interval,
 )
+
+Share = Callable[[], AbstractContextManager]  # held around each batch (see the module doc)
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ def subset(evalset: EvalSet, indices: list[int]) -> EvalSet:
 
 
 @torch.inference_mode()
-def score_rows(model, rows: list[dict], pad_id: int, batch_size: int = 8) -> torch.Tensor:
+def score_rows(model, rows: list[dict], pad_id: int, batch_size: int = 8, share: Share = nullcontext) -> torch.Tensor:
     """Per row: (sum of answer-token log-probs, answer tokens, answer tokens predicted right), float64 (n, 3).
 
     Rows are batched by length (least padding) and the results put back in order.
@@ -136,7 +141,8 @@ def score_rows(model, rows: list[dict], pad_id: int, batch_size: int = 8) -> tor
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx], pad_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        with share():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         target = batch["labels"][:, 1:]
         mask = target != IGNORE_INDEX
@@ -163,7 +169,7 @@ def answer_matches(text: str, targets: Sequence[str]) -> bool:
 
 @torch.inference_mode()
 def greedy_continuations(model, prompts: list[list[int]], max_new_tokens: int, pad_id: int,
-                         eos_id: int | None, batch_size: int = 8) -> list[list[int]]:
+                         eos_id: int | None, batch_size: int = 8, share: Share = nullcontext) -> list[list[int]]:
     """Greedy new tokens per prompt (``model.generate``, left-padded batches, stopping at eos)."""
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -173,8 +179,9 @@ def greedy_continuations(model, prompts: list[list[int]], max_new_tokens: int, p
         width = max(len(prompts[i]) for i in idx)
         ids = torch.tensor([[pad_id] * (width - len(prompts[i])) + prompts[i] for i in idx], device=device)
         mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx], device=device)
-        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=eos_id, pad_token_id=pad_id, min_new_tokens=0)
+        with share():
+            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=eos_id, pad_token_id=pad_id, min_new_tokens=0)
         for row, i in zip(gen[:, width:].tolist(), idx):
             if eos_id is not None and eos_id in row:
                 row = row[: row.index(eos_id)]
@@ -189,20 +196,20 @@ def generation_budget(evalset: EvalSet) -> int:
 
 
 def evaluate_quality(model, evalset: EvalSet, batch_size: int = 8,
-                     decode: Callable[[list[int]], str] | None = None) -> Quality:
+                     decode: Callable[[list[int]], str] | None = None, share: Share = nullcontext) -> Quality:
     """Quality, its metric, the answer loss and the task loss of ``model`` on ``evalset`` (see module doc).
 
     Exact match needs ``decode`` (token ids -> text, e.g. ``tokenizer.decode``) to compare answers as text.
     """
-    return score_examples(model, evalset, batch_size, decode)[0]
+    return score_examples(model, evalset, batch_size, decode, share)[0]
 
 
-def score_examples(model, evalset: EvalSet, batch_size: int = 8,
-                   decode: Callable[[list[int]], str] | None = None) -> tuple[Quality, list[bool] | None]:
+def score_examples(model, evalset: EvalSet, batch_size: int = 8, decode: Callable[[list[int]], str] | None = None,
+                   share: Share = nullcontext) -> tuple[Quality, list[bool] | None]:
     """``evaluate_quality`` and, for accuracy metrics, which examples were right (an independent judge's check)."""
     if len(evalset) == 0:
         raise ValueError("the evaluation set is empty")
-    scores = score_rows(model, evalset.rows, evalset.pad_id, batch_size)
+    scores = score_rows(model, evalset.rows, evalset.pad_id, batch_size, share)
     correct = [g[label] for g, label in zip(evalset.groups, evalset.labels)]
     nll = float(-scores[correct, 0].sum() / scores[correct, 1].sum())
     if evalset.metric == MC_METRIC:
@@ -214,7 +221,7 @@ def score_examples(model, evalset: EvalSet, batch_size: int = 8,
         if decode is None:
             raise ValueError("exact match compares text: pass decode= (e.g. tokenizer.decode)")
         continuations = greedy_continuations(model, evalset.prompts, generation_budget(evalset), evalset.pad_id,
-                                             evalset.eos_id, batch_size)
+                                             evalset.eos_id, batch_size, share)
         right = [answer_matches(decode(c), t) for c, t in zip(continuations, evalset.targets)]
         return Quality(sum(right) / len(evalset), EXACT_METRIC, nll, len(evalset), nll, sum(right)), right
     quality = float(scores[correct, 2].sum() / scores[correct, 1].sum())

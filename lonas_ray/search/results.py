@@ -25,6 +25,11 @@ are a contract (``SCHEMA``); nothing downstream reads a trial's internals.
   ``weight_bytes`` its tensors as exported (INT-quantized linears at their
   bits plus one scale a group; a sparse model's zeros are stored, so they
   count), see ``lonas_ray.counting``.
+* ``latencies`` also carries, per runtime, every measured repeat (``samples_ms``, the speed-ups' intervals),
+  the p10, and the hardware lease the timing held (``lease``, ``lease_wait_s``: ``lonas_ray.lease``).
+* ``outcomes`` (JSON, accuracy metrics only) is which examples were right, 0/1 in the order of the seeded
+  subset the row was scored on: rows scored on the same examples are compared pair by pair (the deployment
+  verdict's paired intervals). Null for other metrics and in tables written before it existed.
 * ``node_id`` is the Ray node that measured the row (placement is auditable).
 * The numeric measurements may be null (e.g. latency not measured on a pool);
   the identity columns may not.
@@ -78,6 +83,7 @@ SCHEMA = pa.schema([
     pa.field("macs", pa.int64()),
     pa.field("weight_bytes", pa.int64()),
     pa.field("eval_examples", pa.int64()),
+    pa.field("outcomes", pa.string()),
     pa.field("node_id", pa.string()),
     pa.field("eval_s", pa.float64()),
     pa.field("timestamp", pa.float64(), nullable=False),
@@ -130,6 +136,8 @@ def _legacy(path: Path) -> Path:
 def _check_columns(table: pa.Table, where: Path) -> pa.Table:
     if "phase" not in table.column_names:  # written before rows said their phase: all were counted as search
         table = table.append_column("phase", pa.array(["search"] * table.num_rows, pa.string()))
+    if "outcomes" not in table.column_names:  # written before rows kept their examples' outcomes
+        table = table.append_column("outcomes", pa.nulls(table.num_rows, pa.string()))
     if set(table.column_names) != set(SCHEMA.names):
         raise ResultsError(
             f"{where}: columns {sorted(table.column_names)} do not match the results schema "

@@ -33,7 +33,9 @@ class SubnetTrainable(tune.Trainable):
         else:
             row = ev.evaluate(config, examples=ev.quality_spec.examples)
         # Tune reserves "timestamp" and other keys, so the row travels as JSON; the objectives also flat.
-        return {"quality": row["quality"], "neg_loss": -row["loss"], "neg_task_loss": -row["task_loss"],
+        reference = ev.reference() if mode != FINAL and ev.reference_due(row["subnet_id"]) else None
+        return {"reference_json": json.dumps(reference) if reference else "",
+                "quality": row["quality"], "neg_loss": -row["loss"], "neg_task_loss": -row["task_loss"],
                 "latency_ms": row["latency_ms"] or 0.0, "params": row["params"],
                 "subnet_id": row["subnet_id"], "evaluator_id": self.evaluator_id, "mode": mode,
                 "row_json": json.dumps(row)}

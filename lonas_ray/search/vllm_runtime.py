@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from lonas_ray.search.latency import LatencyStats
+from lonas_ray.search.latency import LatencyStats, percentile
 
 ENGINE_TIMEOUT_S = 1800
 
@@ -59,6 +59,8 @@ def measure_vllm(model, python: str, *, batch_size: int, prompt_len: int, new_to
             tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
             raise VllmRuntimeError(f"vLLM could not time the sub-network (exit {proc.returncode}):\n{tail}")
         (row,) = json.loads((Path(d) / "out.json").read_text())
+    samples = [float(t) for t in row.get("repeats_ms", ())]
     return LatencyStats(runtime="vllm", latency_ms=row["latency_ms"], latency_p90_ms=row["latency_p90_ms"],
                         prefill_ms=row["prefill_ms"], decode_ms=row["decode_ms"], repeats=repeats,
-                        prefill_p90_ms=row["prefill_p90_ms"], decode_p90_ms=row["decode_p90_ms"])
+                        prefill_p90_ms=row["prefill_p90_ms"], decode_p90_ms=row["decode_p90_ms"],
+                        latency_p10_ms=percentile(samples, 0.1) if samples else None, samples_ms=tuple(samples))
