@@ -783,19 +783,24 @@ def render(template: Path = TEMPLATE, results: Path = RESULTS) -> str:
     return GENERATED + text
 
 
+def write_or_check(path: Path, fresh: str, check: bool, stale: str) -> int:
+    """Write a rendered page, or with ``check`` exit 1 (saying ``stale``) when the committed one is not ``fresh``."""
+    if not check:
+        path.write_text(fresh)
+        return 0
+    if path.read_text() != fresh:
+        print(stale, file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if docs/benchmarks.md is not a fresh render")
     args = parser.parse_args(argv)
-    fresh = render()
-    if args.check:
-        if OUTPUT.read_text() != fresh:
-            print(f"{OUTPUT.relative_to(ROOT)} is not a fresh render of {TEMPLATE.relative_to(ROOT)} and "
-                  "jobs/results/*.json: run `python jobs/render_benchmarks.py`", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(fresh)
-    return 0
+    return write_or_check(OUTPUT, render(), args.check,
+                          f"{OUTPUT.relative_to(ROOT)} is not a fresh render of {TEMPLATE.relative_to(ROOT)} and "
+                          "jobs/results/*.json: run `python jobs/render_benchmarks.py`")
 
 
 if __name__ == "__main__":

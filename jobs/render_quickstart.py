@@ -22,6 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from render_benchmarks import write_or_check  # noqa: E402
+
 from lonas_ray.pipeline.report import latency_text, speedup_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,17 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.record:
         record(args.record, args.out, args.seconds, args.command)
-    rec = json.loads(args.out.read_text())
-    text = README.read_text()
-    fresh = render_readme(text, rec)
-    if args.check:
-        if fresh != text:
-            print("README.md's quick-start figures are not a fresh render of "
-                  f"{args.out.relative_to(ROOT)}: run `python jobs/render_quickstart.py`", file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(fresh)
-    return 0
+    fresh = render_readme(README.read_text(), json.loads(args.out.read_text()))
+    return write_or_check(README, fresh, args.check, "README.md's quick-start figures are not a fresh render of "
+                          f"{args.out.relative_to(ROOT)}: run `python jobs/render_quickstart.py`")
 
 
 if __name__ == "__main__":

@@ -63,36 +63,29 @@ class HardwareLease:
         self.directory.mkdir(parents=True, exist_ok=True)
         return os.open(self.directory / f"{self.key}.{suffix}", os.O_RDWR | os.O_CREAT, 0o666)
 
-    @contextmanager
-    def exclusive(self) -> Iterator[Hold]:
+    def exclusive(self):
         """Hold the hardware alone (a timed span): waits for the shared holders to pause, blocks new ones."""
-        t0 = time.perf_counter()
-        gate, lock = self._open("gate"), self._open("lock")
-        try:
-            fcntl.flock(gate, fcntl.LOCK_EX)  # new shared holders wait behind this timing from now on
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            finally:
-                fcntl.flock(gate, fcntl.LOCK_UN)
-            yield Hold(self.key, "exclusive", time.perf_counter() - t0)
-        finally:
-            os.close(lock)  # closing releases the flock
-            os.close(gate)
+        return self._hold("exclusive", fcntl.LOCK_EX)
+
+    def shared(self):
+        """Hold the hardware beside other shared holders (heavy work that is not a measurement)."""
+        return self._hold("shared", fcntl.LOCK_SH)
 
     @contextmanager
-    def shared(self) -> Iterator[Hold]:
-        """Hold the hardware beside other shared holders (heavy work that is not a measurement)."""
+    def _hold(self, mode: str, flag: int) -> Iterator[Hold]:
         t0 = time.perf_counter()
         gate, lock = self._open("gate"), self._open("lock")
         try:
-            fcntl.flock(gate, fcntl.LOCK_EX)  # passes at once unless a timing waits or runs
+            # the turnstile: a waiting timing holds it, so shared holders arriving after it wait behind it;
+            # a shared holder passes it at once unless a timing waits or runs
+            fcntl.flock(gate, fcntl.LOCK_EX)
             try:
-                fcntl.flock(lock, fcntl.LOCK_SH)
+                fcntl.flock(lock, flag)
             finally:
                 fcntl.flock(gate, fcntl.LOCK_UN)
-            yield Hold(self.key, "shared", time.perf_counter() - t0)
+            yield Hold(self.key, mode, time.perf_counter() - t0)
         finally:
-            os.close(lock)
+            os.close(lock)  # closing releases the flock
             os.close(gate)
 
 

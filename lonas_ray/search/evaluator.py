@@ -5,9 +5,10 @@ each ``evaluate`` then extracts and merges one sub-network (what would be
 deployed), scores it and times it on this process's device. ``SubnetTrainable``
 (``lonas_ray.search.trainable``) is the Tune face of it.
 
-Timing holds the device's lease alone and scoring holds it shared, batch by
-batch (``lonas_ray.lease``): evaluators sharing a node score at once but time
-one at a time, so a latency is the same figure whichever pool or stage took it.
+Timing holds the device's lease alone; loading, slicing and scoring (batch by
+batch) hold it shared (``lonas_ray.lease``): evaluators sharing a node work at
+once but time one at a time, and nothing of theirs runs beside a timing, so a
+latency is the same figure whichever pool or stage took it.
 The evaluator also times the maximal sub-network with its first timed evaluation
 and after every ``latency.reference_every`` more (``reference``): the same-run
 reference every speed-up is taken against, and its drift over a long search.
@@ -105,12 +106,13 @@ class Evaluator:
         dtype = self.latency.dtype
         self.dtype = DTYPES[dtype] if dtype != "auto" else (torch.bfloat16 if cuda else torch.float32)
         t0 = time.perf_counter()
-        self.supernet, self.tokenizer = load_supernet_files(job.supernet_files)
-        self.supernet.to(self.device)
-        self.space: SearchSpace = self.supernet.space
-        self.full_set = build_eval_set(load_examples(data, "eval"), self.tokenizer, data.cutoff_len)
-        self.load_s = time.perf_counter() - t0
         self.lease = lease_for(self.device)
+        with self.lease.shared():  # loading is heavy too: never beside another evaluator's timing
+            self.supernet, self.tokenizer = load_supernet_files(job.supernet_files)
+            self.supernet.to(self.device)
+            self.space: SearchSpace = self.supernet.space
+            self.full_set = build_eval_set(load_examples(data, "eval"), self.tokenizer, data.cutoff_len)
+        self.load_s = time.perf_counter() - t0
         self.since_reference = 0  # timed evaluations since this evaluator last timed the reference
         self.references = 0  # reference timings this evaluator made
         log.info("evaluator for pool %s ready in %.1f s on %s (%d eval examples)",
@@ -135,14 +137,16 @@ class Evaluator:
         return out
 
     def _model(self, config: SubnetConfig):
-        with torch.no_grad():
+        """The merged sub-network, sliced holding the lease shared (a merge is heavy: never beside a timing)."""
+        with self.lease.shared(), torch.no_grad():
             return extract(self.supernet, config).to(self.dtype)
 
     def evaluate(self, config: SubnetConfig, *, examples: int | None, with_latency: bool = True) -> dict[str, Any]:
         """One results row (``lonas_ray.search.results.SCHEMA``) for sub-network ``config``."""
         t0 = time.perf_counter()
         config = self.space.validate(config)
-        counts = count_subnet(self.supernet, config)
+        with self.lease.shared():
+            counts = count_subnet(self.supernet, config)
         model = self._model(config)
         evalset = self._examples(examples)
         q, right = score_examples(model, evalset, self.quality_spec.batch_size, decode=self.tokenizer.decode,
