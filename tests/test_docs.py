@@ -55,3 +55,22 @@ def test_every_relative_link_in_the_docs_reaches_a_file():
             if not (doc.parent / target).exists():
                 broken.append(f"{doc.relative_to(ROOT)}: {target}")
     assert not broken, broken
+
+
+def test_the_readmes_quick_start_figures_are_a_fresh_render_of_a_recorded_run():
+    """The quick start's table and verdict come from a real run's summary.json (jobs/results/quickstart_cpu.json,
+    `python jobs/render_quickstart.py --record out/quickstart`), never typed in: the README is that render."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT / "jobs"))
+    import render_quickstart
+
+    rec = json.loads(render_quickstart.RECORD.read_text())
+    text = (ROOT / "README.md").read_text()
+    assert render_quickstart.render_readme(text, rec) == text, \
+        "README.md's quick-start figures are stale: run `python jobs/render_quickstart.py`"
+    block = text[text.index(render_quickstart.BEGIN):text.index(render_quickstart.END)]
+    summary = rec["summary"]
+    assert summary["deployment"]["text"] in block and rec["machine"]["cpu_model"] in block
+    assert f"| baseline (plain LoRA) | {summary['baseline']['quality']:.3f}" in block
