@@ -63,10 +63,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml  # noqa: E402
 
 from lonas_ray.build import Built, SupernetSpec, build_supernet  # noqa: E402
-from lonas_ray.config_io import from_dict  # noqa: E402
+from lonas_ray.config_io import from_dict, load_yaml  # noqa: E402
 from lonas_ray.counting import count_model, count_subnet  # noqa: E402
 from lonas_ray.data import shipped  # noqa: E402
 from lonas_ray.data.byte_tokenizer import byte_tokenizer  # noqa: E402
@@ -508,7 +507,7 @@ def start(args, what: str) -> tuple[ModelSource, dict, torch.device, dict]:
     """Logging, the model source (--quick: tiny, few steps), the space's supernet section, the device and the
     JSON header (machine, date, settings) of a benchmark run."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    space_spec = yaml.safe_load(Path(args.space_config).read_text())["supernet"]
+    space_spec = load_yaml(args.space_config)["supernet"]  # duplicate keys refused, as in a run
     space_spec.pop("model", None)
     if args.quick:
         source = ModelSource(kind="tiny")

@@ -50,10 +50,39 @@ def is_uri(output: str | os.PathLike) -> bool:
         and not output.startswith("file://")
 
 
+# the object stores and file systems pyarrow opens by URI; which need a bucket (or container) before the path
+SCHEMES = {"s3": True, "gs": True, "gcs": True, "abfs": True, "abfss": True, "hdfs": False, "viewfs": False}
+EXAMPLE = "s3://BUCKET/lonas-ray/run1"
+
+
+def check_uri(uri: str, key: str = "output") -> None:
+    """``ConfigError`` naming ``key``, the URI and the fix for every malformed form: an unknown scheme, no bucket,
+    no path inside the bucket (a run must not own a whole bucket), query options or a fragment (endpoint and
+    credentials come from the environment, never from the URI, so they never land in logs or the run's record)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise ConfigError(f"{key} '{uri}': unknown storage scheme '{scheme}://'; use one of "
+                          f"{', '.join(s + '://' for s in SCHEMES)} (e.g. {EXAMPLE}), or a local path")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{key} '{uri}' carries options after '?' (or a '#' fragment): give the plain URI "
+                          f"{scheme}://{parts.netloc}{parts.path} and set the endpoint and credentials in the "
+                          "environment (for S3: AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
+    if SCHEMES[scheme] and not parts.netloc:
+        raise ConfigError(f"{key} '{uri}' names no bucket; give the bucket and a path in it, e.g. {EXAMPLE}")
+    if not parts.path.strip("/"):
+        where = f"bucket '{parts.netloc}'" if SCHEMES[scheme] else "file system"
+        raise ConfigError(f"{key} '{uri}' names no path inside the {where}; give one for this run, e.g. "
+                          f"{scheme}://{parts.netloc or 'namenode'}/lonas-ray/run1")
+
+
 def filesystem(uri: str, key: str = "output"):
     """(pyarrow filesystem, path inside it) of ``uri``, or a ConfigError that names the URI and the fix."""
     import pyarrow.fs as pafs
 
+    check_uri(uri, key)
     try:
         return pafs.FileSystem.from_uri(uri)
     except Exception as exc:  # noqa: BLE001  (pyarrow raises ArrowInvalid, OSError, ValueError)
@@ -189,11 +218,9 @@ class RunStorage:
             if writable:
                 check_writable_dir(Path(output), key)
             return cls(Path(output).resolve())
+        check_uri(str(output), key)  # as the user wrote it, before anything is made of it
         uri = str(output).rstrip("/")
-        if "?" in uri:
-            raise ConfigError(f"{key} '{uri}' carries options after '?': give the plain URI and set the endpoint "
-                              "and credentials in the environment (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ...)")
-        filesystem(uri, key)  # a bad URI fails before any work
+        filesystem(uri, key)  # a URI pyarrow cannot open fails before any work
         from lonas_ray.model_source import cache_root
 
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", uri.split("://", 1)[1])[-80:]

@@ -101,6 +101,99 @@ def existing_output(d: Path, files: dict[str, str]) -> list[str]:
 
 
 CFG, MODEL, DATA, STATE, OUTPUT = "config", "model source", "data", "checkpoints and results", "output"
+TYPES, DUPLICATES, URIS, PREFLIGHT = ("a value of the wrong type (every field, from its annotation)",
+                                      "a key given twice in one YAML mapping", "a malformed storage URI",
+                                      "what later stages need, checked before the first")
+
+
+def typed(section: str, key: str, value) -> Callable[[Path], list[str]]:
+    """A run whose config sets ``key`` of dotted ``section`` to ``value``."""
+    def setup(d: Path) -> list[str]:
+        def change(raw: dict) -> None:
+            node = raw
+            for part in section.split("."):
+                node = node.setdefault(part, {})
+            node[key] = value
+        return run(d, change=change)
+    return setup
+
+
+# (what, (section, key), value, what the error says): a few per config section
+WRONG_TYPES = [
+    ("train.optim.steps as a quoted number", ("train.optim", "steps"), "40",
+     "config.yaml: train.optim.steps: expected an integer, got str '40'; write it without quotes"),
+    ("train.optim.lr written 1e-4 (a string to YAML)", ("train.optim", "lr"), "1e-4",
+     "config.yaml: train.optim.lr: expected a number, got str '1e-4'; YAML reads 1e-4 as a string: write 1.0e-4"),
+    ("train.optim.batch_size null", ("train.optim", "batch_size"), None,
+     "config.yaml: train.optim.batch_size: expected an integer, got null; give a value, or remove the key"),
+    ("train.scaling.num_workers a fraction", ("train.scaling", "num_workers"), 1.5,
+     "config.yaml: train.scaling.num_workers: expected an integer, got float 1.5; write a whole number, such as 1"),
+    ("train.scaling.resources_per_worker with a word", ("train.scaling", "resources_per_worker"), {"CPU": "one"},
+     "config.yaml: train.scaling.resources_per_worker.CPU: expected a number, got str 'one'; write a number"),
+    ("pools.cpu_a.cpus a word", ("pools.cpu_a", "cpus"), "one",
+     "config.yaml: pools.cpu_a.cpus: expected a number, got str 'one'"),
+    ("pools.cpu_a.latency.runtimes one string, not a list", ("pools.cpu_a.latency", "runtimes"), "static",
+     "config.yaml: pools.cpu_a.latency.runtimes: expected a list of strings, got str 'static'"),
+    ("pools.cpu_a.evaluators true", ("pools.cpu_a", "evaluators"), True,
+     "config.yaml: pools.cpu_a.evaluators: expected an integer, got bool True; write an integer, not true or false"),
+    ("search.budget a fraction", ("search", "budget"), 6.5,
+     "config.yaml: search.budget: expected an integer, got float 6.5"),
+    ("search.cross_evaluate yes as a string", ("search", "cross_evaluate"), "yes",
+     "config.yaml: search.cross_evaluate: expected true or false, got str 'yes'"),
+    ("search.pools a name, not a list", ("search", "pools"), "cpu_a",
+     "config.yaml: search.pools: expected a list of strings, got str 'cpu_a'"),
+    ("quality.examples a word", ("quality", "examples"), "all",
+     "config.yaml: quality.examples: expected an integer or null, got str 'all'"),
+    ("quality.batch_size null", ("quality", "batch_size"), None,
+     "config.yaml: quality.batch_size: expected an integer, got null"),
+    ("quality.seed a list", ("quality", "seed"), [0],
+     "config.yaml: quality.seed: expected an integer, got list [0]"),
+    ("data.cutoff_len true", ("data", "cutoff_len"), True,
+     "config.yaml: data.cutoff_len: expected an integer, got bool True"),
+    ("data.train a list of files", ("data", "train"), ["a.jsonl", "b.jsonl"],
+     "config.yaml: data.train: expected a string, got list"),
+    ("data.max_examples a quoted number", ("data", "max_examples"), "100",
+     "config.yaml: data.max_examples: expected an integer or null, got str '100'; write it without quotes"),
+    ("supernet.space.lora.rank_choices one string", ("supernet.space.lora", "rank_choices"), "8,4",
+     "config.yaml: supernet.space.lora.rank_choices: expected a list of integers, got str '8,4'"),
+    ("supernet.space.lora.rank_choices with a word in it", ("supernet.space.lora", "rank_choices"), [8, "four"],
+     "config.yaml: supernet.space.lora.rank_choices[1]: expected an integer, got str 'four'"),
+    ("supernet.importance.examples null", ("supernet.importance", "examples"), None,
+     "config.yaml: supernet.importance.examples: expected an integer, got null"),
+    ("export.latency_targets one number, not a list", ("export", "latency_targets"), 0.85,
+     "config.yaml: export.latency_targets: expected a list of numbers, got float 0.85"),
+    ("export.recover_steps a quoted number", ("export", "recover_steps"), "3",
+     "config.yaml: export.recover_steps: expected an integer, got str '3'"),
+    ("export.lm_eval 1", ("export", "lm_eval"), 1, "config.yaml: export.lm_eval: expected true or false, got int 1"),
+    ("baseline.enabled a word", ("baseline", "enabled"), "yes",
+     "config.yaml: baseline.enabled: expected true or false, got str 'yes'"),
+    ("baseline.steps a fraction", ("baseline", "steps"), 2.5,
+     "config.yaml: baseline.steps: expected an integer or null, got float 2.5"),
+    ("baseline.steps a list", ("baseline", "steps"), [10, 20],
+     "config.yaml: baseline.steps: expected an integer or null, got list [10, 20]"),
+    ("zero_shot.enabled null", ("zero_shot", "enabled"), None,
+     "config.yaml: zero_shot.enabled: expected true or false, got null"),
+]
+
+_TINY_TEXT = TINY.read_text()
+DUPLICATED = [
+    ("a top-level section twice (search)", _TINY_TEXT + "search: {strategy: random, budget: 3}\n",
+     "key 'search' is given twice in one mapping, on lines"),
+    ("a key twice inside a section (train.optim.steps)", _TINY_TEXT.replace(
+        "optim: {steps: 6,", "optim: {steps: 6, steps: 60,"), "key 'steps' is given twice in one mapping, on lines"),
+    ("a pool twice", _TINY_TEXT.replace("  cpu_b:", "  cpu_a:\n    evaluators: 1\n  cpu_b:", 1),
+     "key 'cpu_a' is given twice in one mapping, on lines"),
+]
+
+BAD_URIS = [
+    ("s3://", "output 's3://' names no bucket; give the bucket and a path in it, e.g. s3://BUCKET/lonas-ray/run1"),
+    ("s3:///run1", "output 's3:///run1' names no bucket"),
+    ("s3://bucket", "output 's3://bucket' names no path inside the bucket 'bucket'; give one for this run"),
+    ("gs://bucket/", "output 'gs://bucket/' names no path inside the bucket 'bucket'"),
+    ("s3://bucket/run?endpoint_override=localhost:9000",
+     "carries options after '?' (or a '#' fragment): give the plain URI s3://bucket/run"),
+    ("ftp://host/run", "output 'ftp://host/run': unknown storage scheme 'ftp://'"),
+]
 CASES = [
     Case(CFG, "YAML syntax error", lambda d: run(d, text="supernet: {model: [tiny\n"), "not valid YAML"),
     Case(CFG, "a config that is a list, not a mapping", lambda d: run(d, text="- 1\n- 2\n"),
@@ -109,7 +202,7 @@ CASES = [
     Case(CFG, "a misspelt top-level key", lambda d: run(d, change=lambda r: r.update(serach=r.pop("search"))),
          "unknown key(s) 'serach' (did you mean 'search'?)"),
     Case(CFG, "a wrong type (budget: ten)", lambda d: run(d, change=lambda r: r["search"].update(budget="ten")),
-         "search.budget must be an integer >= 1 (evaluations per pool), got 'ten'"),
+         "config.yaml: search.budget: expected an integer, got str 'ten'; write an integer"),
     Case(CFG, "an out-of-range value (budget: 0)", lambda d: run(d, change=lambda r: r["search"].update(budget=0)),
          "search.budget must be an integer >= 1 (evaluations per pool), got 0"),
     Case(CFG, "negative GPUs for a pool", lambda d: run(d, change=lambda r: r["pools"]["cpu_a"].update(gpus=-1)),
@@ -179,7 +272,25 @@ CASES = [
          "cannot be created:"),
     Case(OUTPUT, "an output URI of an unknown scheme",
          lambda d: ["run", "--config", str(config(d)), "--output", "nosuch://bucket/run"],
-         "is not a storage URI pyarrow can open"),
+         "output 'nosuch://bucket/run': unknown storage scheme 'nosuch://'; use one of s3://"),
+    *[Case(TYPES, what, typed(*where, value), message) for what, where, value, message in WRONG_TYPES],
+    *[Case(DUPLICATES, what, lambda d, text=text: run(d, text=text), message) for what, text, message in DUPLICATED],
+    *[Case(URIS, f"--output {uri}", lambda d, uri=uri: ["run", "--config", str(config(d)), "--output", uri], message)
+      for uri, message in BAD_URIS],
+    Case(PREFLIGHT, "a pool timed by vLLM whose vllm_python does not exist (refused before training)",
+         lambda d: run(d, change=lambda r: r["pools"]["cpu_a"]["latency"].update(
+             runtimes=["vllm"], vllm_python=str(d / "no-such-env" / "bin" / "python"))),
+         "pool cpu_a: latency runtime vllm needs vLLM's environment"),
+    Case(PREFLIGHT, "a pool timed by vLLM whose vllm_python cannot import vLLM (refused before training)",
+         lambda d: run(d, change=lambda r: r["pools"]["cpu_b"]["latency"].update(
+             runtimes=["vllm"], vllm_python="/bin/false")),
+         "pool cpu_b: /bin/false cannot import vllm and lonas-ray's plugin"),
+    Case(PREFLIGHT, "a GPU pool on a machine without one (refused before training)",
+         lambda d: run(d, change=lambda r: r["pools"]["cpu_b"].update(gpus=1)),
+         "pool 'cpu_b': no live node can run an evaluator"),
+    Case(PREFLIGHT, "the search stage's own vLLM pool without vLLM", lambda d: search(d, change=lambda r: r["pools"][
+        "local"]["latency"].update(runtimes=["vllm"], vllm_python=str(d / "none"))),
+         "pool local: latency runtime vllm needs vLLM's environment"),
 ]
 
 

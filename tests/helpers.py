@@ -169,6 +169,9 @@ for argv in json.loads(sys.argv[1]):
         except BaseException:
             traceback.print_exc(file=err)  # what an uncaught error would have printed: the tests look for it
             code = "raised"
+    import ray
+    if ray.is_initialized():  # a case that started Ray leaves the next one a fresh process's start, as the CLI has
+        ray.shutdown()
     results.append({"returncode": code, "stderr": err.getvalue()})
 print("CLI-RESULTS " + json.dumps(results), flush=True)
 """

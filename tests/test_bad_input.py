@@ -42,9 +42,19 @@ def test_bad_input_exits_2_naming_the_problem_without_a_traceback_and_writes_not
 
 
 def test_the_catalogue_covers_every_kind_of_input_with_at_least_30_cases():
+    from bad_inputs import DUPLICATES, PREFLIGHT, TYPES, URIS
+
     assert len(CASES) >= 30
-    assert {c.category for c in CASES} == {"config", "model source", "data", "checkpoints and results", "output"}
+    assert {c.category for c in CASES} == {"config", "model source", "data", "checkpoints and results", "output",
+                                           TYPES, DUPLICATES, URIS, PREFLIGHT}
     assert len({c.what for c in CASES}) == len(CASES)
+    # issue 39: at least three cases of each class, and wrong types in at least three keys of every config section
+    # (zero_shot has one key)
+    for category in (TYPES, DUPLICATES, URIS, PREFLIGHT):
+        assert sum(c.category == category for c in CASES) >= 3, category
+    sections = [c.what.split(".")[0] for c in CASES if c.category == TYPES]
+    for section in ("train", "pools", "search", "quality", "data", "supernet", "export", "baseline"):
+        assert sections.count(section) >= 3, section
 
 
 def test_the_docs_table_is_the_catalogues_current_render():

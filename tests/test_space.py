@@ -228,7 +228,7 @@ def test_unknown_keys_are_rejected_with_a_suggestion(data, message):
 def test_unknown_yaml_key_names_the_file_and_the_fix(tmp_path):
     path = tmp_path / "space.yaml"
     path.write_text("lora:\n  r_max: 8\n  rank_choices: [8]\nheads:\n  choises: [2]\n")
-    with pytest.raises(ConfigError, match=r"space\.yaml\.heads: unknown key.*'choises' \(did you mean 'choices'\?\)"):
+    with pytest.raises(ConfigError, match=r"space\.yaml: heads: unknown key.*'choises' \(did you mean 'choices'\?\)"):
         SpaceSpec.from_yaml(path)
 
 

@@ -205,9 +205,15 @@ def test_a_supernet_dir_uri_that_holds_no_super_network_is_named_not_a_traceback
 
 
 @pytest.mark.parametrize("output, message", [
-    ("s3://lonas/run?endpoint_override=127.0.0.1:9", "carries options after '?': give the plain URI and set the "
-                                                     "endpoint and credentials in the environment"),
-    ("nosuchscheme://bucket/run", "is not a storage URI pyarrow can open"),
+    ("s3://lonas/run?endpoint_override=127.0.0.1:9", "carries options after '?' (or a '#' fragment): give the plain "
+                                                     "URI s3://lonas/run and set the endpoint and credentials in the "
+                                                     "environment"),
+    ("nosuchscheme://bucket/run", "unknown storage scheme 'nosuchscheme://'; use one of s3://"),
+    ("s3://", "names no bucket; give the bucket and a path in it, e.g. s3://BUCKET/lonas-ray/run1"),
+    ("s3:///run", "names no bucket"),
+    ("gs://bucket", "names no path inside the bucket 'bucket'; give one for this run, e.g. gs://bucket/lonas-ray/run1"),
+    ("s3://bucket/", "names no path inside the bucket 'bucket'"),
+    ("s3://bucket/run#x", "carries options after '?' (or a '#' fragment)"),
 ])
 def test_a_bad_uri_is_refused_with_the_fix_named(s3, output, message):
     with pytest.raises(ConfigError) as exc:
@@ -305,8 +311,9 @@ def test_the_pipeline_runs_on_a_node_that_cannot_see_the_drivers_disk_with_its_o
 
 
 @pytest.mark.parametrize("output, message", [
-    ("nosuchscheme://bucket/run", "output 'nosuchscheme://bucket/run' is not a storage URI pyarrow can open"),
+    ("nosuchscheme://bucket/run", "output 'nosuchscheme://bucket/run': unknown storage scheme"),
     ("s3://lonas/run?region=x", "carries options after '?'"),
+    ("s3://", "output 's3://' names no bucket"),
 ])
 def test_lonas_ray_run_with_a_bad_output_uri_exits_2_before_any_work(tmp_path, output, message):
     proc = subprocess.run([sys.executable, "-m", "lonas_ray.cli", "run",

@@ -42,7 +42,16 @@ from lonas_ray.pipeline.config import PipelineConfig
 from lonas_ray.pipeline.figures import BASELINE, ZERO_SHOT, collect, ranked_models, row_config, select_models
 from lonas_ray.pipeline.ranking import RANKING, choose_after_recovery, ranking_record, target_candidates
 from lonas_ray.pipeline.stages import STAGES, STRICT, StageLog, fingerprint
-from lonas_ray.search.driver import PARETO, RESULTS, SUMMARY, evaluate_configs, local_pool_tags, rows_by_pool
+from lonas_ray.search.driver import (
+    PARETO,
+    RESULTS,
+    SUMMARY,
+    check_pool_runtimes,
+    check_pools_now,
+    evaluate_configs,
+    local_pool_tags,
+    rows_by_pool,
+)
 from lonas_ray.storage import RunStorage
 from lonas_ray.train.state import STATE_FILE
 from lonas_ray.train.teacher import BASELINE as TEACHER_BASELINE
@@ -261,6 +270,10 @@ def run_pipeline(cfg: PipelineConfig, output: str | Path | None = None, address:
     for stage in STRICT:  # a changed training config is refused before any cluster work
         stages.is_done(stage, fps[stage])
     ensure_ray(address, dashboard=True, **local_pool_tags(pipeline.search_cfg))  # refused (a token): nothing written
+    # what later stages need of the cluster, before the first stage: pools that must be there now, and the
+    # latency runtimes of the pools that are (a pool timed by vLLM without vLLM's environment on its node)
+    check_pools_now(pipeline.search_cfg)
+    check_pool_runtimes(pipeline.search_cfg, wait=False)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     storage.start_mirroring()

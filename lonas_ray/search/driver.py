@@ -354,16 +354,24 @@ def check_supernet_dir(directory: Path, named: str | None = None) -> None:
                           f"{missing}; point it at the supernet/ directory `lonas-ray train` wrote")
 
 
-def check_pool_runtimes(cfg: SearchConfig) -> None:
-    """A pool timed by vLLM must have vLLM's environment on its own nodes: checked there, before any trial."""
+def check_pool_runtimes(cfg: SearchConfig, wait: bool = True) -> None:
+    """A pool timed by vLLM must have vLLM's environment on its own nodes: checked there, before any trial.
+    ``wait=False`` (the pipeline's preflight, before training): only pools with a node now; an autoscaled pool
+    still at zero nodes is checked when its search starts, rather than starting its node before training."""
     import ray
 
+    from lonas_ray.search.pools import resolve, serving_nodes
     from lonas_ray.search.vllm_runtime import check_vllm_python
 
     for pool in cfg.search.pools:
         latency = cfg.pools[pool].latency
         if "vllm" not in latency.runtimes:
             continue
+        if not wait:
+            nodes = ray.nodes()
+            if not serving_nodes(nodes, resolve(pool, cfg.pools[pool], nodes)):
+                log.info("pool %s has no node yet: its vLLM environment is checked when its search starts", pool)
+                continue
         task = ray.remote(check_vllm_python).options(**_placement(cfg, pool).task_options())
         try:
             ray.get(task.remote(latency.vllm_python, pool))
@@ -559,6 +567,7 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
 
     ensure_ray(address, **local_pool_tags(cfg))
     check_pools_now(cfg)
+    check_pool_runtimes(cfg)  # a pool whose latency runtime cannot start: refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     source = supernet_source(cfg, out)
     space = load_prepared(source)[1]
@@ -569,7 +578,6 @@ def run_search(cfg: SearchConfig, address: str | None = None) -> SearchResult:
     clear_stop()
     storage.start_mirroring()
     try:
-        check_pool_runtimes(cfg)
         board = new_board(cfg, space, out)
 
         def searched(pool: str, follow: bool = False) -> int:

@@ -83,7 +83,7 @@ class OptimSpec:
 @dataclass
 class DeepSpeedSpec:
     zero_stage: int = help_field(2, help="ZeRO stage: 2 (optimizer state + gradients sharded) or 3 (+ parameters)")
-    bf16: str = help_field("auto", help="bf16 mixed precision: auto (on with GPUs), true, false")
+    bf16: bool | str = help_field("auto", help="bf16 mixed precision: auto (on with GPUs), true, false")
 
     def __post_init__(self):
         if self.zero_stage not in (0, 1, 2, 3):
