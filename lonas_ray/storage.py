@@ -301,11 +301,16 @@ class RunStorage:
         left alone (the stages create it once their checks pass: bad input writes nothing)."""
         if self.uri is None:
             return 0
-        self.local.mkdir(parents=True, exist_ok=True)
         import pyarrow.fs as pafs
 
         fs, root = filesystem(self.uri)
-        info = fs.get_file_info(root)
+        try:  # the first word with the storage: unreachable, refused or unknown is said before anything is made
+            info = fs.get_file_info(root)
+        except OSError as exc:
+            raise ConfigError(f"storage '{self.uri}' cannot be reached ({exc}); check that the bucket exists and "
+                              "that the endpoint and credentials are in this process's environment (for S3: "
+                              "AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)") from None
+        self.local.mkdir(parents=True, exist_ok=True)
         if info.type == pafs.FileType.NotFound:
             return 0
         fetched = 0

@@ -322,3 +322,15 @@ def test_lonas_ray_run_with_a_bad_output_uri_exits_2_before_any_work(tmp_path, o
                           env={**os.environ, "LONAS_RAY_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "cache").exists() and not list(tmp_path.iterdir())
+
+
+def test_storage_that_cannot_be_reached_is_refused_before_any_work(tmp_path):
+    """An S3 endpoint nobody listens on: exit 2 naming the storage and what to check, nothing written."""
+    env = {**os.environ, "LONAS_RAY_CACHE": str(tmp_path / "cache"), "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9",
+           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true"}
+    proc = subprocess.run([sys.executable, "-m", "lonas_ray.cli", "run", "--config",
+                           str(ROOT / "jobs/configs/tiny.yaml"), "--output", "s3://lonas/run1"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "storage 's3://lonas/run1' cannot be reached" in proc.stderr and "AWS_ENDPOINT_URL_S3" in proc.stderr
+    assert not list(tmp_path.iterdir())
