@@ -64,12 +64,17 @@ def type_name(tp: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(type_name(a) for a in sorted(args, key=lambda a: a is type(None)))
     if origin in (list, tuple, set):
-        return f"a list of {type_name(args[0]).removeprefix('an ').removeprefix('a ')}s" if args else "a list"
+        return f"a list of {_plural(args[0])}" if args else "a list"
     if origin is dict:
-        return f"a mapping of {type_name(args[1]).removeprefix('an ').removeprefix('a ')}s" if args else "a mapping"
+        return f"a mapping of {_plural(args[1])}" if args else "a mapping"
     if origin is typing.Literal:
         return "one of " + ", ".join(map(repr, args))
     return getattr(tp, "__name__", str(tp))
+
+
+def _plural(tp: Any) -> str:
+    """``strings`` for ``str``: the elements' name in ``a list of ...``."""
+    return type_name(tp).removeprefix("an ").removeprefix("a ") + "s"
 
 
 def _numeric(text: str) -> bool:

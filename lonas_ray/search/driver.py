@@ -179,9 +179,14 @@ def _append_row(path: Path, pool: str, row: dict) -> None:
     CLOCK.add(pool, row["eval_s"])
 
 
+def _read_map(path: Path) -> dict:
+    """A JSON mapping the search writes as it goes; {} before its first entry."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def read_finals(path: Path) -> dict[str, dict]:
     """final_quality.json: full-set figures by subnet id ({} before any)."""
-    return json.loads(path.read_text()) if path.exists() else {}
+    return _read_map(path)
 
 
 def _record_final(path: Path, pool: str, row: dict) -> None:
@@ -197,7 +202,7 @@ def _record_final(path: Path, pool: str, row: dict) -> None:
 
 def read_references(path: Path) -> dict[str, list[dict]]:
     """latency_reference.json: per pool, the maximal's timings made during the search ({} before any)."""
-    return json.loads(path.read_text()) if path.exists() else {}
+    return _read_map(path)
 
 
 def _record_reference(path: Path, pool: str, entry: dict) -> None:

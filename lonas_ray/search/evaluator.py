@@ -9,8 +9,9 @@ Timing holds the device's lease alone; loading, slicing and scoring (batch by
 batch) hold it shared (``lonas_ray.lease``): evaluators sharing a node work at
 once but time one at a time, and nothing of theirs runs beside a timing, so a
 latency is the same figure whichever pool or stage took it.
-The evaluator also times the maximal sub-network with its first timed evaluation
-and after every ``latency.reference_every`` more (``reference``): the same-run
+The evaluator also times the maximal sub-network after its first timed evaluation
+of another sub-network and after every ``latency.reference_every`` more
+(``reference``): the same-run
 reference every speed-up is taken against, and its drift over a long search.
 """
 
