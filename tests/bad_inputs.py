@@ -72,6 +72,13 @@ def model_dir(d: Path, config_json: dict | None, weights: bytes | None = None) -
     return str(m)
 
 
+def with_gguf(content: bytes):
+    def setup(d: Path) -> list[str]:
+        (d / "qwen.gguf").write_bytes(content)
+        return run(d, change=lambda r: r["supernet"].update(model={"kind": "gguf", "path": str(d / "qwen.gguf")}))
+    return setup
+
+
 def with_model(config_json: dict | None, weights: bytes | None = None):
     def setup(d: Path) -> list[str]:
         path = model_dir(d, config_json, weights)
@@ -230,7 +237,13 @@ CASES = [
     Case(MODEL, "a model.safetensors that is not one", with_model(LLAMA, b"not a safetensors file"),
          "model.safetensors is not a whole safetensors file"),
     Case(MODEL, "an unknown model kind", lambda d: run(d, change=lambda r: r["supernet"].update(model={"kind": "hub"})),
-         "model source kind 'hub' is unknown: use one of tiny, smollm2, local"),
+         "model source kind 'hub' is unknown: use one of tiny, smollm2, local, gguf"),
+    Case(MODEL, "a GGUF model file that does not exist", lambda d: run(d, change=lambda r: r["supernet"].update(
+        model={"kind": "gguf", "path": str(d / "qwen.gguf")})), "is not a file: point it at a .gguf model file"),
+    Case(MODEL, "a GGUF model that is a split part not yet joined", with_gguf(b"\x00\x17 the middle of a model"),
+         "is not a GGUF file (it starts with b'\\x00\\x17 t', not b'GGUF'): it may be truncated, a split part"),
+    Case(MODEL, "a GGUF model path that is not a .gguf file", lambda d: run(d, change=lambda r: r["supernet"].update(
+        model={"kind": "gguf", "path": str(d / "model.safetensors")})), "model source kind 'gguf' needs path: a .gguf"),
     Case(DATA, "a train file that does not exist",
          lambda d: run(d, change=lambda r: r["data"].update(train=str(d / "missing.jsonl"))),
          "data.train file not found"),
@@ -288,6 +301,15 @@ CASES = [
     Case(PREFLIGHT, "a GPU pool on a machine without one (refused before training)",
          lambda d: run(d, change=lambda r: r["pools"]["cpu_b"].update(gpus=1)),
          "pool 'cpu_b': no live node can run an evaluator"),
+    Case(PREFLIGHT, "training on GPUs on a machine without one (refused before training)",
+         lambda d: run(d, change=lambda r: r["train"]["scaling"].update(use_gpu=True)),
+         "use_gpu: true, and this cluster has no GPU"),
+    Case(PREFLIGHT, "training workers that ask for more CPUs than the machine has (refused before training)",
+         lambda d: run(d, change=lambda r: r["train"]["scaling"].update(resources_per_worker={"CPU": 64})),
+         "train.scaling: 2 training worker(s) of 64 CPU each do not fit this cluster, which has room for 0"),
+    Case(PREFLIGHT, "jobs/configs/gpu.yaml on a machine without a GPU", lambda d: [
+        "run", "--config", str(ROOT / "jobs" / "configs" / "gpu.yaml"), "--output", str(d / "out")],
+         "pool 'interactive': no live node can run an evaluator"),
     Case(PREFLIGHT, "the search stage's own vLLM pool without vLLM", lambda d: search(d, change=lambda r: r["pools"][
         "local"]["latency"].update(runtimes=["vllm"], vllm_python=str(d / "none"))),
          "pool local: latency runtime vllm needs vLLM's environment"),

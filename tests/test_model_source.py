@@ -49,7 +49,10 @@ def test_dtype_applies():
 @pytest.mark.parametrize(
     "kwargs, named",
     [
-        (dict(kind="hub"), ["kind", "'hub'", "tiny", "smollm2", "local"]),
+        (dict(kind="hub"), ["kind", "'hub'", "tiny", "smollm2", "local", "gguf"]),
+        (dict(kind="gguf"), ["gguf", "path", ".gguf file"]),
+        (dict(kind="gguf", path="/models/qwen/model.safetensors"), ["gguf", ".gguf file", "model.safetensors"]),
+        (dict(kind="smollm2", path="/models/x.gguf"), ["path", "'local' and 'gguf'", "remove it"]),
         (dict(kind="tiny", family="gpt2"), ["family", "'gpt2'", "llama", "qwen3"]),
         (dict(kind="tiny", dtype="int8"), ["dtype", "'int8'", "bfloat16"]),
         (dict(kind="local"), ["path", "local"]),
@@ -111,5 +114,31 @@ def test_smollm2_loads_converts_and_caches(tmp_path, monkeypatch):
     again, _ = load_model(ModelSource(kind="smollm2"))
     assert time.perf_counter() - start < 5  # from the cache, not the GGUF (about 0.5 s)
     with torch.no_grad():
+        assert torch.equal(first, again(ids).logits)
+    assert tokenizer.decode(first[0, -1].argmax()).strip() == "Paris"
+
+
+@pytest.mark.slow
+def test_a_gguf_file_is_a_model_source_converted_once_per_node(tmp_path, monkeypatch):
+    """kind 'gguf' (a llama.cpp file, e.g. Qwen2.5 from a registry's data packages): dequantized once into the
+    cache, keyed by the file, its family and pre-tokenizer read from the file's own metadata."""
+    from lonas_ray.model_source import gguf_cache_dir, gguf_tokenizer_pre, smollm2_gguf_path, source_family
+
+    monkeypatch.setenv("LONAS_RAY_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "SmolLM2.Q4_1.gguf"
+    src.symlink_to(smollm2_gguf_path())
+    source = ModelSource(kind="gguf", path=str(src))
+    assert source_family(source) == "llama" and gguf_tokenizer_pre(source) == "smollm"
+    model, tokenizer = load_model(source)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=1e-3)
+    cached = gguf_cache_dir(src)
+    assert cached.parent == tmp_path / "cache" and (cached / "model.safetensors").is_file()
+    assert "Q4_1" in (cached / "SOURCE.md").read_text()  # what the weights were before dequantization
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    start = time.perf_counter()
+    again, _ = load_model(source)
+    assert time.perf_counter() - start < 5  # from the cache
+    with torch.no_grad():
+        first = model(ids).logits
         assert torch.equal(first, again(ids).logits)
     assert tokenizer.decode(first[0, -1].argmax()).strip() == "Paris"

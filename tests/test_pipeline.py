@@ -333,6 +333,15 @@ def test_the_output_directory_holds_the_whole_contract(run):
     # every row scored on the final examples kept which were right: the verdict pairs them
     assert len(summary["baseline"]["outcomes"]) == summary["baseline"]["eval_examples"]
     assert all(len(m["outcomes"]) == m["eval_examples"] for m in summary["models"])
+    # where the evaluators' time went, per pool, and every stage's peak memory (issue 40: what a user sizes by)
+    for pool in summary["pools"]:
+        prof, rows = summary["evaluators"][pool], read_results(out / "results.parquet").to_pylist()
+        assert prof["evaluations"] == sum(r["pool"] == pool for r in rows) and prof["per_minute"] > 0
+        assert prof["seconds"]["load_s"] > 0 and prof["seconds"]["score_s"] > 0 and prof["seconds"]["time_s"] > 0
+        assert prof["peak_rss_mib"] > 100 and prof["peak_gpu_mib"] is None  # a CPU pool: no GPU figure
+    for stage in ("baseline", "train", "zero_shot", "search", "export"):  # export: the merges that recovered
+        assert summary["stages"][stage]["memory"]["peak_rss_mib"] > 100, stage
+    assert "## Evaluators" in report and "## Stages" in report
 
 
 def test_the_frozen_baseline_teaches_the_super_adapter_with_one_forward_per_micro_batch(run):

@@ -205,6 +205,23 @@ def test_the_report_has_a_row_per_model_with_its_speedup_and_the_baseline():
     assert "**Compression:**" not in text  # a dense base says nothing
 
 
+def test_the_report_gives_each_pools_evaluator_throughput_and_each_stages_time_and_peak_memory():
+    from lonas_ray.pipeline.figures import evaluator_profile
+
+    rows = [{"profile": json.dumps({"load_s": 30.0, "switch_s": 1.0, "score_s": 6.0, "time_s": 3.0,
+                                    "peak_rss_mib": 2048.0, "peak_gpu_mib": 1536.4})},
+            {"profile": json.dumps({"load_s": 0.0, "switch_s": 1.0, "score_s": 6.0, "time_s": 3.0,
+                                    "peak_rss_mib": 2100.0, "peak_gpu_mib": 1600.0})}]
+    fig = dict(_fig(), evaluators={"p": evaluator_profile(rows)},
+               stages={"train": {"seconds": 61.25, "runs": 1,
+                                 "memory": {"peak_rss_mib": 3500.0, "peak_gpu_mib": 9000.0}},
+                       "report": {"seconds": 1.0, "runs": 2, "memory": None}})
+    text = report_markdown(fig)
+    assert ("| p | 2 | 2.40 | 30.0 s (60%) | 2.0 s (4%) | 12.0 s (24%) | 6.0 s (12%) | 2,100 | 1,600 |") in text
+    assert "| train | 61.2 | 1 | 3,500 | 9,000 |" in text and "| report | 1.0 | 2 | - | - |" in text
+    assert "## Evaluators" not in report_markdown(dict(_fig(), evaluators={"p": None}))
+
+
 def test_the_report_says_how_the_base_was_compressed_and_that_cpu_latency_gains_nothing_from_it():
     fig = dict(_fig(), compression={
         "sparsity": {"method": "wanda", "pattern": "unstructured", "level": 0.5, "mask_adapter": True},

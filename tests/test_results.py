@@ -17,7 +17,7 @@ def row(subnet_id="s0", pool="val", **overrides):
         "latency_ms": 3.5, "latency_p90_ms": 4.0,
         "latency_runtime": "static", "prefill_ms": 1.5, "decode_ms": 0.5, "latencies": "{}",
         "node_id": "n0", "eval_s": 0.1, "params": 1000, "nonzero_params": 900, "macs": 20000, "weight_bytes": 4000,
-        "eval_examples": 64, "outcomes": json.dumps([1, 0, 1]), "timestamp": 1.7e9,
+        "eval_examples": 64, "outcomes": json.dumps([1, 0, 1]), "profile": None, "timestamp": 1.7e9,
     }
     return {**base, **overrides}
 
@@ -130,6 +130,15 @@ def test_a_file_written_before_rows_kept_their_outcomes_reads_them_as_null(tmp_p
     assert read_results(path)["outcomes"].to_pylist() == [None, None]
     append_results(path, [row("s2")])
     assert read_results(path)["outcomes"].to_pylist() == [None, None, "[1, 0, 1]"]
+
+
+def test_a_file_written_before_rows_kept_their_profile_reads_it_as_null(tmp_path):
+    path = tmp_path / "results.parquet"
+    old = pa.Table.from_pylist([row("s0")], schema=SCHEMA).drop_columns(["outcomes", "profile"])
+    pq.write_table(old, path)
+    assert read_results(path)["profile"].to_pylist() == [None]
+    append_results(path, [row("s1", profile='{"score_s": 1.0}')])
+    assert read_results(path)["profile"].to_pylist() == [None, '{"score_s": 1.0}']
 
 
 def test_evaluated_ids_are_per_pool(tmp_path):

@@ -792,3 +792,15 @@ def test_each_pool_gets_a_sampler_seed_of_its_own_from_the_search_seed():
     seeds = {pool_seed(s, p) for s in (0, 1) for p in ("pool-a", "pool-b", "local")}
     assert len(seeds) == 6 and all(0 <= x < 2 ** 31 for x in seeds)
     assert pool_seed(3, "pool-a") == pool_seed(3, "pool-a")  # the same run resumed samples as before
+
+
+def test_bundles_that_fit_counts_whole_bundles_per_live_node():
+    from lonas_ray.search.pools import bundles_that_fit
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 16.0, "GPU": 1.0}},
+             {"Alive": True, "Resources": {"CPU": 7.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]  # a dead node offers nothing
+    assert bundles_that_fit(nodes, {"CPU": 4.0, "GPU": 1.0}) == 1  # the GPU, not the CPUs, bounds the first node
+    assert bundles_that_fit(nodes, {"CPU": 4.0}) == 4 + 1
+    assert bundles_that_fit(nodes, {"CPU": 1.0, "GPU": 0.5}) == 2
+    assert bundles_that_fit(nodes, {"CPU": 1.0, "TPU": 1.0}) == 0

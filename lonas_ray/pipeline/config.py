@@ -57,7 +57,8 @@ class ExportSpec:
         "re-scored on the search's examples before the best is exported (K)"
     )
     cpus: float = help_field(1, help="CPUs of one merge task")
-    gpus: float = help_field(0, help="GPUs of one merge task (merging is cheap; CPUs are enough)")
+    gpus: float = help_field(0, help="GPUs of one merge task: the recovery fine-tune and its scoring run there "
+                             "(the merge and the save stay on the host)")
     resources: dict[str, float] = help_field(default_factory=dict, help="extra Ray resources of a merge task")
     with_adapter: bool = help_field(False, help="also write the unmerged base + a stock-PEFT adapter (peft/)")
     formats: list[str] = help_field(

@@ -37,9 +37,19 @@ from lonas_ray.atomic import read_parquet, write_json
 from lonas_ray.build import load_prepared, preflight, prepare_once
 from lonas_ray.config_io import ConfigError, to_dict
 from lonas_ray.data.spec import check_data
+from lonas_ray.memory import largest
 from lonas_ray.merge.save import MANIFEST
 from lonas_ray.pipeline.config import PipelineConfig
-from lonas_ray.pipeline.figures import BASELINE, ZERO_SHOT, collect, ranked_models, row_config, select_models
+from lonas_ray.pipeline.export import RECOVERY
+from lonas_ray.pipeline.figures import (
+    BASELINE,
+    ZERO_SHOT,
+    collect,
+    profiles,
+    ranked_models,
+    row_config,
+    select_models,
+)
 from lonas_ray.pipeline.ranking import RANKING, choose_after_recovery, ranking_record, target_candidates
 from lonas_ray.pipeline.stages import STAGES, STRICT, StageLog, fingerprint
 from lonas_ray.search.driver import (
@@ -56,6 +66,7 @@ from lonas_ray.storage import RunStorage
 from lonas_ray.train.state import STATE_FILE
 from lonas_ray.train.teacher import BASELINE as TEACHER_BASELINE
 from lonas_ray.train.teacher import check_teacher
+from lonas_ray.train.trainer import check_workers_fit
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +88,7 @@ class Pipeline:
         from lonas_ray.train.trainer import train
 
         result = train(self.cfg.train_config(self.out), storage=self.storage)
-        return {"steps": result.steps}
+        return {"steps": result.steps, "memory": largest([result.metrics])}
 
     def baseline(self) -> dict:
         if not self.cfg.baseline.enabled:
@@ -90,14 +101,14 @@ class Pipeline:
             shutil.copytree(self.out / "prepared", bdir / "prepared")
         result = train(self.cfg.train_config(bdir, baseline=True), storage=self.storage.child(BASELINE))
         self.score_maximal(result.supernet_dir, bdir)
-        return {"steps": result.steps}
+        return {"steps": result.steps, "memory": largest([result.metrics, *profiles(bdir / RESULTS)])}
 
     def zero_shot(self) -> dict:
         if not self.cfg.zero_shot.enabled:
             return {"skipped": True}
         # the prepared (untrained) super-network: every adapter's B is zero, so its maximal is the base model
         self.score_maximal(self.out / "prepared", self.out / ZERO_SHOT)
-        return {}
+        return {"memory": largest(profiles(self.out / ZERO_SHOT / RESULTS))}
 
     def score_maximal(self, supernet_dir: Path, out: Path) -> None:
         """A reference row on every pool: the maximal network, scored on the exported models' final examples."""
@@ -111,7 +122,7 @@ class Pipeline:
         from lonas_ray.search.driver import run_search
 
         result = run_search(self.search_cfg)
-        return {"new_evaluations": result.evaluated}
+        return {"new_evaluations": result.evaluated, "memory": largest(profiles(self.out / RESULTS))}
 
     def publish_search_figures(self) -> None:
         """The search's gauges from its rows, for a run that skips the search it finished earlier."""
@@ -132,7 +143,7 @@ class Pipeline:
     def rank_targets(self, recover: dict) -> None:
         """Recover-then-rank (``lonas_ray.pipeline.ranking``): recover every target's top-K front members into
         ``candidates/``, choose each target's best after recovery (``ranking.json``), copy it to ``models/``."""
-        from lonas_ray.pipeline.export import RECOVERY, export_models
+        from lonas_ray.pipeline.export import export_models
 
         e, objective = self.cfg.export, self.cfg.search.objective
         rows = read_parquet(self.out / PARETO).to_pylist()
@@ -194,7 +205,9 @@ class Pipeline:
         manifests = export_models(jobs, self.storage, MODELS, self.cfg.export, judge, recover,
                                   recover_names=set(chosen), gguf=self.cfg.gguf_options())
         self.write_cards(chosen, manifests)
-        return {"models": sorted(jobs)}
+        merged = [json.loads(f.read_text()).get("memory") for d in (CANDIDATES, MODELS)
+                  for f in sorted((self.out / d).glob(f"*/{RECOVERY}"))]
+        return {"models": sorted(jobs), "memory": largest(merged)}  # the merge tasks that recovered a model
 
     def figures(self, chosen: dict[str, dict]) -> dict[str, Any]:
         fig = collect(self.out, self.search_cfg.search.pools, chosen, stages=StageLog(self.out).data)
@@ -274,6 +287,8 @@ def run_pipeline(cfg: PipelineConfig, output: str | Path | None = None, address:
     # latency runtimes of the pools that are (a pool timed by vLLM without vLLM's environment on its node)
     check_pools_now(pipeline.search_cfg)
     check_pool_runtimes(pipeline.search_cfg, wait=False)
+    if not all(stages.is_done(s, fps[s]) for s in STRICT):  # training still to come: room for its workers
+        check_workers_fit(cfg.train.scaling)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     storage.start_mirroring()

@@ -47,7 +47,8 @@ def _remove_leftovers(root: Path) -> None:
 
 def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter: bool, dest: dict,
                    judge: dict | None = None, recover: dict | None = None,
-                   teacher_files: dict[str, bytes] | None = None, gguf: dict | None = None) -> dict[str, bytes]:
+                   teacher_files: dict[str, bytes] | None = None, gguf: dict | None = None,
+                   device: str = "cpu") -> dict[str, bytes]:
     """Extract + merge + save ``config`` of the super-network (and judge it), delivered to ``dest`` (``deliver``);
     the files the driver must still write.
 
@@ -56,22 +57,34 @@ def merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter:
     fine-tune of this sub-network before the merge, and its saved checkpoint scored again (``RECOVERY``);
     with ``"distill": {"teacher", "weight", "temperature"}`` the frozen teacher (its directory's files in
     ``teacher_files``, through the object store like the super-network's) teaches the recovery.
+    ``device``: where the recovery and the scoring run ('cuda' when the task was given a GPU: ``export.gpus``);
+    the merge itself and the save run on the host, whose memory then holds the merged model once.
     """
-    from lonas_ray.lease import CPU, HardwareLease
+    import torch
 
-    with HardwareLease(CPU).shared():  # heavy work: a latency measurement on this host waits until it is done
-        return _merge_and_save(supernet_files, config, with_adapter, dest, judge, recover, teacher_files, gguf)
+    from lonas_ray.lease import lease_for
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("export.gpus gave this merge task a GPU, but it sees none (CUDA is not available)")
+    with lease_for(torch.device(device)).shared():  # heavy work: a latency measurement here waits until it is done
+        return _merge_and_save(supernet_files, config, with_adapter, dest, judge, recover, teacher_files, gguf,
+                               device)
 
 
 def _merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter: bool, dest: dict,
                     judge: dict | None, recover: dict | None, teacher_files: dict[str, bytes] | None,
-                    gguf: dict | None) -> dict[str, bytes]:
+                    gguf: dict | None, device: str) -> dict[str, bytes]:
+    from lonas_ray.memory import peak_memory
     from lonas_ray.merge.save import save_subnetwork
     from lonas_ray.search.evaluator import load_supernet_files
 
     supernet, tokenizer = load_supernet_files(supernet_files)
     t0 = time.perf_counter()
-    losses = recover_subnetwork(supernet, config, tokenizer, recover, teacher_files) if recover else None
+    losses = None
+    if recover:
+        supernet.to(device)
+        losses = recover_subnetwork(supernet, config, tokenizer, recover, teacher_files)
+        supernet.to("cpu")
     recover_s = time.perf_counter() - t0
     beside = Path(dest["path"]).parent if dest.get("node") == this_node() else None  # then a rename delivers it
     if beside is not None:
@@ -82,13 +95,14 @@ def _merge_and_save(supernet_files: dict[str, bytes], config: dict, with_adapter
         del supernet
         scored = None  # the saved checkpoint scored once, for the recovery's figures and the judge alike
         if recover:
-            scored = score_final(model_dir, recover)
+            scored = score_final(model_dir, recover, device=device)
             record = {"steps": recover["steps"], "distill": recover.get("distill"), "seconds": round(recover_s, 2),
-                      "first_loss": losses[0], "last_loss": losses[-1], **asdict(scored.quality),
+                      "device": device, "first_loss": losses[0], "last_loss": losses[-1], **asdict(scored.quality),
                       "outcomes": None if scored.right is None else [int(r) for r in scored.right]}
             if recover.get("rank"):  # recover-then-rank: the search's examples choose, the final ones report
-                record["selection"] = asdict(score_final(model_dir, recover, examples=recover["quality"]["examples"])
-                                             .quality)
+                record["selection"] = asdict(score_final(model_dir, recover, examples=recover["quality"]["examples"],
+                                                         device=device).quality)
+            record["memory"] = peak_memory()  # the merge task's peak so far: recovery, merge, save and scoring
             (model_dir / RECOVERY).write_text(json.dumps(record, indent=1))
         if judge is not None:
             verdict = judge_saved(model_dir, judge, Path(d) / "task", scored)
@@ -141,9 +155,9 @@ def recover_subnetwork(supernet, config: dict, tokenizer, recover: dict,
                         distill_weight=distill.get("weight", 0.0), temperature=distill.get("temperature", 1.0))
 
 
-def score_final(model_dir: Path, sections: dict, examples: int | None | str = "final"):
+def score_final(model_dir: Path, sections: dict, examples: int | None | str = "final", device: str = "cpu"):
     """lonas-ray's scorer on a saved checkpoint, the final examples of the pipeline's data and quality sections
-    (or the first ``examples`` of the same seeded order: the search's examples)."""
+    (or the first ``examples`` of the same seeded order: the search's examples), on ``device``."""
     from lonas_ray.config_io import from_dict
     from lonas_ray.crosscheck import score_saved
     from lonas_ray.data.spec import DataSpec
@@ -153,7 +167,7 @@ def score_final(model_dir: Path, sections: dict, examples: int | None | str = "f
     if examples != "final":
         quality["final_examples"] = examples
     return score_saved(model_dir, from_dict(DataSpec, sections["data"], where="data"),
-                       from_dict(QualitySpec, quality, where="quality"))
+                       from_dict(QualitySpec, quality, where="quality"), device=device)
 
 
 def judge_saved(model_dir: Path, judge: dict, work_dir: Path, scored=None) -> dict[str, Any]:
@@ -245,7 +259,7 @@ def export_models(jobs: dict[str, tuple[Path, dict]], storage: RunStorage, targe
         if own_recovery and distill and teacher_ref is None:
             teacher_ref = ray.put(read_tree(Path(distill["teacher"]), recursive=False))
         pending[task.remote(files_ref[supernet_dir], config, spec.with_adapter, dest, judge, own_recovery,
-                            teacher_ref if own_recovery else None, gguf)] = name
+                            teacher_ref if own_recovery else None, gguf, "cuda" if spec.gpus else "cpu")] = name
     failed: dict[str, str] = {}
     _remove_leftovers(root)  # of merges a killed driver took with it
     with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="merge + export", unit="model") as bar:

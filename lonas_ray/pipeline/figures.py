@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lonas_ray.crosscheck import JUDGE_FILE
+from lonas_ray.memory import largest
 from lonas_ray.merge.save import MANIFEST
 from lonas_ray.pipeline.config import BASELINE_DIR as BASELINE
 from lonas_ray.pipeline.export import RECOVERY
@@ -378,6 +379,33 @@ def compression(out: Path, chosen: Mapping[str, dict]) -> dict | None:
     return None
 
 
+PROFILE_PARTS = ("load_s", "switch_s", "score_s", "time_s")
+
+
+def profiles(results: Path) -> list[dict]:
+    """Every row's ``profile`` in a results file (none where it is missing or the rows predate profiles)."""
+    from lonas_ray.search.results import read_results
+
+    rows = read_results(results).to_pylist() if Path(results).exists() else []
+    return [json.loads(r["profile"]) for r in rows if r.get("profile")]
+
+
+def evaluator_profile(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Where a pool's evaluators spent their time (``results`` rows' ``profile``), the throughput a cluster user
+    plans with, and their peak memory; None when no row has a profile (results written before it existed).
+
+    ``per_minute``: evaluations per minute of one evaluator's busy time (load included), so a pool of N evaluators
+    on N devices does about N times as many; reference timings of the maximal are not in it (``references``)."""
+    profiles = [json.loads(r["profile"]) for r in rows if r.get("profile")]
+    if not profiles:
+        return None
+    seconds = {part: round(sum(p.get(part, 0.0) for p in profiles), 2) for part in PROFILE_PARTS}
+    busy = sum(seconds.values())
+    return {"evaluations": len(profiles), "seconds": seconds,
+            "share": {part: round(v / busy, 3) if busy else None for part, v in seconds.items()},
+            "per_minute": round(60 * len(profiles) / busy, 2) if busy else None, **largest(profiles)}
+
+
 def collect(out: Path, pools: Sequence[str], chosen: Mapping[str, dict], *, stages: Mapping[str, Any] = ()) -> dict:
     """Everything report.md, the model cards and summary.json show."""
     rows = {pool: rows_by_pool(out / RESULTS, pool) for pool in pools}
@@ -415,6 +443,8 @@ def collect(out: Path, pools: Sequence[str], chosen: Mapping[str, dict], *, stag
         "search": {"strategy": search["strategy"], "space_size": search["space_size"], "maximal": search["maximal"],
                    "pools": search["pools"], "utilisation": search.get("utilisation"),
                    "concurrent_pools": search.get("concurrent_pools")},
-        "stages": {k: {"seconds": v.get("seconds"), "runs": v.get("runs")} for k, v in dict(stages).items()},
+        "evaluators": {pool: evaluator_profile(list(rows[pool].values())) for pool in pools},
+        "stages": {k: {"seconds": v.get("seconds"), "runs": v.get("runs"), "memory": v.get("memory")}
+                   for k, v in dict(stages).items()},
         "ranking": json.loads((out / RANKING).read_text()) if (out / RANKING).is_file() else None,
     }

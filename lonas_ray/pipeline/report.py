@@ -203,8 +203,45 @@ def report_markdown(fig: Mapping[str, Any]) -> str:
     missing = [(m["subnet_id"], m["missing_pools"]) for m in fig["models"] if m.get("missing_pools")]
     for sid, where in missing:
         lines.append(f"\n`{sid}` has no latency on {', '.join(where)} (set `search.cross_evaluate: true`).")
+    lines += evaluator_lines(fig.get("evaluators") or {}) + stage_lines(fig.get("stages") or {})
     lines += ["", "Every figure is also in `summary.json`; every evaluation in `results.parquet`.", ""]
     return "\n".join(lines)
+
+
+def _peak(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def evaluator_lines(evaluators: Mapping[str, Any]) -> list[str]:
+    """Where each pool's evaluators spent their time, and their throughput (``figures.evaluator_profile``)."""
+    pools = {pool: p for pool, p in evaluators.items() if p}
+    if not pools:
+        return []
+    lines = ["", "## Evaluators", "",
+             "| pool | evaluations | per minute | load | switch (slice + merge) | score | time | peak host MiB | "
+             "peak GPU MiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for pool, p in pools.items():
+        parts = " | ".join(f"{p['seconds'][k]:.1f} s ({p['share'][k]:.0%})" if p["share"][k] is not None else "-"
+                           for k in ("load_s", "switch_s", "score_s", "time_s"))
+        lines.append(f"| {pool} | {p['evaluations']} | {_num(p['per_minute'], '.2f')} | {parts} | "
+                     f"{_peak(p.get('peak_rss_mib'))} | {_peak(p.get('peak_gpu_mib'))} |")
+    return lines + ["", "Per minute: evaluations per minute of one evaluator's busy time (its load included); a "
+                    "pool of N evaluators on N devices does about N times as many. Peak GPU memory: what PyTorch "
+                    "allocated at most in one evaluator (not the CUDA context)."]
+
+
+def stage_lines(stages: Mapping[str, Any]) -> list[str]:
+    """Each stage's wall time and the largest peak memory of its workers (``lonas_ray.memory``)."""
+    if not stages:
+        return []
+    lines = ["", "## Stages", "", "| stage | seconds | runs | peak host MiB | peak GPU MiB |", "|---|---|---|---|---|"]
+    for stage, e in stages.items():
+        mem = e.get("memory") or {}
+        seconds = "-" if e.get("seconds") is None else f"{e['seconds']:.1f}"
+        lines.append(f"| {stage} | {seconds} | {e.get('runs') or '-'} | {_peak(mem.get('peak_rss_mib'))} | "
+                     f"{_peak(mem.get('peak_gpu_mib'))} |")
+    return lines + ["", "Peak memory: the largest of the stage's workers (a training rank, an evaluator, a merge "
+                    "task that recovered a model); the driver's own is not counted."]
 
 
 def model_card(model: Mapping[str, Any], baseline: Mapping[str, Any] | None, pools: Sequence[str],

@@ -32,6 +32,7 @@ from lonas_ray.config_io import from_dict, to_dict
 from lonas_ray.counting import count_subnet
 from lonas_ray.data.spec import DataSpec
 from lonas_ray.lease import lease_for
+from lonas_ray.memory import peak_memory
 from lonas_ray.merge.extract import extract
 from lonas_ray.model_source import DTYPES
 from lonas_ray.search.config import LatencySpec, PoolSpec, QualitySpec, SearchConfig
@@ -116,6 +117,7 @@ class Evaluator:
         self.load_s = time.perf_counter() - t0
         self.since_reference = 0  # timed evaluations since this evaluator last timed the reference
         self.references = 0  # reference timings this evaluator made
+        self.rows = 0  # rows this evaluator made (the first carries its load time)
         log.info("evaluator for pool %s ready in %.1f s on %s (%d eval examples)",
                  job.pool, self.load_s, self.device, len(self.full_set))
 
@@ -150,9 +152,15 @@ class Evaluator:
             counts = count_subnet(self.supernet, config)
         model = self._model(config)
         evalset = self._examples(examples)
+        switched = time.perf_counter()
         q, right = score_examples(model, evalset, self.quality_spec.batch_size, decode=self.tokenizer.decode,
                                   share=self.lease.shared)
+        scored = time.perf_counter()
         lat = self._time(model) if with_latency else {}
+        profile = {"load_s": round(self.load_s, 3) if self.rows == 0 else 0.0,
+                   "switch_s": round(switched - t0, 3), "score_s": round(scored - switched, 3),
+                   "time_s": round(time.perf_counter() - scored, 3), **peak_memory()}
+        self.rows += 1
         self.since_reference += bool(lat)
         del model
         if self.device.type == "cuda":
@@ -178,6 +186,7 @@ class Evaluator:
             "weight_bytes": counts.weight_bytes,
             "eval_examples": q.examples,
             "outcomes": json.dumps([int(r) for r in right]) if right is not None else None,
+            "profile": json.dumps(profile),
             "node_id": _node_id(),
             "eval_s": time.perf_counter() - t0,
             "timestamp": time.time(),

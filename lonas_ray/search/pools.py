@@ -141,6 +141,22 @@ def _autoscaling_state():
     return state if state.autoscaler_state_version > 0 else None
 
 
+def autoscaling() -> bool:
+    """Whether an autoscaler (v2) may still add nodes to this cluster."""
+    return _autoscaling_state() is not None
+
+
+def bundles_that_fit(nodes: list[dict], bundle: dict[str, float]) -> int:
+    """How many copies of ``bundle`` (Ray resources) the live ``nodes`` hold at once, each on one node."""
+    total = 0
+    for node in nodes:
+        if not node.get("Alive"):
+            continue
+        res = node.get("Resources") or {}
+        total += int(min((res.get(k, 0) / v for k, v in bundle.items() if v > 0), default=0) + 1e-9)
+    return total
+
+
 def wait_seconds(pool: PoolSpec) -> float:
     """The pool's ``wait_for_nodes_s``, or its default for this cluster (``AUTOSCALING_WAIT_S`` under v2)."""
     if pool.wait_for_nodes_s is not None:

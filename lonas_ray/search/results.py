@@ -30,6 +30,11 @@ are a contract (``SCHEMA``); nothing downstream reads a trial's internals.
 * ``outcomes`` (JSON, accuracy metrics only) is which examples were right, 0/1 in the order of the seeded
   subset the row was scored on: rows scored on the same examples are compared pair by pair (the deployment
   verdict's paired intervals). Null for other metrics and in tables written before it existed.
+* ``profile`` (JSON) is where the evaluation's time and memory went: ``switch_s`` (slice and merge the
+  sub-network, count it), ``score_s``, ``time_s`` (every runtime's timing, lease waits included), ``load_s``
+  (the evaluator's own load: on its first row, 0 after, so a pool's rows sum to its evaluators' whole time), and
+  the evaluator process's ``peak_rss_mib`` / ``peak_gpu_mib`` so far (``lonas_ray.memory``). Null in tables
+  written before it existed.
 * ``node_id`` is the Ray node that measured the row (placement is auditable).
 * The numeric measurements may be null (e.g. latency not measured on a pool);
   the identity columns may not.
@@ -84,6 +89,7 @@ SCHEMA = pa.schema([
     pa.field("weight_bytes", pa.int64()),
     pa.field("eval_examples", pa.int64()),
     pa.field("outcomes", pa.string()),
+    pa.field("profile", pa.string()),
     pa.field("node_id", pa.string()),
     pa.field("eval_s", pa.float64()),
     pa.field("timestamp", pa.float64(), nullable=False),
@@ -138,6 +144,8 @@ def _check_columns(table: pa.Table, where: Path) -> pa.Table:
         table = table.append_column("phase", pa.array(["search"] * table.num_rows, pa.string()))
     if "outcomes" not in table.column_names:  # written before rows kept their examples' outcomes
         table = table.append_column("outcomes", pa.nulls(table.num_rows, pa.string()))
+    if "profile" not in table.column_names:  # written before rows said where their time went
+        table = table.append_column("profile", pa.nulls(table.num_rows, pa.string()))
     if set(table.column_names) != set(SCHEMA.names):
         raise ResultsError(
             f"{where}: columns {sorted(table.column_names)} do not match the results schema "

@@ -32,6 +32,7 @@ from lonas_ray.counting import count_subnet
 from lonas_ray.data.byte_tokenizer import byte_tokenizer
 from lonas_ray.data.tokenize import build_train_dataset, collate
 from lonas_ray.hf_compat import enable_activation_checkpointing
+from lonas_ray.memory import peak_memory
 from lonas_ray.space import SearchSpace
 from lonas_ray.storage import download_file, is_uri, upload_file
 from lonas_ray.train.config import TrainConfig
@@ -248,6 +249,8 @@ def report_step(w: Worker, step: int, subnets: list, ids: list[str], micro: list
     done = step + 1
     metrics = {"step": done, "loss": loss_mean, "tokens_per_s": tokens_per_s, "subnet_params": params_mean,
                "lr": w.engine.get_lr()[0], "subnets": ids}
+    # rank 0's peak memory so far (ranks hold the same replica and batch shape): what a node must offer a rank
+    metrics.update({k: v for k, v in peak_memory().items() if v is not None})
     if w.rank == 0:
         set_gauges({"lonas_train_loss": loss_mean, "lonas_train_tokens_per_s": tokens_per_s,
                     "lonas_train_subnet_params": params_mean, "lonas_train_step": done}, run=w.run)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from lonas_ray.atomic import atomic_dir
 from lonas_ray.build import load_prepared, preflight, prepare_once, prepared_file_names, restore_supernet
-from lonas_ray.config_io import to_dict
+from lonas_ray.config_io import ConfigError, to_dict
 from lonas_ray.data.spec import check_data
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.storage import RunStorage
-from lonas_ray.train.config import TrainConfig
+from lonas_ray.train.config import ScalingSpec, TrainConfig
 from lonas_ray.train.state import ADAPTER_FILE, PROBE_FILE, STATE_FILE, load_adapter
 from lonas_ray.train.teacher import check_teacher, teacher_kind
 from lonas_ray.transfer import read_tree
@@ -48,6 +48,10 @@ def train(cfg: TrainConfig, address: str | None = None, storage: RunStorage | No
     if cfg.distill.frozen_teacher:
         check_teacher(cfg.distill.teacher, in_pipeline=False)
     preflight(cfg.supernet)  # the model's files and the space, before anything is written
+    from lonas_ray.ray_env import ensure_ray
+
+    ensure_ray(address)
+    check_workers_fit(cfg.scaling)  # a fixed cluster without room for the workers: refused, not waited on
     own = storage is None
     storage = storage or RunStorage.open(cfg.output_dir)
     if own:
@@ -67,10 +71,8 @@ def train(cfg: TrainConfig, address: str | None = None, storage: RunStorage | No
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from lonas_ray.ray_env import ensure_ray
     from lonas_ray.train.loop import train_loop_per_worker
 
-    ensure_ray(address)
     resources = dict(cfg.scaling.resources_per_worker)
     teacher = cfg.distill.teacher if cfg.distill.frozen_teacher else None
     shipped_teacher = teacher is not None and teacher_kind(teacher) == "supernet"  # a plain model dir stays a path
@@ -99,6 +101,34 @@ def train(cfg: TrainConfig, address: str | None = None, storage: RunStorage | No
     if own:
         storage.push()
     return TrainResult(supernet_dir, steps, result.metrics)
+
+
+def worker_bundle(scaling: ScalingSpec) -> dict[str, float]:
+    """The Ray resources one training worker asks for (Ray Train's defaults: 1 CPU, and 1 GPU with use_gpu)."""
+    bundle = {"CPU": 1.0, **{k: float(v) for k, v in scaling.resources_per_worker.items()}}
+    if scaling.use_gpu:
+        bundle.setdefault("GPU", 1.0)
+    return bundle
+
+
+def check_workers_fit(scaling: ScalingSpec, what: str = "train.scaling") -> None:
+    """``ConfigError`` now, before anything is written, when a cluster that cannot grow (no autoscaler; an embedded
+    Ray) has no room for the training workers: Ray Train would wait for them for ever (a GPU run on a CPU machine)."""
+    import ray
+
+    from lonas_ray.search.pools import autoscaling, bundles_that_fit, describe_nodes
+
+    bundle, nodes = worker_bundle(scaling), ray.nodes()
+    room = bundles_that_fit(nodes, bundle)
+    if room >= scaling.num_workers or autoscaling():
+        return
+    need = ", ".join(f"{v:g} {k}" for k, v in bundle.items())
+    gpu = " (use_gpu: true, and this cluster has no GPU)" if scaling.use_gpu and not any(
+        (n.get("Resources") or {}).get("GPU") for n in nodes if n.get("Alive")) else ""
+    raise ConfigError(
+        f"{what}: {scaling.num_workers} training worker(s) of {need} each{gpu} do not fit this cluster, which has "
+        f"room for {room}: {describe_nodes(nodes)}. Lower {what}.num_workers or resources_per_worker, set use_gpu: "
+        "false to train on CPUs, or run where the GPUs are")
 
 
 def publish(checkpoint_dir: Path, supernet_dir: Path) -> None:
