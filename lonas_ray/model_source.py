@@ -114,6 +114,8 @@ class ModelSource:
         if self.kind not in PATH_KINDS and self.path is not None:
             raise ValueError(f"model source path is only used by kinds 'local' and 'gguf', not {self.kind!r}: "
                              "remove it")
+        if self.path is not None:  # a relative path is the config's reader's: workers may start elsewhere
+            self.path = str(Path(self.path).expanduser().absolute())
         if self.overrides and self.kind != "tiny":
             raise ValueError(
                 f"model source overrides apply to kind 'tiny' only, not {self.kind!r}: remove them"

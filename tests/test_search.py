@@ -255,8 +255,12 @@ from lonas_ray.search.results import read_results
 
 out = Path(sys.argv[1])
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-a = cluster.add_node(num_cpus=2, labels={"lonas/pool": "pool-a"})
-b = cluster.add_node(num_cpus=2, resources={"pool_pool-b": 1})  # no label: the resource fallback
+# two nodes stand for two machines: each its own hardware lease (on one host they would share it, and pool-a's
+# work would wait for pool-b's long timings as it must on one machine: tests/test_lease_search.py)
+a = cluster.add_node(num_cpus=2, labels={"lonas/pool": "pool-a"},
+                     env_vars={"LONAS_RAY_LEASE_DIR": str(out / "lease-a")})
+b = cluster.add_node(num_cpus=2, resources={"pool_pool-b": 1},  # no label: the resource fallback
+                     env_vars={"LONAS_RAY_LEASE_DIR": str(out / "lease-b")})
 ray.init(address=cluster.address)
 raw = yaml.safe_load(Path("jobs/configs/search_tiny.yaml").read_text())
 # evaluations of about a second on pool-a, and of several seconds one at a time on pool-b: two pools under way at

@@ -24,8 +24,11 @@ def tiny_cfg(out: Path, latency: dict, budget: int = 2) -> SearchConfig:
     raw["supernet"]["model"]["overrides"] = {"hidden_size": 128, "head_dim": 32}
     raw.update(output_dir=str(out), quality={"examples": 8, "final_examples": 8, "batch_size": 8},
                search={"strategy": "random", "budget": budget, "seed": 0, "cross_evaluate": False})
+    # reference_every 0: no re-timing of the maximal (each timing in vLLM starts an engine, about a minute here;
+    # the re-timings are the lease tests' and the pipeline test's)
     raw["pools"] = {"local": {"evaluators": 1, "cpus": 1, "latency": {
-        "batch_size": 1, "prompt_len": 16, "new_tokens": 4, "warmup": 1, "repeats": 3, **latency}}}
+        "batch_size": 1, "prompt_len": 16, "new_tokens": 4, "warmup": 1, "repeats": 3, "reference_every": 0,
+        **latency}}}
     return SearchConfig.from_dict(raw)
 
 
