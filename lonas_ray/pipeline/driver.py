@@ -40,7 +40,7 @@ from lonas_ray.data.spec import check_data
 from lonas_ray.memory import largest
 from lonas_ray.merge.save import MANIFEST
 from lonas_ray.pipeline.config import PipelineConfig
-from lonas_ray.pipeline.export import RECOVERY
+from lonas_ray.pipeline.export import RECOVERY, check_merges_fit
 from lonas_ray.pipeline.figures import (
     BASELINE,
     ZERO_SHOT,
@@ -289,6 +289,7 @@ def run_pipeline(cfg: PipelineConfig, output: str | Path | None = None, address:
     check_pool_runtimes(pipeline.search_cfg, wait=False)
     if not all(stages.is_done(s, fps[s]) for s in STRICT):  # training still to come: room for its workers
         check_workers_fit(cfg.train.scaling)
+    check_merges_fit(cfg.export)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     storage.start_mirroring()

@@ -220,6 +220,30 @@ def recovered_as(model_dir: Path, recover: dict | None) -> bool:
         return False
 
 
+def merge_memory_bytes(spec: ExportSpec) -> int:
+    return int(spec.memory_gb * 1e9)
+
+
+def check_merges_fit(spec: ExportSpec) -> None:
+    """``ConfigError`` now, before anything is written, when ``export.memory_gb`` asks more of one merge task than any
+    node of a cluster that cannot grow offers: Ray would hold the merge pending for ever after the search."""
+    import ray
+
+    from lonas_ray.config_io import ConfigError
+    from lonas_ray.search.pools import autoscaling, bundles_that_fit
+
+    if not spec.memory_gb:
+        return
+    nodes = ray.nodes()
+    bundle = {"CPU": spec.cpus, "GPU": spec.gpus, "memory": merge_memory_bytes(spec), **spec.resources}
+    if bundles_that_fit(nodes, bundle) or autoscaling():
+        return
+    most = max(((n.get("Resources") or {}).get("memory", 0) for n in nodes if n.get("Alive")), default=0)
+    raise ConfigError(f"export.memory_gb: {spec.memory_gb:g} GB for one merge task (with {spec.cpus:g} CPU, "
+                      f"{spec.gpus:g} GPU), but no node of this cluster offers it: the most memory a node gives Ray's "
+                      f"tasks is {most / 1e9:.1f} GB. Lower export.memory_gb, or add a node with more memory")
+
+
 class ExportError(RuntimeError):
     """Some merges failed; the message names each model and why."""
 
@@ -241,8 +265,9 @@ def export_models(jobs: dict[str, tuple[Path, dict]], storage: RunStorage, targe
     import ray
     from tqdm.auto import tqdm
 
+    memory = {"memory": merge_memory_bytes(spec)} if spec.memory_gb else {}
     task = ray.remote(merge_and_save).options(num_cpus=spec.cpus, num_gpus=spec.gpus,
-                                              resources=dict(spec.resources) or None, name="lonas-merge")
+                                              resources=dict(spec.resources) or None, name="lonas-merge", **memory)
     files_ref: dict[Path, Any] = {}
     distill = (recover or {}).get("distill")
     teacher_ref = None  # put once, and only when a recovery that it teaches is pending
