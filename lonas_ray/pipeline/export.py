@@ -227,17 +227,15 @@ def merge_memory_bytes(spec: ExportSpec) -> int:
 def check_merges_fit(spec: ExportSpec) -> None:
     """``ConfigError`` now, before anything is written, when ``export.memory_gb`` asks more of one merge task than any
     node of a cluster that cannot grow offers: Ray would hold the merge pending for ever after the search."""
-    import ray
-
     from lonas_ray.config_io import ConfigError
-    from lonas_ray.search.pools import autoscaling, bundles_that_fit
+    from lonas_ray.search.pools import shortfall
 
     if not spec.memory_gb:
         return
-    nodes = ray.nodes()
     bundle = {"CPU": spec.cpus, "GPU": spec.gpus, "memory": merge_memory_bytes(spec), **spec.resources}
-    if bundles_that_fit(nodes, bundle) or autoscaling():
+    if (short := shortfall(bundle, 1)) is None:
         return
+    nodes = short[1]
     most = max(((n.get("Resources") or {}).get("memory", 0) for n in nodes if n.get("Alive")), default=0)
     raise ConfigError(f"export.memory_gb: {spec.memory_gb:g} GB for one merge task (with {spec.cpus:g} CPU, "
                       f"{spec.gpus:g} GPU), but no node of this cluster offers it: the most memory a node gives Ray's "

@@ -157,6 +157,16 @@ def bundles_that_fit(nodes: list[dict], bundle: dict[str, float]) -> int:
     return total
 
 
+def shortfall(bundle: dict[str, float], count: int) -> tuple[int, list[dict]] | None:
+    """None when the live nodes hold ``count`` copies of ``bundle`` at once, or an autoscaler may add nodes; else
+    (how many they hold, the nodes): the preflight of work Ray would otherwise hold pending for ever."""
+    import ray
+
+    nodes = ray.nodes()
+    room = bundles_that_fit(nodes, bundle)
+    return None if room >= count or autoscaling() else (room, nodes)
+
+
 def wait_seconds(pool: PoolSpec) -> float:
     """The pool's ``wait_for_nodes_s``, or its default for this cluster (``AUTOSCALING_WAIT_S`` under v2)."""
     if pool.wait_for_nodes_s is not None:

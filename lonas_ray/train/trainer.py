@@ -114,14 +114,12 @@ def worker_bundle(scaling: ScalingSpec) -> dict[str, float]:
 def check_workers_fit(scaling: ScalingSpec, what: str = "train.scaling") -> None:
     """``ConfigError`` now, before anything is written, when a cluster that cannot grow (no autoscaler; an embedded
     Ray) has no room for the training workers: Ray Train would wait for them for ever (a GPU run on a CPU machine)."""
-    import ray
+    from lonas_ray.search.pools import describe_nodes, shortfall
 
-    from lonas_ray.search.pools import autoscaling, bundles_that_fit, describe_nodes
-
-    bundle, nodes = worker_bundle(scaling), ray.nodes()
-    room = bundles_that_fit(nodes, bundle)
-    if room >= scaling.num_workers or autoscaling():
+    bundle = worker_bundle(scaling)
+    if (short := shortfall(bundle, scaling.num_workers)) is None:
         return
+    room, nodes = short
     need = ", ".join(f"{v:g} {k}" for k, v in bundle.items())
     gpu = " (use_gpu: true, and this cluster has no GPU)" if scaling.use_gpu and not any(
         (n.get("Resources") or {}).get("GPU") for n in nodes if n.get("Alive")) else ""
