@@ -63,7 +63,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
         num_cpus=num_cpus,
         resources=resources,
         labels=labels,
-        include_dashboard=dashboard,
+        include_dashboard=None if dashboard else False,  # None: the dashboard where ray[default]'s parts are
         dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
         object_store_memory=object_store_memory,
@@ -74,6 +74,9 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
     if dashboard and context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
         _install_dashboard()
+    elif dashboard:  # a minimal Ray (no aiohttp, say): run without the dashboard rather than not at all
+        print("no Ray dashboard: this Ray lacks ray[default]'s dashboard packages; the run goes on without it",
+              flush=True)
     return True
 
 

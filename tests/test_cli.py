@@ -128,3 +128,24 @@ def test_the_configuration_reference_is_rendered_from_the_configs_and_current():
     assert all(h.strip() for h in keys.values()), [k for k, h in keys.items() if not h.strip()]  # help everywhere
     for key in ("search.budget", "pools.<name>.latency.repeats", "export.recover_steps", "supernet.model.kind"):
         assert keys.get(key), key  # present, with its help
+
+
+@pytest.mark.timeout(120)
+def test_a_ray_without_the_dashboards_packages_runs_without_the_dashboard():
+    """The GPU image's Ray is a minimal one (no aiohttp): asking for the dashboard there must not stop the run."""
+    script = """
+import sys
+sys.modules["aiohttp"] = None  # as in a minimal Ray: the dashboard's packages do not import
+import ray
+from lonas_ray.ray_env import ensure_ray
+assert ensure_ray(num_cpus=1, dashboard=True, object_store_memory=100 * 2**20)
+try:
+    print("task", ray.get(ray.remote(lambda: 41 + 1).remote()))
+finally:
+    ray.shutdown()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "task 42" in proc.stdout
+    assert "no Ray dashboard: this Ray lacks ray[default]'s dashboard packages" in proc.stdout
+    assert "Ray dashboard: http" not in proc.stdout
