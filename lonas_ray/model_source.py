@@ -250,6 +250,17 @@ def model_config(source: ModelSource) -> PretrainedConfig | None:
     return AutoConfig.from_pretrained(cached, local_files_only=True) if (cached / "config.json").is_file() else None
 
 
+def param_bytes(source: ModelSource) -> int | None:
+    """The bytes of ``source``'s parameters at its dtype, from its config alone (no weights read: the model is
+    built on the meta device); None when the config is not known yet (SmolLM2 before its first conversion)."""
+    config = model_config(source)
+    if config is None:
+        return None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters()) * DTYPES[source.dtype].itemsize  # tied weights once
+
+
 def check_gguf_file(path: Path) -> None:
     """``ConfigError`` naming why ``path`` is not a GGUF model file lonas-ray can convert, before any loading."""
     where = f"supernet.model.path {str(path)!r}"

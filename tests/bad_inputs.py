@@ -310,8 +310,8 @@ CASES = [
     Case(PREFLIGHT, "merge tasks that reserve more memory than any node offers (refused before training)",
          lambda d: run(d, change=lambda r: r["export"].update(memory_gb=1000)),
          "export.memory_gb: 1000 GB for one merge task (with 1 CPU, 0 GPU), but no node of this cluster offers it"),
-    Case(CFG, "a merge memory reservation of zero", lambda d: run(d, change=lambda r: r["export"].update(memory_gb=0)),
-         "export.memory_gb must be > 0"),
+    Case(CFG, "a negative merge memory reservation",
+         lambda d: run(d, change=lambda r: r["export"].update(memory_gb=-1)), "export.memory_gb must be >= 0"),
     Case(PREFLIGHT, "jobs/configs/gpu.yaml on a machine without a GPU", lambda d: [
         "run", "--config", str(ROOT / "jobs" / "configs" / "gpu.yaml"), "--output", str(d / "out")],
          "pool 'interactive': no live node can run an evaluator"),

@@ -61,8 +61,8 @@ class ExportSpec:
                              "(the merge and the save stay on the host)")
     memory_gb: float | None = help_field(
         None, help="host memory one merge task reserves with Ray's scheduler, in GB, so that a node runs only as "
-        "many merges at once as its memory holds (about 4x the base model's bytes, 5x with with_adapter: the "
-        "super-network, the merged copy, the save); unset: no reservation")
+        "many merges at once as its memory holds; unset: 4x the base model's bytes at its dtype, 5x with "
+        "with_adapter (the super-network, the merged copy, the save), from the model's config; 0: no reservation")
     resources: dict[str, float] = help_field(default_factory=dict, help="extra Ray resources of a merge task")
     with_adapter: bool = help_field(False, help="also write the unmerged base + a stock-PEFT adapter (peft/)")
     formats: list[str] = help_field(
@@ -84,9 +84,9 @@ class ExportSpec:
             raise ConfigError(f"export.select '{self.select}' is unknown; use one of {', '.join(EXPORT_SELECTIONS)}")
         if self.cpus < 0 or self.gpus < 0:
             raise ConfigError("export.cpus and export.gpus must be >= 0")
-        if self.memory_gb is not None and not self.memory_gb > 0:
-            raise ConfigError(f"export.memory_gb must be > 0 (GB a merge task reserves), got {self.memory_gb!r}; "
-                              "leave it out for no reservation")
+        if self.memory_gb is not None and not self.memory_gb >= 0:
+            raise ConfigError(f"export.memory_gb must be >= 0 (GB a merge task reserves), got {self.memory_gb!r}; "
+                              "0 reserves nothing, and leaving it out reserves 4x the base model's bytes")
         if not isinstance(self.recover_steps, int) or self.recover_steps < 0:
             raise ConfigError(f"export.recover_steps must be an integer >= 0, got {self.recover_steps!r}")
         if not isinstance(self.candidates, int) or self.candidates < 1:

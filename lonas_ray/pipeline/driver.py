@@ -156,7 +156,8 @@ class Pipeline:
         by_id = {r["subnet_id"]: r for r in rows}
         jobs = {sid: (self.out / "supernet", row_config(by_id[sid])) for sids in candidates.values() for sid in sids}
         judge = self.judge()
-        export_models(jobs, self.storage, CANDIDATES, e, judge, {**recover, "rank": True}, recover_names=set(jobs))
+        export_models(jobs, self.storage, CANDIDATES, e, judge, {**recover, "rank": True}, recover_names=set(jobs),
+                      model=self.cfg.supernet.model)
         recovered = {sid: json.loads((self.out / CANDIDATES / sid / RECOVERY).read_text())["selection"]
                      for sid in jobs}
         winners = choose_after_recovery(candidates, recovered, objective)
@@ -203,7 +204,8 @@ class Pipeline:
                 self.storage.remove(f"{MODELS}/{stale.name}")
         judge = self.judge()
         manifests = export_models(jobs, self.storage, MODELS, self.cfg.export, judge, recover,
-                                  recover_names=set(chosen), gguf=self.cfg.gguf_options())
+                                  recover_names=set(chosen), gguf=self.cfg.gguf_options(),
+                                  model=self.cfg.supernet.model)
         self.write_cards(chosen, manifests)
         merged = [json.loads(f.read_text()).get("memory") for d in (CANDIDATES, MODELS)
                   for f in sorted((self.out / d).glob(f"*/{RECOVERY}"))]
@@ -289,7 +291,7 @@ def run_pipeline(cfg: PipelineConfig, output: str | Path | None = None, address:
     check_pool_runtimes(pipeline.search_cfg, wait=False)
     if not all(stages.is_done(s, fps[s]) for s in STRICT):  # training still to come: room for its workers
         check_workers_fit(cfg.train.scaling)
-    check_merges_fit(cfg.export)
+    check_merges_fit(cfg.export, cfg.supernet.model)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     storage.start_mirroring()

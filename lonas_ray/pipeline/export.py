@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lonas_ray.crosscheck import JUDGE_FILE
 from lonas_ray.merge.gguf_export import GGUF_FILE
@@ -30,6 +30,9 @@ from lonas_ray.merge.save import MANIFEST
 from lonas_ray.pipeline.config import ExportSpec
 from lonas_ray.storage import WEIGHT_SUFFIXES, RunStorage, upload_tree
 from lonas_ray.transfer import read_tree, write_tree
+
+if TYPE_CHECKING:
+    from lonas_ray.model_source import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -220,26 +223,46 @@ def recovered_as(model_dir: Path, recover: dict | None) -> bool:
         return False
 
 
-def merge_memory_bytes(spec: ExportSpec) -> int:
-    return int(spec.memory_gb * 1e9)
+# copies of the base model's bytes one merge task holds at its peak: the super-network, the merged model, the save
+# (and with_adapter's unmerged base beside them). Measured: a 0.63B fp32 Qwen2 (2.5 GB) merge with its PEFT copy
+# peaked at several times its bytes, and two at once reached the 24 GB host's OOM threshold.
+MERGE_COPIES, ADAPTER_COPIES = 4, 1
 
 
-def check_merges_fit(spec: ExportSpec) -> None:
-    """``ConfigError`` now, before anything is written, when ``export.memory_gb`` asks more of one merge task than any
-    node of a cluster that cannot grow offers: Ray would hold the merge pending for ever after the search."""
+def merge_memory(spec: ExportSpec, model: ModelSource | None) -> tuple[int, str]:
+    """Bytes of host memory one merge task reserves, and where the figure came from (for messages):
+    ``export.memory_gb`` when set (0: none), else ``MERGE_COPIES`` (+ ``ADAPTER_COPIES`` with ``with_adapter``)
+    times the base model's bytes, or none while its config is unknown."""
+    from lonas_ray.model_source import param_bytes
+
+    if spec.memory_gb is not None:
+        return int(spec.memory_gb * 1e9), f"export.memory_gb: {spec.memory_gb:g} GB"
+    base = param_bytes(model) if model is not None else None
+    if base is None:
+        return 0, "export.memory_gb unset and the base model's size not known yet"
+    copies = MERGE_COPIES + (ADAPTER_COPIES if spec.with_adapter else 0)
+    return copies * base, (f"export.memory_gb unset: {copies}x the base model's {base / 1e9:.2f} GB = "
+                           f"{copies * base / 1e9:.2f} GB")
+
+
+def check_merges_fit(spec: ExportSpec, model: ModelSource | None = None) -> None:
+    """``ConfigError`` now, before anything is written, when the memory one merge task reserves (``merge_memory``)
+    is more than any node of a cluster that cannot grow offers: Ray would hold the merge pending for ever after the
+    search."""
     from lonas_ray.config_io import ConfigError
     from lonas_ray.search.pools import shortfall
 
-    if not spec.memory_gb:
+    reserve, why = merge_memory(spec, model)
+    if not reserve:
         return
-    bundle = {"CPU": spec.cpus, "GPU": spec.gpus, "memory": merge_memory_bytes(spec), **spec.resources}
+    bundle = {"CPU": spec.cpus, "GPU": spec.gpus, "memory": reserve, **spec.resources}
     if (short := shortfall(bundle, 1)) is None:
         return
     nodes = short[1]
     most = max(((n.get("Resources") or {}).get("memory", 0) for n in nodes if n.get("Alive")), default=0)
-    raise ConfigError(f"export.memory_gb: {spec.memory_gb:g} GB for one merge task (with {spec.cpus:g} CPU, "
-                      f"{spec.gpus:g} GPU), but no node of this cluster offers it: the most memory a node gives Ray's "
-                      f"tasks is {most / 1e9:.1f} GB. Lower export.memory_gb, or add a node with more memory")
+    raise ConfigError(f"{why} for one merge task (with {spec.cpus:g} CPU, {spec.gpus:g} GPU), but no node of this "
+                      f"cluster offers it: the most memory a node gives Ray's tasks is {most / 1e9:.1f} GB. Set a "
+                      "lower export.memory_gb (0 reserves nothing), or add a node with more memory")
 
 
 class ExportError(RuntimeError):
@@ -248,10 +271,12 @@ class ExportError(RuntimeError):
 
 def export_models(jobs: dict[str, tuple[Path, dict]], storage: RunStorage, target: str, spec: ExportSpec,
                   judge: dict | None = None, recover: dict | None = None,
-                  recover_names: set[str] = frozenset(), gguf: dict | None = None) -> dict[str, dict[str, Any]]:
+                  recover_names: set[str] = frozenset(), gguf: dict | None = None,
+                  model: ModelSource | None = None) -> dict[str, dict[str, Any]]:
     """Export each ``name -> (supernet_dir, config)`` to the run's ``target/<name>``; returns name -> manifest.
 
     ``gguf``: ``save_subnetwork``'s GGUF options (``PipelineConfig.gguf_options``), or None for no GGUF.
+    ``model``: the base model's source, which sizes each task's memory reservation (``merge_memory``).
 
     The models in ``recover_names`` get the recovery fine-tune ``recover`` before their merge.
 
@@ -263,7 +288,8 @@ def export_models(jobs: dict[str, tuple[Path, dict]], storage: RunStorage, targe
     import ray
     from tqdm.auto import tqdm
 
-    memory = {"memory": merge_memory_bytes(spec)} if spec.memory_gb else {}
+    reserve = merge_memory(spec, model)[0]
+    memory = {"memory": reserve} if reserve else {}
     task = ray.remote(merge_and_save).options(num_cpus=spec.cpus, num_gpus=spec.gpus,
                                               resources=dict(spec.resources) or None, name="lonas-merge", **memory)
     files_ref: dict[Path, Any] = {}
