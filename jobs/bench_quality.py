@@ -64,6 +64,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+from lonas_ray.atomic import write_json  # noqa: E402
 from lonas_ray.build import Built, SupernetSpec, build_supernet  # noqa: E402
 from lonas_ray.config_io import from_dict, load_yaml  # noqa: E402
 from lonas_ray.counting import count_model, count_subnet  # noqa: E402
@@ -75,7 +76,13 @@ from lonas_ray.data.tokenize import build_train_dataset, collate  # noqa: E402
 from lonas_ray.merge.extract import extract  # noqa: E402
 from lonas_ray.model_source import ModelSource, load_model  # noqa: E402
 from lonas_ray.search.latency import measure  # noqa: E402
-from lonas_ray.search.quality import build_eval_set, evaluate_quality, subset, subset_indices  # noqa: E402
+from lonas_ray.search.quality import (  # noqa: E402
+    build_eval_set,
+    evaluate_quality,
+    score_examples,
+    subset,
+    subset_indices,
+)
 from lonas_ray.stats import wilson_interval  # noqa: E402
 from lonas_ray.train.distill import answer_logits, distillation_loss, mixed_loss  # noqa: E402
 from lonas_ray.train.recover import recover, warmup_then_constant  # noqa: E402  (one schedule for every row)
@@ -111,11 +118,13 @@ class Scorer:
     def row(self, name: str, model, wall_s: float, latency: bool = True, **extra) -> dict:
         t0 = time.perf_counter()
         model.eval()
-        q = evaluate_quality(model, self.report, self.args.eval_batch, decode=self.tokenizer.decode)
+        q, right = score_examples(model, self.report, self.args.eval_batch, decode=self.tokenizer.decode)
         out = {"model": name, **asdict(q), "params": count_model(model).params, "train_s": round(wall_s, 1),
                "eval_s": round(time.perf_counter() - t0, 1), **extra}
         if q.hits is not None:
             out["ci95"] = list(wilson_interval(q.hits, q.examples))
+        if right is not None:  # per report example, in order: rows of one run pair up (jobs/bench_robust.py)
+            out["outcomes"] = "".join("1" if r else "0" for r in right)
         if latency and self.args.latency_repeats and hasattr(model, "config"):
             stats = request_latency(model, self.runtime, self.args, self.args.latency_repeats)
             out.update(latency_ms=stats.latency_ms, latency_p90_ms=stats.latency_p90_ms, latency_runtime=self.runtime)
@@ -173,7 +182,8 @@ def train_supernet(supernet, dataset, pad_id: int, args, device: torch.device, t
         batch = step_batch(dataset, step, args, pad_id, device)
         stats = train_step(subnets, [batch], activate=supernet.activate, forward=lambda b: supernet(**b),
                            backward=lambda loss: (loss / len(subnets)).backward(),
-                           distill_weight=args.distill, temperature=args.distill_temperature, teacher=teacher)
+                           distill_weight=args.distill, temperature=args.distill_temperature, teacher=teacher,
+                           distill_maximal=args.distill_maximal, maximal_weight=args.maximal_weight)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
@@ -461,7 +471,7 @@ def run_saving(path: str, out: dict, run) -> dict:
     def save(result: dict) -> None:
         result["wall_s"] = round(time.perf_counter() - t0, 1)
         out["tasks"] = done + [result]
-        Path(path).write_text(json.dumps(out, indent=1))
+        write_json(path, out)  # atomic: a run killed mid-write leaves the last whole file
 
     result = run(save)
     save(result)
@@ -485,6 +495,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space-config", default="jobs/configs/quickstart.yaml", help="a config with a supernet section")
     p.add_argument("--distill", type=float, default=0.5, help="distillation weight (0: off)")
     p.add_argument("--distill-temperature", type=float, default=1.0)
+    p.add_argument("--distill-maximal", action=argparse.BooleanOptionalAction, default=True,
+                   help="a frozen teacher (--teacher peft_lora) teaches the maximal too (train.distill.maximal)")
+    p.add_argument("--maximal-weight", type=float, default=1.0,
+                   help="the sandwich maximal's loss weight against the others' 1 (train.sampling.maximal_weight)")
     p.add_argument("--targets", type=floats, default=[0.9, 0.75, 0.6],
                    help="the picks' budgets: fractions of the maximal's params or measured latency (--target-by)")
     p.add_argument("--target-by", choices=["params", "latency"], default="params",
@@ -560,6 +574,8 @@ def main() -> int:
               "lonas-ray's scorer on the report part of the recorded test split")
     for task in args.tasks.split(","):
         run_saving(args.out, out, lambda save: bench_task(task, args, source, space_spec, device, save))
+    out["complete"] = True  # every task's every row: a file without it was cut short
+    write_json(args.out, out)
     return 0
 
 

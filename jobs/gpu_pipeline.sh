@@ -11,24 +11,7 @@
 # Writes under $OUT: the run's summary.json, stages.json, report.md, pareto.png and log, gpu_memory.csv (the GPU's
 # memory in use every 250 ms, from nvidia-smi) and environment.txt.
 set -uo pipefail
-export PYTHONPATH=/tmp/site:$PWD LONAS_RAY_CACHE=/tmp/lonas-cache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
-  PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 NCCL_NVLS_ENABLE=0 RAY_USAGE_STATS_ENABLED=0
-if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1 && [ ! -f /tmp/site/.lonas-kit ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  touch /tmp/site/.lonas-kit
-fi
-mkdir -p /tmp/gguf-parts "$LONAS_RAY_CACHE"
-for part in .gpu/smollm2.part*; do
-  [ -f "$part" ] && cp "$part" /tmp/gguf-parts/
-done
-if [ ! -f "$LONAS_RAY_CACHE/.smollm2-done" ] && [ -f /tmp/gguf-parts/smollm2.part00 ] \
-    && [ -f /tmp/gguf-parts/smollm2.part01 ]; then
-  cat /tmp/gguf-parts/smollm2.part00 /tmp/gguf-parts/smollm2.part01 > /tmp/smollm2.gguf
-  python3 -c "from pathlib import Path; from lonas_ray.model_source import convert_gguf, smollm2_cache_dir
-convert_gguf(Path('/tmp/smollm2.gguf'), smollm2_cache_dir())" || exit 1
-  touch "$LONAS_RAY_CACHE/.smollm2-done"
-fi
+. jobs/gpu_stage.sh
 [ -n "${STAGE_ONLY:-}" ] && exit 0   # a call that only brings a part
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; python3 -c "
 import platform, torch, transformers, ray, deepspeed, peft

@@ -32,6 +32,12 @@ TASKS = {
                      "sums and differences of two or three numbers of one or two digits"),
     "rg_word_sequence_reversal": ("word_sequence_reversal", {"min_words": 3, "max_words": 5},
                                   "a comma-separated list of three to five words, reversed"),
+    # added for issue 41 (tasks beyond the ones the recipe was tuned on): a number-theory question and a string
+    # manipulation, the kinds of the tasks a new user tried
+    "rg_gcd": ("gcd", {"min_numbers": 2, "max_numbers": 2, "min_value": 1, "max_value": 100},
+               "the greatest common divisor of two numbers from 1 to 100"),
+    "rg_spell_backward": ("spell_backward", {"min_word_len": 3, "max_word_len": 6},
+                          "a word of three to six letters, spelled backward"),
 }
 
 

@@ -167,6 +167,50 @@ def test_a_frozen_teacher_teaches_every_subnetwork_with_one_forward_per_micro_ba
     assert all(p.grad is not None for p in supernet.adapter_parameters())
 
 
+def test_the_maximal_can_learn_from_the_labels_alone_and_weigh_more_in_the_update():
+    """distill.maximal: false leaves the maximal's loss plain cross-entropy while the teacher still teaches the
+    others; sampling.maximal_weight scales what the maximal back-propagates, and only that."""
+    from lonas_ray.train.teacher import TeacherLogits
+
+    supernet = SuperNetwork(tiny_model(), SpaceSpec.from_dict(SPACE))
+    randomize_adapters(supernet, seed=2)
+    teacher = TeacherLogits(tiny_model(seed=7))
+    subnets = [supernet.space.maximal(), supernet.space.minimal(), supernet.space.sample(1)]
+    data = batches()
+
+    def run(**levers):
+        sent, ce = [], []
+
+        def forward(b):
+            out = supernet(**b)
+            ce.append(float(out.loss.detach()))
+            return out
+
+        train_step(subnets, data, activate=supernet.activate, forward=forward,
+                   backward=lambda loss: sent.append(float(loss.detach())), distill_weight=0.6, temperature=1.5,
+                   teacher=teacher, **levers)
+        return sent, ce
+
+    taught, ce = run()
+    n = len(data)
+    assert all(abs(a - b) > 1e-4 for a, b in zip(taught, ce))  # every pass mixes in the teacher, the maximal's too
+    labels_only, ce = run(distill_maximal=False)
+    assert labels_only[:n] == pytest.approx(ce[:n], rel=1e-6)  # the maximal: plain cross-entropy
+    assert labels_only[n:] == pytest.approx(taught[n:], rel=1e-6)  # the others: taught as before
+    weighted, _ = run(maximal_weight=3.0)
+    assert weighted[:n] == pytest.approx([3 * x for x in taught[:n]], rel=1e-6)
+    assert weighted[n:] == pytest.approx(taught[n:], rel=1e-6)
+
+
+def test_a_maximal_weight_needs_the_sandwich_rule_and_a_positive_value():
+    assert SamplingSpec(maximal_weight=2.0).maximal_weight == 2.0
+    with pytest.raises(ConfigError, match="must be a number > 0"):
+        SamplingSpec(maximal_weight=0)
+    with pytest.raises(ConfigError, match="but sampling.strategy is 'random'"):
+        SamplingSpec(strategy="random", maximal_weight=2.0)
+    assert DistillSpec(teacher="baseline", weight=0.5, maximal=False).maximal is False
+
+
 def test_teachers_load_from_a_supernet_directory_or_a_model_directory_and_give_their_own_logits(tmp_path):
     from lonas_ray.build import SupernetSpec, build_supernet, save_prepared
     from lonas_ray.config_io import from_dict

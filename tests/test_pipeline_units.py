@@ -598,3 +598,47 @@ def test_the_ranking_says_what_it_ranked_on_and_over_how_many_examples():
     assert "| t | `a` | -0.5000 | 0.2000 | -0.3000 | 0.3000 | yes |" in text
     text = "\n".join(ranking_lines({"objective": "quality", "targets": {"t": {"chosen": "a", "candidates": [cand]}}}))
     assert "Ranked on `quality`" in text and "a step of 1/n" in text
+
+
+def test_an_unset_merge_reservation_is_four_copies_of_the_base_models_bytes_at_its_dtype():
+    from lonas_ray.model_source import ModelSource, load_model, param_bytes
+    from lonas_ray.pipeline.config import ExportSpec
+    from lonas_ray.pipeline.export import merge_memory
+
+    for family in ("llama", "qwen2"):
+        for dtype in ("float32", "bfloat16"):
+            source = ModelSource(kind="tiny", family=family, dtype=dtype)
+            model = load_model(source)[0]
+            real = sum(p.numel() * p.element_size() for p in model.parameters())  # tied weights counted once
+            assert param_bytes(source) == real
+    source = ModelSource(kind="tiny")
+    base = param_bytes(source)
+    assert merge_memory(ExportSpec(), source) == (4 * base, f"export.memory_gb unset: 4x the base model's "
+                                                            f"{base / 1e9:.2f} GB = {4 * base / 1e9:.2f} GB")
+    assert merge_memory(ExportSpec(with_adapter=True), source)[0] == 5 * base  # the unmerged base beside
+    assert merge_memory(ExportSpec(memory_gb=10), source) == (10 * 10**9, "export.memory_gb: 10 GB")
+    assert merge_memory(ExportSpec(memory_gb=0), source)[0] == 0  # asked for no reservation
+    assert merge_memory(ExportSpec(), None)[0] == 0  # size unknown: nothing reserved rather than a guess
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        ExportSpec(memory_gb=-1)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_a_fixed_cluster_without_memory_for_the_unset_reservation_is_refused_with_the_figure_and_the_fix():
+    import ray
+
+    from lonas_ray.model_source import ModelSource
+    from lonas_ray.pipeline.config import ExportSpec
+    from lonas_ray.pipeline.export import check_merges_fit
+
+    ray.init(num_cpus=1, _memory=10**5, include_dashboard=False)  # a node that gives tasks 100 kB
+    try:
+        with pytest.raises(ConfigError) as err:
+            check_merges_fit(ExportSpec(), ModelSource(kind="tiny"))
+        assert "export.memory_gb unset: 4x the base model's" in str(err.value)
+        assert "the most memory a node gives Ray's tasks is 0.0 GB" in str(err.value)
+        assert "0 reserves nothing" in str(err.value)
+        check_merges_fit(ExportSpec(memory_gb=0), ModelSource(kind="tiny"))  # no reservation: nothing to refuse
+    finally:
+        ray.shutdown()

@@ -28,6 +28,8 @@ FORMATS = {
     "arithmetic_2_digit_multiplication": "generation",
     "rg_chain_sum": "generation",
     "rg_word_sequence_reversal": "generation",
+    "rg_gcd": "generation",
+    "rg_spell_backward": "generation",
 }
 TASKS = tuple(FORMATS)
 TRAIN_PERCENT = 80

@@ -16,12 +16,20 @@ from lonas_ray.train.teacher import BASELINE, IN_PLACE
 class SamplingSpec:
     strategy: str = help_field("sandwich", help=f"sub-networks per step: {', '.join(STRATEGIES)}")
     sandwich_random: int = help_field(1, help="random sub-networks besides largest and smallest (sandwich)")
+    maximal_weight: float = help_field(
+        1.0, help="sandwich: the maximal's loss weight against each other sub-network's 1 (its share of an update "
+        "is weight / (weight + the others)); above 1 keeps the maximal closer to plain LoRA at equal steps")
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"sampling.strategy '{self.strategy}' is unknown; use one of {', '.join(STRATEGIES)}")
         if self.sandwich_random < 0:
             raise ConfigError("sampling.sandwich_random must be >= 0")
+        if not (isinstance(self.maximal_weight, (int, float)) and self.maximal_weight > 0):
+            raise ConfigError(f"sampling.maximal_weight must be a number > 0, got {self.maximal_weight!r}")
+        if self.maximal_weight != 1 and self.strategy != "sandwich":
+            raise ConfigError(f"sampling.maximal_weight weighs a sandwich step's maximal, but sampling.strategy is "
+                              f"'{self.strategy}': use strategy sandwich, or leave maximal_weight at 1")
 
 
 @dataclass
@@ -35,6 +43,9 @@ class DistillSpec:
     )
     weight: float = help_field(0.0, help="share of the soft (teacher) term in a student's loss, 0 (off) to 1")
     temperature: float = help_field(1.0, help="softmax temperature of teacher and student (> 0)")
+    maximal: bool = help_field(
+        True, help="a frozen teacher teaches the maximal too; false: the maximal learns from the labels alone (as "
+        "BigNAS and AttentiveNAS train their largest child) and the teacher teaches the smaller sub-networks")
 
     def __post_init__(self):
         if not isinstance(self.teacher, str) or not self.teacher:

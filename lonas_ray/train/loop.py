@@ -295,7 +295,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         stats = train_step(subnets, batches, activate=w.supernet.activate, forward=lambda b: w.engine(**b),
                            backward=backward_and_step,
                            distill_weight=w.cfg.distill.weight, temperature=w.cfg.distill.temperature,
-                           teacher=w.teacher)
+                           teacher=w.teacher, distill_maximal=w.cfg.distill.maximal,
+                           maximal_weight=w.cfg.sampling.maximal_weight)
         report_step(w, step, subnets, ids, micro, stats, time.perf_counter() - t0, bar, probe_batch)
     if bar is not None:
         bar.close()

@@ -35,10 +35,13 @@ def train_step(subnets: Sequence[SubnetConfig], micro_batches: Sequence[dict[str
                activate: Callable[[SubnetConfig], None], forward: Callable[[dict], Any],
                backward: Callable[[torch.Tensor], None], distill_weight: float = 0.0,
                temperature: float = 1.0,
-               teacher: Callable[[dict], torch.Tensor] | None = None) -> StepStats:
+               teacher: Callable[[dict], torch.Tensor] | None = None, distill_maximal: bool = True,
+               maximal_weight: float = 1.0) -> StepStats:
     """Run the step. With ``distill_weight`` > 0 soft targets join the labels: a frozen ``teacher``'s answer
     logits (``lonas_ray.train.teacher``: computed once per micro-batch, reused by every sub-network, the maximal
-    included) or, without one, in place: the first sub-network (the maximal) teaches the others."""
+    too unless ``distill_maximal`` is False) or, without one, in place: the first sub-network (the maximal)
+    teaches the others. ``maximal_weight`` scales the first sub-network's loss (a sandwich step's maximal) against
+    the others', whose weight is 1: its share of the update, which at 1 is one part in ``len(subnets)``."""
     stats = StepStats()
     targets: dict[int, torch.Tensor] = {}
     for k, sub in enumerate(subnets):
@@ -54,9 +57,9 @@ def train_step(subnets: Sequence[SubnetConfig], micro_batches: Sequence[dict[str
                 student = answer_logits(out.logits, batch["labels"])
                 if teacher is None and k == 0:  # in place: the maximal's own loss is plain CE; keep its logits
                     targets[j] = student.detach()
-                else:
+                elif k > 0 or distill_maximal:
                     loss = mixed_loss(ce, distillation_loss(student, targets[j], temperature), distill_weight)
-            backward(loss)
+            backward(loss * maximal_weight if k == 0 and maximal_weight != 1.0 else loss)
             stats.loss_sum += float(loss.detach())
             stats.ce_sum += float(ce.detach())
             stats.passes += 1

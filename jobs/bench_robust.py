@@ -1,0 +1,192 @@
+"""Equal-cost comparisons that can decide: jobs/bench_quality.py over tasks x seeds, pooled with paired intervals.
+
+    python jobs/bench_robust.py --dir jobs/results/robust_gpu --tasks T1,T2,T3,T4,T5 --seeds 0,1,2 \\
+        --time-limit 500 -- --device cuda --parts zero_shot,peft_lora,supernet,recover,prune_lora,minitron \\
+        --teacher peft_lora --target-by latency --targets 0.9,0.8,0.7 --budget-share 0.3333
+    python jobs/bench_robust.py --dir jobs/results/robust_gpu --summarize-only
+
+Each (task, seed) is one cell: one ``bench_quality.py --tasks T --seed S`` run into ``DIR/cells/T.seedS.json``
+(the arguments after ``--`` go to every cell). A cell whose file says ``complete`` is never run again, so a sweep
+longer than one GPU call is the same command repeated: ``--time-limit`` stops before a cell that would not end in
+time (the longest finished cell is the estimate) and cuts one that runs over; the cut cell runs again next time.
+``DIR/sweep.json`` records the tasks, seeds and cell arguments; a resume that changes them is refused (the cells
+would not compare).
+
+``DIR/summary.json`` (rewritten after every cell) pools the finished cells with
+``lonas_ray.stats.pooled_paired_difference``: per pick (``pick_0.90``, ...), lonas-ray's model (``recover:`` when
+the sweep recovers, else ``supernet:``) minus each baseline of the same shape (``prune_lora@share:``,
+``minitron@share:``), per task and pooled over tasks and seeds; the maximal minus plain LoRA; plain LoRA minus
+zero-shot (a task's *signal*). A ``win`` is a difference whose 95 % interval lies above 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lonas_ray.atomic import write_json  # noqa: E402
+from lonas_ray.stats import pooled_paired_difference  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent / "bench_quality.py"
+OWN = ("--tasks", "--seed", "--out")  # set per cell by this job
+BASELINES = ("prune_lora", "minitron")
+
+
+def cell_path(directory: Path, task: str, seed: int) -> Path:
+    return directory / "cells" / f"{task}.seed{seed}.json"
+
+
+def read_cell(path: Path) -> dict | None:
+    """A finished cell's one task entry (its rows), or None when the cell is missing or was cut short."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return data["tasks"][0] if data.get("complete") and data.get("tasks") else None
+
+
+def check_sweep(directory: Path, sweep: dict) -> None:
+    """Record the sweep's settings, or refuse a resume whose settings differ (its cells would not pair up)."""
+    record = directory / "sweep.json"
+    if record.is_file():
+        earlier = json.loads(record.read_text())
+        if earlier != sweep:
+            changed = sorted(k for k in sweep if earlier.get(k) != sweep[k])
+            raise SystemExit(f"error: {directory} holds a sweep with other {', '.join(changed)} ({record}); give "
+                             "the same arguments to resume it, or another --dir for a new sweep")
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(record, sweep)
+
+
+def run_cells(directory: Path, tasks: list[str], seeds: list[int], cell_args: list[str], limit_s: float | None) -> int:
+    """Run every unfinished cell in order within ``limit_s``; returns how many remain unfinished."""
+    t0, longest = time.monotonic(), 0.0
+    todo = []
+    for task in tasks:
+        for seed in seeds:
+            cell = read_cell(cell_path(directory, task, seed))
+            if cell is None:
+                todo.append((task, seed))
+            else:
+                longest = max(longest, cell.get("wall_s", 0.0))
+    for i, (task, seed) in enumerate(todo):
+        left = None if limit_s is None else limit_s - (time.monotonic() - t0)
+        if left is not None and (left <= 0 or longest > left):
+            print(f"stopping with {len(todo) - i} cell(s) left: {left:.0f} s remain and the longest cell took "
+                  f"{longest:.0f} s; run the same command again to go on", flush=True)
+            return len(todo) - i
+        out = cell_path(directory, task, seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        print(f"cell {task} seed {seed} -> {out}", flush=True)
+        cmd = [sys.executable, str(BENCH), *cell_args, "--tasks", task, "--seed", str(seed), "--out", str(out)]
+        try:
+            proc = subprocess.run(cmd, timeout=left)
+        except subprocess.TimeoutExpired:
+            print(f"cell {task} seed {seed} ran past the time limit: it runs again next time", flush=True)
+            return len(todo) - i
+        if proc.returncode != 0:
+            raise SystemExit(f"error: cell {task} seed {seed} failed (exit {proc.returncode}); its log is above")
+        cell = read_cell(out)
+        longest = max(longest, cell.get("wall_s", 0.0) if cell else 0.0)
+        summarize(directory, tasks, seeds)
+    return 0
+
+
+def outcomes(row: dict) -> list[int]:
+    return [int(c) for c in row["outcomes"]]
+
+
+def comparisons(cells: dict[tuple[str, int], dict]) -> dict[str, list[tuple[str, dict, dict]]]:
+    """The rows to pair, in every finished cell that has both: ``{name: [(task, model_row, reference_row)]}``."""
+    pairs: dict[str, list] = {}
+    for (task, _), cell in sorted(cells.items()):
+        rows = {r["model"]: r for r in cell["rows"] if "outcomes" in r}
+
+        def add(name: str, model: str, reference: str) -> None:
+            if model in rows and reference in rows:
+                pairs.setdefault(name, []).append((task, rows[model], rows[reference]))
+
+        add("plain LoRA - zero-shot", "peft_lora", "zero_shot")
+        add("maximal - plain LoRA", "supernet:maximal", "peft_lora")
+        for name in sorted(rows):
+            base, _, pick = name.partition(":")
+            if base.split("@")[0] not in BASELINES:
+                continue
+            ours = "recover" if f"recover:{pick}" in rows else "supernet"
+            add(f"{ours} - {base} @ {pick}", f"{ours}:{pick}", name)
+            add(f"{ours} - plain LoRA @ {pick}", f"{ours}:{pick}", "peft_lora")
+    return pairs
+
+
+def summarize(directory: Path, tasks: list[str], seeds: list[int]) -> dict:
+    """Pool every finished cell into ``DIR/summary.json`` (see the module doc) and return it."""
+    cells = {(t, s): c for t in tasks for s in seeds if (c := read_cell(cell_path(directory, t, s))) is not None}
+    pooled = {name: pooled_paired_difference([(task, outcomes(m), outcomes(r)) for task, m, r in pairs])
+              for name, pairs in comparisons(cells).items()}
+    quality: dict[str, dict] = {}
+    for (task, _), cell in sorted(cells.items()):
+        for row in cell["rows"]:
+            entry = quality.setdefault(task, {}).setdefault(row["model"], {"quality": [], "speedup_vs_peft_lora": []})
+            entry["quality"].append(row["quality"])
+            if row.get("speedup_vs_peft_lora"):
+                entry["speedup_vs_peft_lora"].append(row["speedup_vs_peft_lora"])
+    summary = {"tasks": tasks, "seeds": seeds, "cells_done": [f"{t}.seed{s}" for t, s in sorted(cells)],
+               "cells_left": [f"{t}.seed{s}" for t in tasks for s in seeds if (t, s) not in cells],
+               "comparisons": pooled, "quality_by_seed": quality}
+    write_json(directory / "summary.json", summary)
+    return summary
+
+
+def table(summary: dict) -> str:
+    lines = [f"cells done {len(summary['cells_done'])}, left {len(summary['cells_left'])}",
+             f"{'comparison':44} {'difference':>10}  {'95 % interval':>17}  verdict  tasks cells"]
+    for name, c in summary["comparisons"].items():
+        lo, hi = c["difference_ci95"]
+        lines.append(f"{name:44} {c['difference']:+10.3f}  [{lo:+.3f}, {hi:+.3f}]  {c['verdict']:7}  "
+                     f"{c['tasks']:5} {c['cells']:5}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    cell_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dir", required=True, type=Path, help="the sweep's folder: sweep.json, cells/, summary.json")
+    p.add_argument("--tasks", help="comma list of shipped tasks (default: the sweep's recorded ones)")
+    p.add_argument("--seeds", help="comma list of seeds (default: the sweep's recorded ones)")
+    p.add_argument("--time-limit", type=float, help="seconds: start no cell that would not end in time")
+    p.add_argument("--summarize-only", action="store_true", help="pool the finished cells, run none")
+    args = p.parse_args(own)
+    clash = [a for a in cell_args if a.split("=")[0] in OWN]
+    if clash:
+        p.error(f"{', '.join(clash)} after -- : this job sets --tasks, --seed and --out per cell; give tasks and "
+                "seeds before --")
+    record = args.dir / "sweep.json"
+    earlier = json.loads(record.read_text()) if record.is_file() else None
+    if args.summarize_only or (earlier and not (args.tasks or args.seeds or cell_args)):
+        if earlier is None:
+            p.error(f"{args.dir} holds no sweep (no sweep.json): start one with --tasks, --seeds and -- ARGS")
+        args.tasks, args.seeds, cell_args = ",".join(earlier["tasks"]), ",".join(map(str, earlier["seeds"])), \
+            earlier["cell_args"]
+    if not (args.tasks and args.seeds):
+        p.error("give --tasks and --seeds (comma lists) for a new sweep")
+    try:
+        tasks, seeds = args.tasks.split(","), [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds takes whole numbers separated by commas, got {args.seeds!r}")
+    if not args.summarize_only:
+        check_sweep(args.dir, {"tasks": tasks, "seeds": seeds, "cell_args": cell_args})
+        run_cells(args.dir, tasks, seeds, cell_args, args.time_limit)
+    print(table(summarize(args.dir, tasks, seeds)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

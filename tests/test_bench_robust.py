@@ -1,0 +1,95 @@
+"""jobs/bench_robust.py --quick cells: a sweep over seeds that resumes, refuses a changed resume, stops in time,
+and pools paired outcomes that agree with the rows' own accuracies."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT
+
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+
+CELL_ARGS = ["--quick", "--parts", "zero_shot,peft_lora,supernet,prune_lora", "--space-config",
+             "jobs/configs/tiny.yaml", "--targets", "1.3", "--band", "0.8", "--no-heuristic",
+             "--latency-repeats", "0", "--budget-share", "0.5"]
+
+
+def sweep(directory, *args, timeout=500):
+    return subprocess.run([sys.executable, "jobs/bench_robust.py", "--dir", str(directory), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("robust") / "sweep"
+    proc = sweep(directory, "--tasks", "intent_recognition", "--seeds", "0,1", "--", *CELL_ARGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return directory
+
+
+def cell(directory, seed: int) -> dict:
+    return json.loads((directory / "cells" / f"intent_recognition.seed{seed}.json").read_text())
+
+
+def test_every_cell_is_one_seed_of_the_benchmark_and_the_pooled_difference_is_the_rows_own(done):
+    summary = json.loads((done / "summary.json").read_text())
+    assert summary["cells_done"] == ["intent_recognition.seed0", "intent_recognition.seed1"]
+    assert summary["cells_left"] == []
+    cells = [cell(done, s) for s in (0, 1)]
+    assert [c["settings"]["seed"] for c in cells] == [0, 1] and all(c["complete"] for c in cells)
+    rows = [{r["model"]: r for r in c["tasks"][0]["rows"]} for c in cells]
+    for name, model, reference in [("plain LoRA - zero-shot", "peft_lora", "zero_shot"),
+                                   ("maximal - plain LoRA", "supernet:maximal", "peft_lora"),
+                                   ("supernet - prune_lora @ pick_1.30", "supernet:pick_1.30", "prune_lora:pick_1.30")]:
+        pooled = summary["comparisons"][name]
+        assert pooled["tasks"] == 1 and pooled["cells"] == 2
+        assert pooled["examples"] == sum(r[model]["examples"] for r in rows)
+        for r in rows:  # each row's outcomes are its examples, its hits among them
+            assert len(r[model]["outcomes"]) == r[model]["examples"] and r[model]["outcomes"].count("1") == \
+                r[model]["hits"]
+        expected = sum(r[model]["quality"] - r[reference]["quality"] for r in rows) / 2  # the mean of the seeds'
+        assert pooled["difference"] == pytest.approx(expected)
+        lo, hi = pooled["difference_ci95"]
+        assert lo <= pooled["difference"] <= hi
+        assert pooled["verdict"] == ("win" if lo > 0 else "loss" if hi < 0 else "tie")
+
+
+def test_running_the_sweep_again_runs_no_finished_cell(done):
+    before = {s: cell(done, s) for s in (0, 1)}
+    proc = sweep(done, timeout=120)  # the recorded sweep: tasks, seeds and cell arguments from sweep.json
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cell intent_recognition" not in proc.stdout and "plain LoRA - zero-shot" in proc.stdout
+    assert {s: cell(done, s) for s in (0, 1)} == before
+
+
+def test_a_resume_with_other_settings_is_refused_and_changes_nothing(done):
+    record = (done / "sweep.json").read_text()
+    proc = sweep(done, "--tasks", "intent_recognition", "--seeds", "0,1,2", "--", *CELL_ARGS, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "holds a sweep with other seeds" in proc.stderr and "another --dir" in proc.stderr
+    assert (done / "sweep.json").read_text() == record
+    assert not (done / "cells" / "intent_recognition.seed2.json").exists()
+    clash = sweep(done.parent / "other", "--tasks", "intent_recognition", "--seeds", "0", "--", "--seed", "3",
+                  timeout=120)
+    assert clash.returncode == 2 and "this job sets --tasks, --seed and --out per cell" in clash.stderr
+    assert not (done.parent / "other").exists()
+
+
+def test_a_time_limit_starts_no_cell_that_the_longest_finished_one_says_would_not_end_in_time(done, tmp_path):
+    part = tmp_path / "sweep"
+    shutil.copytree(done, part)
+    (part / "cells" / "intent_recognition.seed1.json").unlink()
+    longest = cell(done, 0)["tasks"][0]["wall_s"]
+    proc = sweep(part, "--time-limit", str(longest / 2), "--summarize-only", timeout=120)
+    assert proc.returncode == 0 and "cell intent_recognition" not in proc.stdout  # summarize only: nothing run
+    proc = sweep(part, "--tasks", "intent_recognition", "--seeds", "0,1", "--time-limit", str(longest / 2), "--",
+                 *CELL_ARGS, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stopping with 1 cell(s) left" in proc.stdout and not (part / "cells" / "intent_recognition.seed1.json"
+                                                                  ).exists()
+    assert json.loads((part / "summary.json").read_text())["cells_left"] == ["intent_recognition.seed1"]
