@@ -177,8 +177,9 @@ def train_supernet(supernet, dataset, pad_id: int, args, device: torch.device, t
     sched = warmup_then_constant(opt, args.steps)
     supernet.train()
     passes = 0
+    accept = in_params_band(supernet, args.random_band) if args.random_band else None
     for step in range(args.steps):
-        subnets = subnets_for_step(supernet.space, "sandwich", args.seed, step)
+        subnets = subnets_for_step(supernet.space, "sandwich", args.seed, step, accept=accept)
         batch = step_batch(dataset, step, args, pad_id, device)
         stats = train_step(subnets, [batch], activate=supernet.activate, forward=lambda b: supernet(**b),
                            backward=lambda loss: (loss / len(subnets)).backward(),
@@ -193,6 +194,13 @@ def train_supernet(supernet, dataset, pad_id: int, args, device: torch.device, t
             log.info("super-adapter step %d/%d loss %.3f", step + 1, args.steps, stats.ce_sum / stats.passes)
     supernet.eval()
     return passes
+
+
+def in_params_band(supernet, band: list[float]):
+    """--random-band: whether a sub-network's params lie in ``[lo, hi]`` x the maximal's (the random slot's filter)."""
+    lo, hi = band
+    full = count_subnet(supernet, supernet.space.maximal()).params
+    return lambda config: lo <= count_subnet(supernet, config).params / full <= hi
 
 
 def spread_sample(space, seed: int) -> dict:
@@ -497,6 +505,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-temperature", type=float, default=1.0)
     p.add_argument("--distill-maximal", action=argparse.BooleanOptionalAction, default=True,
                    help="a frozen teacher (--teacher peft_lora) teaches the maximal too (train.distill.maximal)")
+    p.add_argument("--random-band", type=floats, default=None,
+                   help="lo,hi: the sandwich's random sub-network drawn only among those with lo..hi x the maximal's "
+                        "params (training weighted toward the target shapes); default uniform")
     p.add_argument("--maximal-weight", type=float, default=1.0,
                    help="the sandwich maximal's loss weight against the others' 1 (train.sampling.maximal_weight)")
     p.add_argument("--targets", type=floats, default=[0.9, 0.75, 0.6],
@@ -530,6 +541,10 @@ def start(args, what: str) -> tuple[ModelSource, dict, torch.device, dict]:
             args.recover_steps = min(args.recover_steps, 2)
     else:
         source = ModelSource(kind="smollm2")
+    band = getattr(args, "random_band", None)
+    if band is not None and not (len(band) == 2 and 0 <= band[0] < band[1] <= 1):
+        raise SystemExit(f"error: --random-band takes lo,hi with 0 <= lo < hi <= 1 (fractions of the maximal's "
+                         f"params), got {','.join(map(str, band))}")
     device = torch.device(args.device)
     header = {
         "what": what,

@@ -156,6 +156,33 @@ def test_spread_sampling_reaches_from_the_maximal_to_the_minimal_where_uniform_s
         assert spread_sample(space, seed) == spread_sample(space, seed)
 
 
+def test_a_params_band_draws_the_sandwichs_random_slot_only_among_the_shapes_in_it():
+    sys.path.insert(0, str(ROOT / "jobs"))
+    from bench_quality import in_params_band
+
+    from helpers import tiny_model
+    from lonas_ray.counting import count_subnet
+    from lonas_ray.elastic.supernet import SuperNetwork
+    from lonas_ray.space import SearchSpace, SpaceSpec
+    from lonas_ray.train.schedule import subnets_for_step
+
+    supernet = SuperNetwork(tiny_model(), SpaceSpec.from_dict({"lora": {"r_max": 4, "rank_choices": [4, 2]},
+                                                               "mlp": {"choices": [1.0, 0.5]},
+                                                               "heads": {"choices": [1.0, 0.5]}}))
+    space, full = supernet.space, count_subnet(supernet, supernet.space.maximal()).params
+    share = lambda c: count_subnet(supernet, c).params / full  # noqa: E731
+    accept = in_params_band(supernet, [0.7, 0.9])
+    uniform = [share(subnets_for_step(space, "sandwich", 0, step)[2]) for step in range(40)]
+    banded = [subnets_for_step(space, "sandwich", 0, step, accept=accept) for step in range(40)]
+    assert any(not 0.7 <= u <= 0.9 for u in uniform)  # uniform draws leave the band
+    assert all(0.7 <= share(b[2]) <= 0.9 for b in banded)
+    assert all(b[:2] == [space.maximal(), space.minimal()] for b in banded)  # the sandwich's ends stay
+    assert banded == [subnets_for_step(space, "sandwich", 0, step, accept=accept) for step in range(40)]  # seeded
+    assert len({SearchSpace.subnet_id(b[2]) for b in banded}) > 1
+    with pytest.raises(ValueError, match="lies in the training band: widen it"):
+        subnets_for_step(space, "sandwich", 0, 0, accept=in_params_band(supernet, [0.01, 0.02]))
+
+
 def test_the_plain_lora_model_teaches_with_one_forward_per_training_step(result):
     (task,) = result["tasks"]
     steps = result["settings"]["steps"]
@@ -168,3 +195,12 @@ def test_the_plain_lora_model_teaches_with_one_forward_per_training_step(result)
     assert minitron and any(rows[n]["task_loss"] != rows[n.replace("minitron", "prune_lora")]["task_loss"]
                             for n in minitron)
     assert task["supernet"]["passes"] == 3 * steps
+
+
+def test_a_params_band_upside_down_stops_before_anything_runs(tmp_path):
+    out = tmp_path / "q.json"
+    proc = subprocess.run([sys.executable, "jobs/bench_quality.py", "--quick", "--tasks", "intent_recognition",
+                           "--random-band", "0.9,0.5", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--random-band takes lo,hi with 0 <= lo < hi <= 1" in proc.stderr and not out.exists()

@@ -9,8 +9,12 @@ therefore continues exactly the schedule an uninterrupted run would follow.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from lonas_ray.space import SearchSpace, SubnetConfig
+
+# uniform draws for one random slot before a band that admits almost nothing is an error
+MAX_DRAWS = 500
 
 STRATEGIES = ("random", "sandwich", "fixed:maximal")
 
@@ -19,22 +23,33 @@ def _rng(seed: int, step: int, salt: str) -> random.Random:
     return random.Random(f"{salt}:{seed}:{step}")
 
 
-def subnets_for_step(space: SearchSpace, strategy: str, seed: int, step: int,
-                     sandwich_random: int = 1) -> list[SubnetConfig]:
+def subnets_for_step(space: SearchSpace, strategy: str, seed: int, step: int, sandwich_random: int = 1,
+                     accept: Callable[[SubnetConfig], bool] | None = None) -> list[SubnetConfig]:
     """The sub-networks whose gradients make up optimizer step ``step``.
 
     ``random``: one uniformly sampled sub-network. ``sandwich``: the largest, the
     smallest and ``sandwich_random`` random ones (gradients accumulated).
     ``fixed:maximal``: the maximal network only, i.e. plain LoRA, the baseline.
+    ``accept``: random slots are drawn only among the sub-networks it accepts (the first accepted of a seeded
+    sequence of uniform draws): training weighted toward the shapes that will be deployed (AttentiveNAS,
+    Nemotron Elastic) instead of uniformly over the space.
     """
     if strategy == "random":
-        return [space.sample(_rng(seed, step, "subnet"))]
+        return [_draw(space, _rng(seed, step, "subnet"), accept)]
     if strategy == "sandwich":
         rng = _rng(seed, step, "subnet")
-        return [space.maximal(), space.minimal()] + [space.sample(rng) for _ in range(sandwich_random)]
+        return [space.maximal(), space.minimal()] + [_draw(space, rng, accept) for _ in range(sandwich_random)]
     if strategy == "fixed:maximal":
         return [space.maximal()]
     raise ValueError(f"unknown sampling strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
+
+
+def _draw(space: SearchSpace, rng: random.Random, accept: Callable[[SubnetConfig], bool] | None) -> SubnetConfig:
+    for _ in range(MAX_DRAWS if accept is not None else 1):
+        config = space.sample(rng)
+        if accept is None or accept(config):
+            return config
+    raise ValueError(f"none of {MAX_DRAWS} sampled sub-networks lies in the training band: widen it")
 
 
 def batch_indices(n_examples: int, step: int, batch_size: int, seed: int) -> list[int]:
