@@ -42,12 +42,19 @@ def cell_path(directory: Path, task: str, seed: int) -> Path:
     return directory / "cells" / f"{task}.seed{seed}.json"
 
 
-def read_cell(path: Path) -> dict | None:
-    """A finished cell's one task entry (its rows), or None when the cell is missing or was cut short."""
+def read_run(path: Path) -> dict | None:
+    """A finished cell's whole JSON (header: machine, date, settings; its one task), or None when the cell is
+    missing or was cut short."""
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
-    return data["tasks"][0] if data.get("complete") and data.get("tasks") else None
+    return data if data.get("complete") and data.get("tasks") else None
+
+
+def read_cell(path: Path) -> dict | None:
+    """A finished cell's one task entry (its rows), or None."""
+    data = read_run(path)
+    return data["tasks"][0] if data else None
 
 
 def check_sweep(directory: Path, sweep: dict) -> None:
@@ -136,7 +143,14 @@ def summarize(directory: Path, tasks: list[str], seeds: list[int]) -> dict:
             entry["quality"].append(row["quality"])
             if row.get("speedup_vs_peft_lora"):
                 entry["speedup_vs_peft_lora"].append(row["speedup_vs_peft_lora"])
-    summary = {"tasks": tasks, "seeds": seeds, "cells_done": [f"{t}.seed{s}" for t, s in sorted(cells)],
+    runs = [r for t in tasks for s in seeds if (r := read_run(cell_path(directory, t, s))) is not None]
+    sweep = json.loads((directory / "sweep.json").read_text()) if (directory / "sweep.json").is_file() else {}
+    summary = {"what": "jobs/bench_robust.py: paired differences pooled over tasks and seeds",
+               "date": max((r["date"] for r in runs), default=None),
+               "device": runs[0]["device"] if runs else None, "machine": runs[0]["machine"] if runs else None,
+               "model": runs[0]["model"] if runs else None,
+               "settings": {"tasks": tasks, "seeds": seeds, "cell_args": " ".join(sweep.get("cell_args", []))},
+               "tasks": tasks, "seeds": seeds, "cells_done": [f"{t}.seed{s}" for t, s in sorted(cells)],
                "cells_left": [f"{t}.seed{s}" for t in tasks for s in seeds if (t, s) not in cells],
                "comparisons": pooled, "quality_by_seed": quality}
     write_json(directory / "summary.json", summary)

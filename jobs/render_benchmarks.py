@@ -746,14 +746,37 @@ def lease(runs: list[Run]) -> str:
     return section(runs, table(header, body), notes)
 
 
+def robust(runs: list[Run]) -> str:
+    """jobs/bench_robust.py sweeps: every pooled comparison with its interval, verdict, tasks, cells and examples;
+    several sweeps side by side (a lever per sweep), labelled by what their names do not share."""
+    names = short(runs)
+    rows = []
+    for run in runs:
+        for name, c in run.data["comparisons"].items():
+            per_task = "; ".join(f"{t} {v['difference']:+.3f}" for t, v in c["per_task"].items())
+            rows.append([names[run.stem], name, f"{c['difference']:+.3f}", interval_of(c["difference_ci95"]),
+                         c["verdict"], str(c["tasks"]), str(c["cells"]), str(c["examples"]), per_task])
+    header = ["sweep", "comparison", "difference", "95 % interval", "verdict", "tasks", "cells", "examples",
+              "per task"]
+    left = [f"{names[r.stem]}: {len(r.data['cells_left'])} cell(s) not run yet" for r in runs if r.data["cells_left"]]
+    return section(runs, table(header, rows), [". ".join(left) + "." if left else ""])
+
+
+def interval_of(ci: list[float]) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
 RENDERERS: dict[str, Callable[[list[Run]], str]] = {
     f.__name__: f for f in (quality_rows, quality_variants, sliced_recovered, per_target, sparse, dims, scale_decode,
                             scale_formats, train_variants, train_scaling, search_runtimes, search_scaling,
-                            search_strategies, load, pools, serving, lease)}
+                            search_strategies, load, pools, serving, lease, robust)}
 
 
 def load_run(results: Path, stem: str, placeholder: str) -> Run:
+    """``results/<stem>.json``, or a sweep folder's ``results/<stem>/summary.json`` (jobs/bench_robust.py)."""
     path = results / f"{stem}.json"
+    if not path.is_file() and (results / stem / "summary.json").is_file():
+        path = results / stem / "summary.json"
     if not path.is_file():
         raise RenderError(f"{placeholder} names {path}, which does not exist")
     return Run(stem, json.loads(path.read_text()))

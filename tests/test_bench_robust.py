@@ -93,3 +93,17 @@ def test_a_time_limit_starts_no_cell_that_the_longest_finished_one_says_would_no
     assert "stopping with 1 cell(s) left" in proc.stdout and not (part / "cells" / "intent_recognition.seed1.json"
                                                                   ).exists()
     assert json.loads((part / "summary.json").read_text())["cells_left"] == ["intent_recognition.seed1"]
+
+
+def test_a_sweep_folder_renders_as_a_table_of_its_pooled_comparisons_with_its_machine(done):
+    sys.path.insert(0, str(ROOT / "jobs"))
+    from render_benchmarks import load_run, robust
+
+    run = load_run(done.parent, done.name, "{{table: robust(sweep)}}")  # the folder's summary.json
+    text = robust([run])
+    summary = json.loads((done / "summary.json").read_text())
+    assert summary["machine"] == cell(done, 0)["machine"] and summary["date"] == cell(done, 1)["date"]
+    assert "cell_args=" in text and "machine: CPU" in text  # where the figures came from
+    for name, c in summary["comparisons"].items():
+        lo, hi = c["difference_ci95"]
+        assert f"| sweep | {name} | {c['difference']:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {c['verdict']} | 1 | 2 |" in text
