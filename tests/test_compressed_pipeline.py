@@ -45,7 +45,7 @@ def test_every_export_is_one_int4_checkpoint_that_records_its_compression(out):
 
 
 def test_reloaded_exports_keep_every_pruned_weight_of_the_base_at_zero(out):
-    from lonas_ray.train.trainer import load_trained_supernet
+    from lonas_ray.train.state import load_trained_supernet
 
     supernet, _ = load_trained_supernet(out / "supernet")
     fam = supernet.family

@@ -24,8 +24,8 @@ from lonas_ray.data.toy import write_toy_task
 from lonas_ray.space import SearchSpace
 from lonas_ray.train.config import TrainConfig
 from lonas_ray.train.schedule import batch_indices, rank_micro_batches, subnets_for_step
-from lonas_ray.train.state import CorruptCheckpointError
-from lonas_ray.train.trainer import load_trained_supernet, train
+from lonas_ray.train.state import CorruptCheckpointError, load_trained_supernet
+from lonas_ray.train.trainer import train
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -16,8 +16,7 @@ from lonas_ray.data.spec import DataSpec
 from lonas_ray.merge.gguf_export import DTYPES as GGUF_DTYPES
 from lonas_ray.merge.gguf_export import check_formats, check_gguf_source, gguf_options
 from lonas_ray.search.config import ParetoSpec, PoolSpec, QualitySpec, SearchConfig, StrategySpec
-from lonas_ray.train.config import TrainConfig, TrainSettings
-from lonas_ray.train.teacher import BASELINE
+from lonas_ray.train.config import BASELINE, TrainConfig, TrainSettings
 
 EXPORT_SELECTIONS = ("picks", "front", "targets")
 BASELINE_DIR = "baseline"  # out/baseline/ (its training run) and models/baseline/ (its export)

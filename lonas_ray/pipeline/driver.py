@@ -63,8 +63,8 @@ from lonas_ray.search.driver import (
     rows_by_pool,
 )
 from lonas_ray.storage import RunStorage
+from lonas_ray.train.config import BASELINE as TEACHER_BASELINE
 from lonas_ray.train.state import STATE_FILE
-from lonas_ray.train.teacher import BASELINE as TEACHER_BASELINE
 from lonas_ray.train.teacher import check_teacher
 from lonas_ray.train.trainer import check_workers_fit
 

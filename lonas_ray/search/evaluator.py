@@ -72,8 +72,7 @@ def load_supernet(directory: str | Path):
     """(super-network, tokenizer) of a trained ``supernet/`` directory or an untrained prepared one."""
     from lonas_ray.build import load_prepared, restore_supernet
     from lonas_ray.data.byte_tokenizer import byte_tokenizer
-    from lonas_ray.train.state import ADAPTER_FILE
-    from lonas_ray.train.trainer import load_trained_supernet
+    from lonas_ray.train.state import ADAPTER_FILE, load_trained_supernet
 
     if (Path(directory) / ADAPTER_FILE).is_file():
         supernet, tokenizer = load_trained_supernet(directory)

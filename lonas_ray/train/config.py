@@ -9,7 +9,10 @@ from lonas_ray.build import SupernetSpec
 from lonas_ray.config_io import ConfigError, YamlConfig, help_field
 from lonas_ray.data.spec import DataSpec
 from lonas_ray.train.schedule import STRATEGIES
-from lonas_ray.train.teacher import BASELINE, IN_PLACE
+
+# distill.teacher's two named teachers: the step's own maximal (in place), and the pipeline's plain-LoRA baseline
+IN_PLACE = "maximal"
+BASELINE = "baseline"
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from lonas_ray.build import prepared_file_names
+from lonas_ray.build import load_prepared, prepared_file_names, restore_supernet
 from lonas_ray.elastic.supernet import SuperNetwork
 
 log = logging.getLogger(__name__)
@@ -112,3 +112,10 @@ def read_checkpoint(directory: Path, *, engine, supernet: SuperNetwork, rank: in
         torch.set_rng_state(saved["torch"])
         random.setstate(saved["python"])
     return step
+
+def load_trained_supernet(supernet_dir: str | Path) -> tuple[SuperNetwork, object]:
+    """The trained super-network (and tokenizer) from a ``supernet/`` directory or a checkpoint."""
+    supernet_dir = Path(supernet_dir)
+    built = restore_supernet(*load_prepared(supernet_dir))
+    load_adapter(built.supernet, supernet_dir / ADAPTER_FILE)
+    return built.supernet, built.tokenizer

@@ -22,10 +22,8 @@ from pathlib import Path
 import torch
 
 from lonas_ray.config_io import ConfigError
+from lonas_ray.train.config import BASELINE, IN_PLACE
 from lonas_ray.train.distill import answer_logits
-
-IN_PLACE = "maximal"
-BASELINE = "baseline"
 
 
 def teacher_kind(path: str | Path) -> str:
@@ -61,7 +59,7 @@ def check_teacher(teacher: str, *, in_pipeline: bool) -> None:
 def load_teacher(path: str | Path, device: torch.device, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """The frozen teacher model on ``device`` (a super-network with its maximal active, or a plain model)."""
     if teacher_kind(path) == "supernet":
-        from lonas_ray.train.trainer import load_trained_supernet
+        from lonas_ray.train.state import load_trained_supernet
 
         model, _ = load_trained_supernet(path)
         model.activate(model.space.maximal())

@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lonas_ray.atomic import atomic_dir
-from lonas_ray.build import load_prepared, preflight, prepare_once, prepared_file_names, restore_supernet
+from lonas_ray.build import preflight, prepare_once, prepared_file_names
 from lonas_ray.config_io import ConfigError, to_dict
 from lonas_ray.data.spec import check_data
-from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.storage import RunStorage
 from lonas_ray.train.config import ScalingSpec, TrainConfig
-from lonas_ray.train.state import ADAPTER_FILE, PROBE_FILE, STATE_FILE, load_adapter
+from lonas_ray.train.state import ADAPTER_FILE, PROBE_FILE, STATE_FILE
 from lonas_ray.train.teacher import check_teacher, teacher_kind
 from lonas_ray.transfer import read_tree
 
@@ -137,9 +136,3 @@ def publish(checkpoint_dir: Path, supernet_dir: Path) -> None:
                 shutil.copy(checkpoint_dir / name, tmp / name)
 
 
-def load_trained_supernet(supernet_dir: str | Path) -> tuple[SuperNetwork, object]:
-    """The trained super-network (and tokenizer) from a ``supernet/`` directory or a checkpoint."""
-    supernet_dir = Path(supernet_dir)
-    built = restore_supernet(*load_prepared(supernet_dir))
-    load_adapter(built.supernet, supernet_dir / ADAPTER_FILE)
-    return built.supernet, built.tokenizer
