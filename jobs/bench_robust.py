@@ -121,13 +121,14 @@ def comparisons(cells: dict[tuple[str, int], dict]) -> dict[str, list[tuple[str,
 
         add("plain LoRA - zero-shot", "peft_lora", "zero_shot")
         add("maximal - plain LoRA", "supernet:maximal", "peft_lora")
-        for name in sorted(rows):
-            base, _, pick = name.partition(":")
-            if base.split("@")[0] not in BASELINES:
-                continue
+        picks = sorted({n.partition(":")[2] for n in rows if n.startswith(("supernet:", "recover:"))} - {"maximal"})
+        for pick in picks:  # lonas-ray's model of each pick: recovered when the run recovers, else as sliced
             ours = "recover" if f"recover:{pick}" in rows else "supernet"
-            add(f"{ours} - {base} @ {pick}", f"{ours}:{pick}", name)
             add(f"{ours} - plain LoRA @ {pick}", f"{ours}:{pick}", "peft_lora")
+            for name in sorted(rows):  # every baseline of the same shape, at each share of lonas-ray's cost
+                base, _, of = name.partition(":")
+                if of == pick and base.split("@")[0] in BASELINES:
+                    add(f"{ours} - {base} @ {pick}", f"{ours}:{pick}", name)
     return pairs
 
 
@@ -139,8 +140,10 @@ def summarize(directory: Path, tasks: list[str], seeds: list[int]) -> dict:
     quality: dict[str, dict] = {}
     for (task, _), cell in sorted(cells.items()):
         for row in cell["rows"]:
-            entry = quality.setdefault(task, {}).setdefault(row["model"], {"quality": [], "speedup_vs_peft_lora": []})
+            entry = quality.setdefault(task, {}).setdefault(row["model"], {"quality": [], "task_loss": [],
+                                                                           "speedup_vs_peft_lora": []})
             entry["quality"].append(row["quality"])
+            entry["task_loss"].append(row["task_loss"])
             if row.get("speedup_vs_peft_lora"):
                 entry["speedup_vs_peft_lora"].append(row["speedup_vs_peft_lora"])
     runs = [r for t in tasks for s in seeds if (r := read_run(cell_path(directory, t, s))) is not None]

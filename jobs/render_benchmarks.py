@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -137,7 +138,8 @@ def provenance(run: Run) -> str:
              f"command: `{data['command']}`" if data.get("command") else "command not recorded in the JSON"]
     if recorded:
         parts.append(f"settings: {recorded}")
-    return f"- `jobs/results/{run.stem}.json`: " + "; ".join(parts) + "."
+    where = f"{run.stem}/summary.json" if "cells_done" in data else f"{run.stem}.json"  # a sweep is a folder
+    return f"- `jobs/results/{where}`: " + "; ".join(parts) + "."
 
 
 def heading(runs: list[Run]) -> str:
@@ -758,8 +760,13 @@ def robust(runs: list[Run]) -> str:
                          c["verdict"], str(c["tasks"]), str(c["cells"]), str(c["examples"]), per_task])
     header = ["sweep", "comparison", "difference", "95 % interval", "verdict", "tasks", "cells", "examples",
               "per task"]
+    means = [[names[run.stem], task, model, fixed(statistics.mean(v["quality"]), 3),
+              fixed(statistics.mean(v["task_loss"]), 3) if v.get("task_loss") else "not recorded",
+              str(len(v["quality"]))]
+             for run in runs for task, models in run.data["quality_by_seed"].items() for model, v in models.items()]
+    by_row = table(["sweep", "task", "model", "accuracy, mean over seeds", "task loss, mean", "seeds"], means)
     left = [f"{names[r.stem]}: {len(r.data['cells_left'])} cell(s) not run yet" for r in runs if r.data["cells_left"]]
-    return section(runs, table(header, rows), [". ".join(left) + "." if left else ""])
+    return section(runs, table(header, rows) + "\n\n" + by_row, [". ".join(left) + "." if left else ""])
 
 
 def interval_of(ci: list[float]) -> str:

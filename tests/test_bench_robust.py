@@ -45,7 +45,8 @@ def test_every_cell_is_one_seed_of_the_benchmark_and_the_pooled_difference_is_th
     rows = [{r["model"]: r for r in c["tasks"][0]["rows"]} for c in cells]
     for name, model, reference in [("plain LoRA - zero-shot", "peft_lora", "zero_shot"),
                                    ("maximal - plain LoRA", "supernet:maximal", "peft_lora"),
-                                   ("supernet - prune_lora @ pick_1.30", "supernet:pick_1.30", "prune_lora:pick_1.30")]:
+                                   ("supernet - prune_lora @ pick_1.30", "supernet:pick_1.30", "prune_lora:pick_1.30"),
+                                   ("supernet - plain LoRA @ pick_1.30", "supernet:pick_1.30", "peft_lora")]:
         pooled = summary["comparisons"][name]
         assert pooled["tasks"] == 1 and pooled["cells"] == 2
         assert pooled["examples"] == sum(r[model]["examples"] for r in rows)
@@ -57,6 +58,7 @@ def test_every_cell_is_one_seed_of_the_benchmark_and_the_pooled_difference_is_th
         lo, hi = pooled["difference_ci95"]
         assert lo <= pooled["difference"] <= hi
         assert pooled["verdict"] == ("win" if lo > 0 else "loss" if hi < 0 else "tie")
+    assert all(c["cells"] == 2 for c in summary["comparisons"].values())  # each seed's pair once, never twice
 
 
 def test_running_the_sweep_again_runs_no_finished_cell(done):
