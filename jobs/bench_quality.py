@@ -541,7 +541,7 @@ def start(args, what: str) -> tuple[ModelSource, dict, torch.device, dict]:
             args.recover_steps = min(args.recover_steps, 2)
     else:
         source = ModelSource(kind="smollm2")
-    band = getattr(args, "random_band", None)
+    band = args.random_band  # add_arguments gives every job that starts here the option
     if band is not None and not (len(band) == 2 and 0 <= band[0] < band[1] <= 1):
         raise SystemExit(f"error: --random-band takes lo,hi with 0 <= lo < hi <= 1 (fractions of the maximal's "
                          f"params), got {','.join(map(str, band))}")

@@ -134,7 +134,8 @@ def comparisons(cells: dict[tuple[str, int], dict]) -> dict[str, list[tuple[str,
 
 def summarize(directory: Path, tasks: list[str], seeds: list[int]) -> dict:
     """Pool every finished cell into ``DIR/summary.json`` (see the module doc) and return it."""
-    cells = {(t, s): c for t in tasks for s in seeds if (c := read_cell(cell_path(directory, t, s))) is not None}
+    runs = {(t, s): r for t in tasks for s in seeds if (r := read_run(cell_path(directory, t, s))) is not None}
+    cells = {key: run["tasks"][0] for key, run in runs.items()}  # each file read once, for rows and header
     pooled = {name: pooled_paired_difference([(task, outcomes(m), outcomes(r)) for task, m, r in pairs])
               for name, pairs in comparisons(cells).items()}
     quality: dict[str, dict] = {}
@@ -146,12 +147,11 @@ def summarize(directory: Path, tasks: list[str], seeds: list[int]) -> dict:
             entry["task_loss"].append(row["task_loss"])
             if row.get("speedup_vs_peft_lora"):
                 entry["speedup_vs_peft_lora"].append(row["speedup_vs_peft_lora"])
-    runs = [r for t in tasks for s in seeds if (r := read_run(cell_path(directory, t, s))) is not None]
+    first = next(iter(runs.values()), {})  # the machine and model of the sweep's cells
     sweep = json.loads((directory / "sweep.json").read_text()) if (directory / "sweep.json").is_file() else {}
     summary = {"what": "jobs/bench_robust.py: paired differences pooled over tasks and seeds",
-               "date": max((r["date"] for r in runs), default=None),
-               "device": runs[0]["device"] if runs else None, "machine": runs[0]["machine"] if runs else None,
-               "model": runs[0]["model"] if runs else None,
+               "date": max((r["date"] for r in runs.values()), default=None),
+               "device": first.get("device"), "machine": first.get("machine"), "model": first.get("model"),
                "settings": {"tasks": tasks, "seeds": seeds, "cell_args": " ".join(sweep.get("cell_args", []))},
                "tasks": tasks, "seeds": seeds, "cells_done": [f"{t}.seed{s}" for t, s in sorted(cells)],
                "cells_left": [f"{t}.seed{s}" for t in tasks for s in seeds if (t, s) not in cells],

@@ -761,8 +761,7 @@ def robust(runs: list[Run]) -> str:
     header = ["sweep", "comparison", "difference", "95 % interval", "verdict", "tasks", "cells", "examples",
               "per task"]
     means = [[names[run.stem], task, model, fixed(statistics.mean(v["quality"]), 3),
-              fixed(statistics.mean(v["task_loss"]), 3) if v.get("task_loss") else "not recorded",
-              str(len(v["quality"]))]
+              fixed(statistics.mean(v["task_loss"]), 3), str(len(v["quality"]))]
              for run in runs for task, models in run.data["quality_by_seed"].items() for model, v in models.items()]
     by_row = table(["sweep", "task", "model", "accuracy, mean over seeds", "task loss, mean", "seeds"], means)
     left = [f"{names[r.stem]}: {len(r.data['cells_left'])} cell(s) not run yet" for r in runs if r.data["cells_left"]]

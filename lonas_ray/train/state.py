@@ -113,6 +113,7 @@ def read_checkpoint(directory: Path, *, engine, supernet: SuperNetwork, rank: in
         random.setstate(saved["python"])
     return step
 
+
 def load_trained_supernet(supernet_dir: str | Path) -> tuple[SuperNetwork, object]:
     """The trained super-network (and tokenizer) from a ``supernet/`` directory or a checkpoint."""
     supernet_dir = Path(supernet_dir)

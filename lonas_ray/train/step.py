@@ -59,7 +59,7 @@ def train_step(subnets: Sequence[SubnetConfig], micro_batches: Sequence[dict[str
                     targets[j] = student.detach()
                 elif k > 0 or distill_maximal:
                     loss = mixed_loss(ce, distillation_loss(student, targets[j], temperature), distill_weight)
-            backward(loss * maximal_weight if k == 0 and maximal_weight != 1.0 else loss)
+            backward(loss * maximal_weight if k == 0 else loss)
             stats.loss_sum += float(loss.detach())
             stats.ce_sum += float(ce.detach())
             stats.passes += 1

@@ -134,5 +134,3 @@ def publish(checkpoint_dir: Path, supernet_dir: Path) -> None:
         for name in (*prepared_file_names(checkpoint_dir), ADAPTER_FILE, STATE_FILE, PROBE_FILE):
             if (checkpoint_dir / name).is_file() or name != PROBE_FILE:
                 shutil.copy(checkpoint_dir / name, tmp / name)
-
-
