@@ -19,6 +19,9 @@ GPUs of their own hold different leases and may time at once; a CPU scoring does
 timing. Containers of one host (Kubernetes pods) share the lease only if they share the directory
 (mount one host path there, ``docs/cluster.md``).
 
+``LONAS_RAY_LEASE_TRACE=FILE`` appends every hold to FILE as one JSON line (pid, key, mode, wall-clock start and
+end of the hold): what a test or a puzzled user reads to see that no timing overlapped other heavy work.
+
 Not leased: Ray Train's ranks. A rank blocked by a waiting timing while another rank holds its
 share inside a collective would deadlock them; the pipeline never trains while it searches.
 """
@@ -26,6 +29,7 @@ share inside a collective would deadlock them; the pipeline never trains while i
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import tempfile
 import time
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ENV_DIR = "LONAS_RAY_LEASE_DIR"
+ENV_TRACE = "LONAS_RAY_LEASE_TRACE"
 CPU = "cpu"
 
 
@@ -74,6 +79,7 @@ class HardwareLease:
     @contextmanager
     def _hold(self, mode: str, flag: int) -> Iterator[Hold]:
         t0 = time.perf_counter()
+        held_from = None
         gate, lock = self._open("gate"), self._open("lock")
         try:
             # the turnstile: a waiting timing holds it, so shared holders arriving after it wait behind it;
@@ -83,10 +89,29 @@ class HardwareLease:
                 fcntl.flock(lock, flag)
             finally:
                 fcntl.flock(gate, fcntl.LOCK_UN)
+            held_from = time.time()
             yield Hold(self.key, mode, time.perf_counter() - t0)
         finally:
+            held_to = time.time()
             os.close(lock)  # closing releases the flock
             os.close(gate)
+            if held_from is not None and os.environ.get(ENV_TRACE):
+                _trace(os.environ[ENV_TRACE], {"pid": os.getpid(), "key": self.key, "mode": mode,
+                                               "start": held_from, "end": held_to})
+
+
+def _trace(path: str, record: dict) -> None:
+    """One line appended in one write (O_APPEND: lines of concurrent holders never interleave)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_trace(path: str | Path) -> list[dict]:
+    """The holds a trace file recorded, in the order they ended."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
 
 
 def hardware_key(device) -> str:

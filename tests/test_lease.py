@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lonas_ray.lease import CPU, HardwareLease, hardware_key
+from lonas_ray.lease import CPU, ENV_TRACE, HardwareLease, hardware_key, read_trace
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -98,6 +98,24 @@ def test_the_hold_reports_how_long_it_waited(tmp_path):
     threading.Timer(0.6, lambda: holder.__exit__(None, None, None)).start()
     with HardwareLease(CPU, tmp_path).exclusive() as hold:
         assert hold.waited_s >= 0.5
+
+
+def test_a_trace_records_every_hold_with_its_span_and_a_timing_overlaps_no_other_hold(tmp_path, monkeypatch):
+    trace = tmp_path / "holds.jsonl"
+    monkeypatch.setenv(ENV_TRACE, str(trace))
+    lease = HardwareLease(CPU, tmp_path)
+    with lease.shared():
+        _, timed = _in_thread(lambda: _enter_exit(HardwareLease(CPU, tmp_path).exclusive()))
+        time.sleep(0.3)  # the timing waits for this scoring
+    assert timed.wait(5)
+    with lease.shared(), HardwareLease(CPU, tmp_path).shared():
+        pass
+    holds = read_trace(trace)
+    assert [h["mode"] for h in holds] == ["shared", "exclusive", "shared", "shared"]
+    assert all(h["pid"] == os.getpid() and h["key"] == CPU and h["start"] <= h["end"] for h in holds)
+    scoring, timing = holds[0], holds[1]
+    assert scoring["end"] - scoring["start"] >= 0.3 and timing["start"] >= scoring["end"]
+    assert holds[3]["start"] <= holds[2]["end"], "two shared holds at once were traced as one after the other"
 
 
 def test_a_killed_holder_leaves_no_lease(tmp_path):
