@@ -110,8 +110,10 @@ def _trace(path: str, record: dict) -> None:
 
 
 def read_trace(path: str | Path) -> list[dict]:
-    """The holds a trace file recorded, in the order they ended."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    """The holds a trace file recorded, in the order they began (each is written once released, so a short hold
+    that began later may be written before a long one)."""
+    holds = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    return sorted(holds, key=lambda h: h["start"])
 
 
 def hardware_key(device) -> str:

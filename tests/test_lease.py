@@ -116,6 +116,7 @@ def test_a_trace_records_every_hold_with_its_span_and_a_timing_overlaps_no_other
     scoring, timing = holds[0], holds[1]
     assert scoring["end"] - scoring["start"] >= 0.3 and timing["start"] >= scoring["end"]
     assert holds[3]["start"] <= holds[2]["end"], "two shared holds at once were traced as one after the other"
+    assert holds[2]["end"] >= holds[3]["end"], "the outer shared hold ended before the inner one"
 
 
 def test_a_killed_holder_leaves_no_lease(tmp_path):
