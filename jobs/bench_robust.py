@@ -9,8 +9,10 @@ Each (task, seed) is one cell: one ``bench_quality.py --tasks T --seed S`` run i
 (the arguments after ``--`` go to every cell). A cell whose file says ``complete`` is never run again, so a sweep
 longer than one GPU call is the same command repeated: ``--time-limit`` stops before a cell that would not end in
 time (the longest finished cell is the estimate) and cuts one that runs over; the cut cell runs again next time.
-``DIR/sweep.json`` records the tasks, seeds and cell arguments; a resume that changes them is refused (the cells
-would not compare).
+``DIR/sweep.json`` records the tasks, seeds and cell arguments. A resume with other cell arguments is refused (its
+cells would not compare); one with the same arguments may name more tasks or seeds, which join the sweep (a sweep
+grows from two seeds to three, or from the first tasks to the rest, without running a finished cell again), and the
+summary pools every recorded cell.
 
 ``DIR/summary.json`` (rewritten after every cell) pools the finished cells with
 ``lonas_ray.stats.pooled_paired_difference``: per pick (``pick_0.90``, ...), lonas-ray's model (``recover:`` when
@@ -57,18 +59,21 @@ def read_cell(path: Path) -> dict | None:
     return data["tasks"][0] if data else None
 
 
-def check_sweep(directory: Path, sweep: dict) -> None:
-    """Record the sweep's settings, or refuse a resume whose settings differ (its cells would not pair up)."""
+def check_sweep(directory: Path, tasks: list[str], seeds: list[int], cell_args: list[str]) -> dict:
+    """The sweep these arguments make: the recorded one with any new tasks and seeds added (recorded), or a new
+    one. A resume with other cell arguments is refused (its cells would not pair up with the finished ones)."""
     record = directory / "sweep.json"
-    if record.is_file():
-        earlier = json.loads(record.read_text())
-        if earlier != sweep:
-            changed = sorted(k for k in sweep if earlier.get(k) != sweep[k])
-            raise SystemExit(f"error: {directory} holds a sweep with other {', '.join(changed)} ({record}); give "
-                             "the same arguments to resume it, or another --dir for a new sweep")
-        return
-    directory.mkdir(parents=True, exist_ok=True)
-    write_json(record, sweep)
+    earlier = json.loads(record.read_text()) if record.is_file() else None
+    if earlier is not None and earlier["cell_args"] != cell_args:
+        raise SystemExit(f"error: {directory} holds a sweep with other cell arguments ({' '.join(earlier['cell_args'])}"
+                         f"; {record}); give the same arguments after -- to resume or extend it, or another --dir "
+                         "for a new sweep")
+    sweep = {"tasks": list(dict.fromkeys([*(earlier or {}).get("tasks", []), *tasks])),
+             "seeds": list(dict.fromkeys([*(earlier or {}).get("seeds", []), *seeds])), "cell_args": cell_args}
+    if sweep != earlier:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json(record, sweep)
+    return sweep
 
 
 def run_cells(directory: Path, tasks: list[str], seeds: list[int], cell_args: list[str], limit_s: float | None) -> int:
@@ -176,8 +181,8 @@ def main() -> int:
     own = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dir", required=True, type=Path, help="the sweep's folder: sweep.json, cells/, summary.json")
-    p.add_argument("--tasks", help="comma list of shipped tasks (default: the sweep's recorded ones)")
-    p.add_argument("--seeds", help="comma list of seeds (default: the sweep's recorded ones)")
+    p.add_argument("--tasks", help="comma list of shipped tasks (default: the sweep's recorded ones; more join it)")
+    p.add_argument("--seeds", help="comma list of seeds (default: the sweep's recorded ones; more join it)")
     p.add_argument("--time-limit", type=float, help="seconds: start no cell that would not end in time")
     p.add_argument("--summarize-only", action="store_true", help="pool the finished cells, run none")
     args = p.parse_args(own)
@@ -187,11 +192,12 @@ def main() -> int:
                 "seeds before --")
     record = args.dir / "sweep.json"
     earlier = json.loads(record.read_text()) if record.is_file() else None
-    if args.summarize_only or (earlier and not (args.tasks or args.seeds or cell_args)):
-        if earlier is None:
-            p.error(f"{args.dir} holds no sweep (no sweep.json): start one with --tasks, --seeds and -- ARGS")
-        args.tasks, args.seeds, cell_args = ",".join(earlier["tasks"]), ",".join(map(str, earlier["seeds"])), \
-            earlier["cell_args"]
+    if earlier is not None:  # what is not given is the recorded sweep's
+        args.tasks = args.tasks or ",".join(earlier["tasks"])
+        args.seeds = args.seeds or ",".join(map(str, earlier["seeds"]))
+        cell_args = cell_args or earlier["cell_args"]
+    elif args.summarize_only:
+        p.error(f"{args.dir} holds no sweep (no sweep.json): start one with --tasks, --seeds and -- ARGS")
     if not (args.tasks and args.seeds):
         p.error("give --tasks and --seeds (comma lists) for a new sweep")
     try:
@@ -199,7 +205,8 @@ def main() -> int:
     except ValueError:
         p.error(f"--seeds takes whole numbers separated by commas, got {args.seeds!r}")
     if not args.summarize_only:
-        check_sweep(args.dir, {"tasks": tasks, "seeds": seeds, "cell_args": cell_args})
+        sweep = check_sweep(args.dir, tasks, seeds, cell_args)
+        tasks, seeds = sweep["tasks"], sweep["seeds"]
         run_cells(args.dir, tasks, seeds, cell_args, args.time_limit)
     print(table(summarize(args.dir, tasks, seeds)))
     return 0

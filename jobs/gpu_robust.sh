@@ -6,7 +6,8 @@
 # (jobs/gpu_stage.sh: .whl/, then each SmolLM2 part, with STAGE_ONLY=1). A new sweep:
 #   SWEEP=jobs/results/robust_gpu_h100 TASKS=a,b,c,d,e SEEDS=0,1,2 ARGS="--parts ... --teacher peft_lora" \
 #     bash jobs/gpu_robust.sh
-# and later `SWEEP=jobs/results/robust_gpu_h100 bash jobs/gpu_robust.sh` (its sweep.json holds the rest).
+# and later `SWEEP=jobs/results/robust_gpu_h100 bash jobs/gpu_robust.sh` (its sweep.json holds the rest); TASKS or
+# SEEDS alone, without ARGS, add tasks or seeds to a recorded sweep (its cell arguments stay).
 set -uo pipefail
 . jobs/gpu_stage.sh
 [ -n "${STAGE_ONLY:-}" ] && exit 0   # a call that only brings a part
@@ -15,7 +16,9 @@ work=/tmp/lonas-sweep
 rm -rf "$work" && mkdir -p "$work"
 [ -d "$sweep" ] && cp -r "$sweep/." "$work/"
 new=()
-[ -n "${TASKS:-}" ] && new=(--tasks "$TASKS" --seeds "${SEEDS:-0,1,2}" -- --device cuda ${ARGS:-})
+[ -n "${TASKS:-}" ] && new+=(--tasks "$TASKS")
+[ -n "${SEEDS:-}" ] && new+=(--seeds "$SEEDS")
+[ -n "${ARGS:-}" ] && new+=(-- --device cuda $ARGS)
 python3 jobs/bench_robust.py --dir "$work" --time-limit "${LIMIT:-480}" "${new[@]}" 2>&1 \
   | grep -v "it/s]\|s/it]\|examples/s]" > "$OUT/robust.log"
 rc=${PIPESTATUS[0]}

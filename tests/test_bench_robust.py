@@ -69,17 +69,31 @@ def test_running_the_sweep_again_runs_no_finished_cell(done):
     assert {s: cell(done, s) for s in (0, 1)} == before
 
 
-def test_a_resume_with_other_settings_is_refused_and_changes_nothing(done):
+def test_a_resume_with_other_cell_arguments_is_refused_and_changes_nothing(done):
     record = (done / "sweep.json").read_text()
-    proc = sweep(done, "--tasks", "intent_recognition", "--seeds", "0,1,2", "--", *CELL_ARGS, timeout=120)
+    other = [a if a != "0.5" else "0.25" for a in CELL_ARGS]  # another --budget-share
+    proc = sweep(done, "--tasks", "intent_recognition", "--seeds", "0,1,2", "--", *other, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "holds a sweep with other seeds" in proc.stderr and "another --dir" in proc.stderr
+    assert "holds a sweep with other cell arguments" in proc.stderr and "another --dir" in proc.stderr
     assert (done / "sweep.json").read_text() == record
     assert not (done / "cells" / "intent_recognition.seed2.json").exists()
     clash = sweep(done.parent / "other", "--tasks", "intent_recognition", "--seeds", "0", "--", "--seed", "3",
                   timeout=120)
     assert clash.returncode == 2 and "this job sets --tasks, --seed and --out per cell" in clash.stderr
     assert not (done.parent / "other").exists()
+
+
+def test_a_new_seed_joins_the_sweep_running_only_its_cell_and_the_summary_pools_all_three(done, tmp_path):
+    grown = tmp_path / "sweep"
+    shutil.copytree(done, grown)
+    before = {s: cell(grown, s) for s in (0, 1)}
+    proc = sweep(grown, "--seeds", "2", timeout=300)  # the recorded tasks and cell arguments, one more seed
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((grown / "sweep.json").read_text())["seeds"] == [0, 1, 2]
+    assert {s: cell(grown, s) for s in (0, 1)} == before and cell(grown, 2)["settings"]["seed"] == 2
+    summary = json.loads((grown / "summary.json").read_text())
+    assert summary["cells_done"] == [f"intent_recognition.seed{s}" for s in (0, 1, 2)]
+    assert summary["comparisons"]["maximal - plain LoRA"]["cells"] == 3
 
 
 def test_a_time_limit_starts_no_cell_that_the_longest_finished_one_says_would_not_end_in_time(done, tmp_path):
