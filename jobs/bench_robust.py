@@ -59,11 +59,12 @@ def read_cell(path: Path) -> dict | None:
     return data["tasks"][0] if data else None
 
 
-def check_sweep(directory: Path, tasks: list[str], seeds: list[int], cell_args: list[str]) -> dict:
-    """The sweep these arguments make: the recorded one with any new tasks and seeds added (recorded), or a new
-    one. A resume with other cell arguments is refused (its cells would not pair up with the finished ones)."""
+def check_sweep(directory: Path, earlier: dict | None, tasks: list[str], seeds: list[int],
+                cell_args: list[str]) -> dict:
+    """The sweep these arguments make: the recorded one (``earlier``, read from sweep.json) with any new tasks and
+    seeds added (recorded), or a new one. A resume with other cell arguments is refused (its cells would not pair up
+    with the finished ones)."""
     record = directory / "sweep.json"
-    earlier = json.loads(record.read_text()) if record.is_file() else None
     if earlier is not None and earlier["cell_args"] != cell_args:
         raise SystemExit(f"error: {directory} holds a sweep with other cell arguments ({' '.join(earlier['cell_args'])}"
                          f"; {record}); give the same arguments after -- to resume or extend it, or another --dir "
@@ -205,7 +206,7 @@ def main() -> int:
     except ValueError:
         p.error(f"--seeds takes whole numbers separated by commas, got {args.seeds!r}")
     if not args.summarize_only:
-        sweep = check_sweep(args.dir, tasks, seeds, cell_args)
+        sweep = check_sweep(args.dir, earlier, tasks, seeds, cell_args)
         tasks, seeds = sweep["tasks"], sweep["seeds"]
         run_cells(args.dir, tasks, seeds, cell_args, args.time_limit)
     print(table(summarize(args.dir, tasks, seeds)))
