@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lonas_ray.compress.quant import quantize, scale_of
+from lonas_ray.quant import quantize, scale_of
 
 
 class Int4PackLinear(nn.Module):

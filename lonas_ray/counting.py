@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from lonas_ray.compress.quant import scale_of, sliced_scale
 from lonas_ray.elastic.linear import ElasticLinear
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.families import decoder_layers, family_of
+from lonas_ray.quant import scale_of, sliced_scale
 from lonas_ray.space import SubnetConfig
 
 

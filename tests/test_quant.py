@@ -10,9 +10,9 @@ from transformers import AutoModelForCausalLM
 from helpers import input_ids, logits_of, randomize_adapters, rel_err, run_python
 from lonas_ray.build import build_supernet
 from lonas_ray.compress.apply import block_linears
-from lonas_ray.compress.quant import dequantize, fake_quant, quantize, rtn_scales, scale_of
 from lonas_ray.config_io import ConfigError
 from lonas_ray.merge.save import MANIFEST, save_subnetwork
+from lonas_ray.quant import dequantize, fake_quant, quantize, rtn_scales, scale_of
 
 SQFT = {"sparsity": {"method": "wanda", "level": 0.5},
         "quantization": {"enabled": True, "bits": 4, "group_size": 16, "qa": True}}

@@ -16,13 +16,13 @@ import logging
 import torch
 from torch import nn
 
-from lonas_ray.compress.quant import attach_scale, dequantize, quantize, rtn_scales
 from lonas_ray.compress.sparsity import InputNorms, input_norms, prune_
 from lonas_ray.compress.spec import QuantizationSpec, SparsitySpec
 from lonas_ray.config_io import ConfigError
 from lonas_ray.elastic.linear import ElasticLinear, base_linear
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.families import FAMILIES
+from lonas_ray.quant import attach_scale, dequantize, quantize, rtn_scales
 from lonas_ray.space import SearchSpace
 
 log = logging.getLogger(__name__)

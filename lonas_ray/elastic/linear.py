@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lonas_ray.compress.quant import fake_quant, sliced_scale
+from lonas_ray.quant import fake_quant, sliced_scale
 
 
 class ActiveSlice:

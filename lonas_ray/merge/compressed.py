@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lonas_ray.compress.quant import scale_of
+from lonas_ray.quant import scale_of
 
 FORMAT = "pack-quantized"
 

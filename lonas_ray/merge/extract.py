@@ -18,12 +18,12 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from lonas_ray.compress.quant import attach_scale, sliced_scale
 from lonas_ray.elastic.linear import ElasticLinear, base_linear
 from lonas_ray.elastic.supernet import SuperNetwork
 from lonas_ray.families import decoder_layers
 from lonas_ray.merge.hf_classes import PER_LAYER_CLASSES
 from lonas_ray.plan import LinearSlice, SubnetPlan
+from lonas_ray.quant import attach_scale, sliced_scale
 from lonas_ray.space import SubnetConfig
 
 log = logging.getLogger(__name__)

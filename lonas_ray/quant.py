@@ -1,4 +1,5 @@
-"""Symmetric group-wise integer weight quantization: scales, rounding, and the fake-quant of training.
+"""Symmetric group-wise integer weight quantization: scales, rounding, and the fake-quant of training (pure maths,
+below `elastic` and `compress`, which both use it).
 
 A weight ``W`` of shape (out, in) is cut into groups of ``group_size``
 consecutive inputs per row; each group has one scale ``s`` and stores integers
