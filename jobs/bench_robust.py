@@ -19,6 +19,13 @@ summary pools every recorded cell.
 the sweep recovers, else ``supernet:``) minus each baseline of the same shape (``prune_lora@share:``,
 ``minitron@share:``), per task and pooled over tasks and seeds; the maximal minus plain LoRA; plain LoRA minus
 zero-shot (a task's *signal*). A ``win`` is a difference whose 95 % interval lies above 0.
+
+    python jobs/bench_robust.py --dir jobs/results/robust_levers --against jobs/results/robust_base
+
+A lever is kept or dropped by its own paired difference, not by comparing two verdicts: ``--against REF`` pairs
+this sweep's rows with another sweep's of the same model, task and seed (same seed, same report examples: the
+outcomes must line up one for one), pools ``this - REF`` per model as above and writes ``DIR/against_<REF>.json``
+with the settings the two sweeps' cells differ in. It runs no cell.
 """
 
 from __future__ import annotations
@@ -138,9 +145,14 @@ def comparisons(cells: dict[tuple[str, int], dict]) -> dict[str, list[tuple[str,
     return pairs
 
 
+def finished_runs(directory: Path, tasks: list[str], seeds: list[int]) -> dict[tuple[str, int], dict]:
+    """Every finished cell's whole JSON, by (task, seed)."""
+    return {(t, s): r for t in tasks for s in seeds if (r := read_run(cell_path(directory, t, s))) is not None}
+
+
 def summarize(directory: Path, tasks: list[str], seeds: list[int]) -> dict:
     """Pool every finished cell into ``DIR/summary.json`` (see the module doc) and return it."""
-    runs = {(t, s): r for t in tasks for s in seeds if (r := read_run(cell_path(directory, t, s))) is not None}
+    runs = finished_runs(directory, tasks, seeds)
     cells = {key: run["tasks"][0] for key, run in runs.items()}  # each file read once, for rows and header
     pooled = {name: pooled_paired_difference([(task, outcomes(m), outcomes(r)) for task, m, r in pairs])
               for name, pairs in comparisons(cells).items()}
@@ -166,8 +178,63 @@ def summarize(directory: Path, tasks: list[str], seeds: list[int]) -> dict:
     return summary
 
 
+def recorded_runs(directory: Path) -> dict[tuple[str, int], dict]:
+    """The finished cells of the sweep ``directory`` records (its sweep.json's tasks and seeds)."""
+    record = directory / "sweep.json"
+    if not record.is_file():
+        raise SystemExit(f"error: {directory} holds no sweep (no sweep.json): give the folder of a bench_robust sweep")
+    sweep = json.loads(record.read_text())
+    return finished_runs(directory, sweep["tasks"], sweep["seeds"])
+
+
+def changed_settings(pairs: list[tuple[dict, dict]]) -> dict[str, dict]:
+    """The cell settings in which paired runs differ: ``{key: {"sweep": value, "reference": value}}``."""
+    changed: dict[str, dict] = {}
+    for mine, theirs in pairs:
+        a, b = mine.get("settings", {}), theirs.get("settings", {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                changed.setdefault(key, {"sweep": a.get(key), "reference": b.get(key)})
+    return changed
+
+
+def against(directory: Path, reference: Path) -> dict:
+    """This sweep minus ``reference``, model by model, paired by task, seed and report example (the module doc);
+    written to ``DIR/against_<reference name>.json`` and returned."""
+    mine, theirs = recorded_runs(directory), recorded_runs(reference)
+    keys = sorted(set(mine) & set(theirs))
+    if not keys:
+        raise SystemExit(f"error: {directory} and {reference} have no finished cell of the same task and seed: "
+                         "run the same tasks and seeds in both")
+    cells: dict[str, list] = {}
+    for task, seed in keys:
+        ours = {r["model"]: r for r in mine[(task, seed)]["tasks"][0]["rows"] if "outcomes" in r}
+        refs = {r["model"]: r for r in theirs[(task, seed)]["tasks"][0]["rows"] if "outcomes" in r}
+        for model in sorted(set(ours) & set(refs)):
+            if len(ours[model]["outcomes"]) != len(refs[model]["outcomes"]):
+                raise SystemExit(f"error: {model} of {task} seed {seed} was scored on {len(ours[model]['outcomes'])} "
+                                 f"report examples in {directory} and {len(refs[model]['outcomes'])} in {reference}: "
+                                 "the sweeps' cells are not paired (run both with the same data settings)")
+            cells.setdefault(model, []).append((task, outcomes(ours[model]), outcomes(refs[model])))
+    first = mine[keys[0]]
+    result = {"what": "jobs/bench_robust.py --against: one sweep's rows minus another's, paired by task, seed and "
+                      "report example", "sweep": directory.name, "reference": reference.name,
+              "command": f"python jobs/bench_robust.py --dir {directory} --against {reference}",
+              "date": max(mine[k]["date"] for k in keys), "device": first.get("device"),
+              "machine": first.get("machine"), "model": first.get("model"),
+              "settings": {"changed": changed_settings([(mine[k], theirs[k]) for k in keys])},
+              "cells": [f"{t}.seed{s}" for t, s in keys],
+              "comparisons": {model: pooled_paired_difference(c) for model, c in cells.items()}}
+    write_json(directory / f"against_{reference.name}.json", result)
+    return result
+
+
 def table(summary: dict) -> str:
-    lines = [f"cells done {len(summary['cells_done'])}, left {len(summary['cells_left'])}",
+    """A sweep's summary, or an ``--against`` result, as the terminal shows it."""
+    done = (f"cells done {len(summary['cells_done'])}, left {len(summary['cells_left'])}" if "cells_done" in summary
+            else f"{summary['sweep']} minus {summary['reference']} over {len(summary['cells'])} cell(s); settings "
+                 f"changed: {json.dumps(summary['settings']['changed'])}")
+    lines = [done,
              f"{'comparison':44} {'difference':>10}  {'95 % interval':>17}  verdict  tasks cells"]
     for name, c in summary["comparisons"].items():
         lo, hi = c["difference_ci95"]
@@ -186,7 +253,14 @@ def main() -> int:
     p.add_argument("--seeds", help="comma list of seeds (default: the sweep's recorded ones; more join it)")
     p.add_argument("--time-limit", type=float, help="seconds: start no cell that would not end in time")
     p.add_argument("--summarize-only", action="store_true", help="pool the finished cells, run none")
+    p.add_argument("--against", type=Path, help="another sweep's folder: pool this sweep's rows minus its rows of "
+                   "the same model, task and seed into DIR/against_<name>.json (runs no cell)")
     args = p.parse_args(own)
+    if args.against is not None:
+        if args.tasks or args.seeds or cell_args or args.summarize_only or args.time_limit is not None:
+            p.error("--against compares the finished cells of two sweeps and runs none: give only --dir and --against")
+        print(table(against(args.dir, args.against)))
+        return 0
     clash = [a for a in cell_args if a.split("=")[0] in OWN]
     if clash:
         p.error(f"{', '.join(clash)} after -- : this job sets --tasks, --seed and --out per cell; give tasks and "

@@ -768,6 +768,23 @@ def robust(runs: list[Run]) -> str:
     return section(runs, table(header, rows) + "\n\n" + by_row, [". ".join(left) + "." if left else ""])
 
 
+def recipes(runs: list[Run]) -> str:
+    """jobs/bench_robust.py --against results: one sweep's rows minus another's (a lever's own effect), model by
+    model, with the settings the two sweeps differ in."""
+    rows = []
+    for run in runs:
+        d = run.data
+        label = " - ".join(short([Run(d["sweep"], {}), Run(d["reference"], {})]).values())
+        changed = "; ".join(f"{k} {json.dumps(v['reference'])} -> {json.dumps(v['sweep'])}"
+                            for k, v in d["settings"]["changed"].items())
+        for model, c in d["comparisons"].items():
+            rows.append([label, model, f"{c['difference']:+.3f}", interval_of(c["difference_ci95"]), c["verdict"],
+                         str(c["tasks"]), str(c["cells"]), str(c["examples"]), changed])
+    header = ["sweeps", "model", "difference", "95 % interval", "verdict", "tasks", "cells", "examples",
+              "settings changed"]
+    return section(runs, table(header, rows))
+
+
 def interval_of(ci: list[float]) -> str:
     return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
@@ -775,7 +792,7 @@ def interval_of(ci: list[float]) -> str:
 RENDERERS: dict[str, Callable[[list[Run]], str]] = {
     f.__name__: f for f in (quality_rows, quality_variants, sliced_recovered, per_target, sparse, dims, scale_decode,
                             scale_formats, train_variants, train_scaling, search_runtimes, search_scaling,
-                            search_strategies, load, pools, serving, lease, robust)}
+                            search_strategies, load, pools, serving, lease, robust, recipes)}
 
 
 def load_run(results: Path, stem: str, placeholder: str) -> Run:

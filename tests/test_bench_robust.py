@@ -123,3 +123,52 @@ def test_a_sweep_folder_renders_as_a_table_of_its_pooled_comparisons_with_its_ma
     for name, c in summary["comparisons"].items():
         lo, hi = c["difference_ci95"]
         assert f"| sweep | {name} | {c['difference']:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {c['verdict']} | 1 | 2 |" in text
+
+
+def test_a_sweep_against_another_pairs_each_models_outcomes_by_task_seed_and_example(done, tmp_path):
+    """A lever's own effect: this sweep's rows minus the other's of the same model, task and seed, pooled; the
+    settings the cells differ in are named; a cell scored on other examples is refused, writing nothing."""
+    lever = tmp_path / "lever"
+    shutil.copytree(done, lever)
+    flips = {}
+    for seed in (0, 1):  # the "lever" gets some of the maximal's misses right, and records a changed setting
+        path = lever / "cells" / f"intent_recognition.seed{seed}.json"
+        data = json.loads(path.read_text())
+        data["settings"]["maximal_weight"] = 2.0
+        row = next(r for r in data["tasks"][0]["rows"] if r["model"] == "supernet:maximal")
+        misses = [i for i, c in enumerate(row["outcomes"]) if c == "0"][: 3 - seed]
+        row["outcomes"] = "".join("1" if i in misses else c for i, c in enumerate(row["outcomes"]))
+        flips[seed] = len(misses) / len(row["outcomes"])
+        path.write_text(json.dumps(data))
+    proc = sweep(lever, "--against", str(done), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((lever / f"against_{done.name}.json").read_text())
+    assert result["cells"] == ["intent_recognition.seed0", "intent_recognition.seed1"]
+    assert result["settings"]["changed"] == {"maximal_weight": {"sweep": 2.0, "reference": 1.0}}
+    maximal = result["comparisons"]["supernet:maximal"]
+    assert maximal["difference"] == pytest.approx((flips[0] + flips[1]) / 2) and maximal["difference"] > 0
+    assert maximal["cells"] == 2 and maximal["difference_ci95"][0] >= 0
+    for model in ("peft_lora", "zero_shot", "supernet:pick_1.30"):  # untouched: the same outcomes, exactly 0
+        assert result["comparisons"][model]["difference"] == 0
+        assert result["comparisons"][model]["difference_ci95"] == [0, 0]
+    assert "maximal_weight" in proc.stdout and "supernet:maximal" in proc.stdout
+
+    sys.path.insert(0, str(ROOT / "jobs"))
+    from render_benchmarks import load_run, recipes
+
+    text = recipes([load_run(lever, f"against_{done.name}", "{{table: recipes(x)}}")])
+    assert f"| lever - {done.name} | supernet:maximal | {maximal['difference']:+.3f} |" in text
+    assert "maximal_weight 1.0 -> 2.0" in text
+
+    path = lever / "cells" / "intent_recognition.seed1.json"  # one cell scored on fewer examples
+    data = json.loads(path.read_text())
+    row = next(r for r in data["tasks"][0]["rows"] if r["model"] == "peft_lora")
+    row["outcomes"] = row["outcomes"][:-1]
+    path.write_text(json.dumps(data))
+    (lever / f"against_{done.name}.json").unlink()
+    proc = sweep(lever, "--against", str(done), timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "peft_lora of intent_recognition seed 1" in proc.stderr and "not paired" in proc.stderr
+    assert not (lever / f"against_{done.name}.json").exists()
+    mixed = sweep(lever, "--against", str(done), "--seeds", "0", timeout=120)
+    assert mixed.returncode == 2 and "give only --dir and --against" in mixed.stderr
