@@ -180,7 +180,8 @@ def load_model(source: ModelSource) -> tuple[PreTrainedModel, Any | None]:
     if source.kind == "tiny":
         with torch.random.fork_rng(devices=[]):  # seed the weights, leave the caller's RNG alone
             torch.manual_seed(source.seed)
-            model = AutoModelForCausalLM.from_config(tiny_config(source.family, **source.overrides))
+            # created in its dtype: a 7B-shaped one (jobs/configs/gpu_7b_shape.yaml) never holds 28 GB of fp32
+            model = AutoModelForCausalLM.from_config(tiny_config(source.family, **source.overrides), dtype=dtype)
         tokenizer = None
     elif source.kind == "local":
         model, tokenizer = _load_local(Path(source.path).expanduser(), dtype)

@@ -315,6 +315,9 @@ CASES = [
     Case(PREFLIGHT, "jobs/configs/gpu.yaml on a machine without a GPU", lambda d: [
         "run", "--config", str(ROOT / "jobs" / "configs" / "gpu.yaml"), "--output", str(d / "out")],
          "pool 'interactive': no live node can run an evaluator"),
+    Case(PREFLIGHT, "jobs/configs/gpu_7b_shape.yaml on a machine without a GPU", lambda d: [
+        "run", "--config", str(ROOT / "jobs" / "configs" / "gpu_7b_shape.yaml"), "--output", str(d / "out")],
+         "pool 'gpu': no live node can run an evaluator"),
     Case(PREFLIGHT, "the search stage's own vLLM pool without vLLM", lambda d: search(d, change=lambda r: r["pools"][
         "local"]["latency"].update(runtimes=["vllm"], vllm_python=str(d / "none"))),
          "pool local: latency runtime vllm needs vLLM's environment"),

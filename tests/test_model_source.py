@@ -44,6 +44,11 @@ def test_tiny_family_specifics():
 def test_dtype_applies():
     model, _ = load_model(ModelSource(kind="tiny", dtype="bfloat16"))
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    # a tiny model is created in its dtype (a 7B-shaped one never holds fp32 weights), and is the same random model
+    # as in float32, rounded: a run's dtype does not change which base it fine-tunes
+    full, _ = load_model(ModelSource(kind="tiny"))
+    for (name, p), (_, q) in zip(model.named_parameters(), full.named_parameters(), strict=True):
+        assert torch.equal(p, q.to(torch.bfloat16)), name
 
 
 @pytest.mark.parametrize(
