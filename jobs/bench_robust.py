@@ -60,6 +60,17 @@ def read_run(path: Path) -> dict | None:
     return data if data.get("complete") and data.get("tasks") else None
 
 
+def read_sweep(directory: Path) -> dict | None:
+    """The sweep ``directory`` records (sweep.json: tasks, seeds, cell arguments), or None when it holds none."""
+    record = directory / "sweep.json"
+    return json.loads(record.read_text()) if record.is_file() else None
+
+
+def scored_rows(entry: dict) -> dict[str, dict]:
+    """A cell's rows that carry per-example outcomes (what pairs), by model."""
+    return {r["model"]: r for r in entry["rows"] if "outcomes" in r}
+
+
 def read_cell(path: Path) -> dict | None:
     """A finished cell's one task entry (its rows), or None."""
     data = read_run(path)
@@ -126,7 +137,7 @@ def comparisons(cells: dict[tuple[str, int], dict]) -> dict[str, list[tuple[str,
     """The rows to pair, in every finished cell that has both: ``{name: [(task, model_row, reference_row)]}``."""
     pairs: dict[str, list] = {}
     for (task, _), cell in sorted(cells.items()):
-        rows = {r["model"]: r for r in cell["rows"] if "outcomes" in r}
+        rows = scored_rows(cell)
 
         def add(name: str, model: str, reference: str) -> None:
             if model in rows and reference in rows:
@@ -166,7 +177,7 @@ def summarize(directory: Path, tasks: list[str], seeds: list[int]) -> dict:
             if row.get("speedup_vs_peft_lora"):
                 entry["speedup_vs_peft_lora"].append(row["speedup_vs_peft_lora"])
     first = next(iter(runs.values()), {})  # the machine and model of the sweep's cells
-    sweep = json.loads((directory / "sweep.json").read_text()) if (directory / "sweep.json").is_file() else {}
+    sweep = read_sweep(directory) or {}
     summary = {"what": "jobs/bench_robust.py: paired differences pooled over tasks and seeds",
                "date": max((r["date"] for r in runs.values()), default=None),
                "device": first.get("device"), "machine": first.get("machine"), "model": first.get("model"),
@@ -180,10 +191,9 @@ def summarize(directory: Path, tasks: list[str], seeds: list[int]) -> dict:
 
 def recorded_runs(directory: Path) -> dict[tuple[str, int], dict]:
     """The finished cells of the sweep ``directory`` records (its sweep.json's tasks and seeds)."""
-    record = directory / "sweep.json"
-    if not record.is_file():
+    sweep = read_sweep(directory)
+    if sweep is None:
         raise SystemExit(f"error: {directory} holds no sweep (no sweep.json): give the folder of a bench_robust sweep")
-    sweep = json.loads(record.read_text())
     return finished_runs(directory, sweep["tasks"], sweep["seeds"])
 
 
@@ -208,8 +218,7 @@ def against(directory: Path, reference: Path) -> dict:
                          "run the same tasks and seeds in both")
     cells: dict[str, list] = {}
     for task, seed in keys:
-        ours = {r["model"]: r for r in mine[(task, seed)]["tasks"][0]["rows"] if "outcomes" in r}
-        refs = {r["model"]: r for r in theirs[(task, seed)]["tasks"][0]["rows"] if "outcomes" in r}
+        ours, refs = scored_rows(mine[(task, seed)]["tasks"][0]), scored_rows(theirs[(task, seed)]["tasks"][0])
         for model in sorted(set(ours) & set(refs)):
             if len(ours[model]["outcomes"]) != len(refs[model]["outcomes"]):
                 raise SystemExit(f"error: {model} of {task} seed {seed} was scored on {len(ours[model]['outcomes'])} "
@@ -265,8 +274,7 @@ def main() -> int:
     if clash:
         p.error(f"{', '.join(clash)} after -- : this job sets --tasks, --seed and --out per cell; give tasks and "
                 "seeds before --")
-    record = args.dir / "sweep.json"
-    earlier = json.loads(record.read_text()) if record.is_file() else None
+    earlier = read_sweep(args.dir)
     if earlier is not None:  # what is not given is the recorded sweep's
         args.tasks = args.tasks or ",".join(earlier["tasks"])
         args.seeds = args.seeds or ",".join(map(str, earlier["seeds"]))
