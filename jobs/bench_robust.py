@@ -39,6 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from robust_targets import judge, line  # noqa: E402
+
 from lonas_ray.atomic import write_json  # noqa: E402
 from lonas_ray.stats import pooled_paired_difference  # noqa: E402
 
@@ -185,6 +187,7 @@ def summarize(directory: Path, tasks: list[str], seeds: list[int]) -> dict:
                "tasks": tasks, "seeds": seeds, "cells_done": [f"{t}.seed{s}" for t, s in sorted(cells)],
                "cells_left": [f"{t}.seed{s}" for t in tasks for s in seeds if (t, s) not in cells],
                "comparisons": pooled, "quality_by_seed": quality}
+    summary["targets"] = judge(summary)
     write_json(directory / "summary.json", summary)
     return summary
 
@@ -249,6 +252,8 @@ def table(summary: dict) -> str:
         lo, hi = c["difference_ci95"]
         lines.append(f"{name:44} {c['difference']:+10.3f}  [{lo:+.3f}, {hi:+.3f}]  {c['verdict']:7}  "
                      f"{c['tasks']:5} {c['cells']:5}")
+    if "targets" in summary:
+        lines.append("issue 41's targets: " + line(summary["targets"]))
     return "\n".join(lines)
 
 

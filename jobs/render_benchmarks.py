@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from robust_targets import line as targets_line
+
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "docs" / "benchmarks.template.md"
 OUTPUT = ROOT / "docs" / "benchmarks.md"
@@ -765,7 +767,11 @@ def robust(runs: list[Run]) -> str:
              for run in runs for task, models in run.data["quality_by_seed"].items() for model, v in models.items()]
     by_row = table(["sweep", "task", "model", "accuracy, mean over seeds", "task loss, mean", "seeds"], means)
     left = [f"{names[r.stem]}: {len(r.data['cells_left'])} cell(s) not run yet" for r in runs if r.data["cells_left"]]
-    return section(runs, table(header, rows) + "\n\n" + by_row, [". ".join(left) + "." if left else ""])
+    judged = [[names[r.stem], "met" if r.data["targets"]["met"] else "not met", targets_line(r.data["targets"])]
+              for r in runs if "targets" in r.data]
+    header_t = ["sweep", "issue 41's targets", "each (`jobs/robust_targets.py`)"]
+    targets = "\n\n" + table(header_t, judged) if judged else ""
+    return section(runs, table(header, rows) + "\n\n" + by_row + targets, [". ".join(left) + "." if left else ""])
 
 
 def recipes(runs: list[Run]) -> str:
