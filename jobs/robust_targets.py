@@ -5,7 +5,9 @@ The targets, as the issue states them and as judged here:
 - maximal: the super-adapter's maximal within plain LoRA's interval on every task, judged by its paired difference
   (``maximal - plain LoRA``): no task whose interval lies below 0;
 - wins: lonas-ray's model (recovered when the sweep recovers) minus each baseline of the same shape (prune-then-LoRA,
-  the Minitron-style row) wins beyond the pooled interval at every target and loses on no task;
+  the Minitron-style row) wins beyond the pooled interval at every target and loses on no task; each baseline row
+  the sweep has counts, each share of lonas-ray's cost as its own (the issue's recipe has one, a third: equal total
+  cost over three targets);
 - keeps: on at least 4 of 5 tasks (4/5 of the tasks) some pick keeps >= 97 % of plain LoRA's accuracy (mean over
   seeds) at >= 1.3x plain LoRA's measured speed (mean over seeds); a task where no pick does names the pick that
   keeps the most.
