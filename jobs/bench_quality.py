@@ -178,8 +178,9 @@ def train_supernet(supernet, dataset, pad_id: int, args, device: torch.device, t
     supernet.train()
     passes = 0
     accept = in_params_band(supernet, args.random_band) if args.random_band else None
+    warm = round(args.warm_start_share * args.steps)
     for step in range(args.steps):
-        subnets = subnets_for_step(supernet.space, "sandwich", args.seed, step, accept=accept)
+        subnets = subnets_for_step(supernet.space, "sandwich", args.seed, step, accept=accept, warm_start_steps=warm)
         batch = step_batch(dataset, step, args, pad_id, device)
         stats = train_step(subnets, [batch], activate=supernet.activate, forward=lambda b: supernet(**b),
                            backward=lambda loss: (loss / len(subnets)).backward(),
@@ -508,6 +509,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-band", type=floats, default=None,
                    help="lo,hi: the sandwich's random sub-network drawn only among those with lo..hi x the maximal's "
                         "params (training weighted toward the target shapes); default uniform")
+    p.add_argument("--warm-start-share", type=float, default=0.0,
+                   help="the first share of the super-adapter's steps trains the maximal alone (OFA's warm start), "
+                        "then the sandwich; the same optimizer steps, fewer passes")
     p.add_argument("--maximal-weight", type=float, default=1.0,
                    help="the sandwich maximal's loss weight against the others' 1 (train.sampling.maximal_weight)")
     p.add_argument("--targets", type=floats, default=[0.9, 0.75, 0.6],
@@ -545,6 +549,8 @@ def start(args, what: str) -> tuple[ModelSource, dict, torch.device, dict]:
     if band is not None and not (len(band) == 2 and 0 <= band[0] < band[1] <= 1):
         raise SystemExit(f"error: --random-band takes lo,hi with 0 <= lo < hi <= 1 (fractions of the maximal's "
                          f"params), got {','.join(map(str, band))}")
+    if not 0 <= args.warm_start_share < 1:
+        raise SystemExit(f"error: --warm-start-share takes a share of the steps in [0, 1), got {args.warm_start_share}")
     device = torch.device(args.device)
     header = {
         "what": what,

@@ -204,3 +204,42 @@ def test_a_params_band_upside_down_stops_before_anything_runs(tmp_path):
                           timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "--random-band takes lo,hi with 0 <= lo < hi <= 1" in proc.stderr and not out.exists()
+
+
+def test_a_warm_start_trains_the_maximal_alone_first_then_the_same_sandwich_at_the_same_steps():
+    """--warm-start-share (OFA's warm start): the first steps train the maximal with one pass each, the rest are the
+    very sandwich steps a run without it takes; the optimizer steps stay the same."""
+    import argparse
+
+    import datasets
+    import torch
+
+    sys.path.insert(0, str(ROOT / "jobs"))
+    from bench_quality import train_supernet
+
+    from helpers import tiny_model
+    from lonas_ray.elastic.supernet import SuperNetwork
+    from lonas_ray.space import SpaceSpec
+    from lonas_ray.train.schedule import subnets_for_step
+
+    spec = SpaceSpec.from_dict({"lora": {"r_max": 4, "rank_choices": [4, 2]}, "mlp": {"choices": [1.0, 0.5]}})
+    space = SuperNetwork(tiny_model(), spec).space
+    warm = [subnets_for_step(space, "sandwich", 0, step, warm_start_steps=3) for step in range(8)]
+    assert warm[:3] == [[space.maximal()]] * 3
+    assert warm[3:] == [subnets_for_step(space, "sandwich", 0, step) for step in range(3, 8)]
+
+    rows = {"input_ids": [[1, 5, 9, 13, 2]] * 8, "labels": [[-100, -100, 9, 13, 2]] * 8}
+    for share, passes in ((0.0, 3 * 4), (0.5, 2 + 3 * 2)):  # 4 steps: 2 of the maximal alone, then 2 sandwiches
+        args = argparse.Namespace(lr=1e-3, steps=4, batch=2, seed=0, random_band=None, warm_start_share=share,
+                                  distill=0.0, distill_temperature=1.0, distill_maximal=True, maximal_weight=1.0)
+        supernet = SuperNetwork(tiny_model(), spec)
+        assert train_supernet(supernet, datasets.Dataset.from_dict(rows), 0, args, torch.device("cpu")) == passes
+
+
+def test_a_warm_start_share_outside_0_to_1_stops_before_anything_runs(tmp_path):
+    out = tmp_path / "q.json"
+    proc = subprocess.run([sys.executable, "jobs/bench_quality.py", "--quick", "--tasks", "intent_recognition",
+                           "--warm-start-share", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--warm-start-share takes a share of the steps in [0, 1), got 1.0" in proc.stderr and not out.exists()

@@ -24,7 +24,8 @@ def _rng(seed: int, step: int, salt: str) -> random.Random:
 
 
 def subnets_for_step(space: SearchSpace, strategy: str, seed: int, step: int, sandwich_random: int = 1,
-                     accept: Callable[[SubnetConfig], bool] | None = None) -> list[SubnetConfig]:
+                     accept: Callable[[SubnetConfig], bool] | None = None,
+                     warm_start_steps: int = 0) -> list[SubnetConfig]:
     """The sub-networks whose gradients make up optimizer step ``step``.
 
     ``random``: one uniformly sampled sub-network. ``sandwich``: the largest, the
@@ -33,7 +34,11 @@ def subnets_for_step(space: SearchSpace, strategy: str, seed: int, step: int, sa
     ``accept``: random slots are drawn only among the sub-networks it accepts (the first accepted of a seeded
     sequence of uniform draws): training weighted toward the shapes that will be deployed (AttentiveNAS,
     Nemotron Elastic) instead of uniformly over the space.
+    ``warm_start_steps``: steps before it train the maximal alone, whatever the strategy (OFA trains its full network
+    before it adds elasticity): the same optimizer steps, with the maximal's whole gradient in the first ones.
     """
+    if step < warm_start_steps:
+        return [space.maximal()]
     if strategy == "random":
         return [_draw(space, _rng(seed, step, "subnet"), accept)]
     if strategy == "sandwich":
