@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 import statistics
 
+from lonas_ray.stats import verdict
+
 MIN_TASKS, MIN_SEEDS = 5, 3
 KEEP, SPEEDUP, TASK_SHARE = 0.97, 1.3, 0.8
 MAXIMAL = "maximal - plain LoRA"
@@ -26,8 +28,8 @@ OURS = ("recover", "supernet")
 
 
 def lost_tasks(comparison: dict) -> list[str]:
-    """The tasks whose own interval of the difference lies below 0."""
-    return sorted(t for t, v in comparison["per_task"].items() if v["difference_ci95"][1] < 0)
+    """The tasks whose own interval of the difference lies below 0 (the pooled comparison's ``loss``, per task)."""
+    return sorted(t for t, v in comparison["per_task"].items() if verdict(*v["difference_ci95"]) == "loss")
 
 
 def scope(summary: dict) -> dict:

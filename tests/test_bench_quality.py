@@ -197,13 +197,15 @@ def test_the_plain_lora_model_teaches_with_one_forward_per_training_step(result)
     assert task["supernet"]["passes"] == 3 * steps
 
 
-def test_a_params_band_upside_down_stops_before_anything_runs(tmp_path):
+@pytest.mark.parametrize("option, value, message", [
+    ("--random-band", "0.9,0.5", "--random-band takes lo,hi with 0 <= lo < hi <= 1"),
+    ("--warm-start-share", "1", "--warm-start-share takes a share of the steps in [0, 1), got 1.0")])
+def test_a_lever_set_out_of_its_range_stops_before_anything_runs(tmp_path, option, value, message):
     out = tmp_path / "q.json"
     proc = subprocess.run([sys.executable, "jobs/bench_quality.py", "--quick", "--tasks", "intent_recognition",
-                           "--random-band", "0.9,0.5", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+                           option, value, "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "--random-band takes lo,hi with 0 <= lo < hi <= 1" in proc.stderr and not out.exists()
+    assert message in proc.stderr and not out.exists()
 
 
 def test_a_warm_start_trains_the_maximal_alone_first_then_the_same_sandwich_at_the_same_steps():
@@ -234,12 +236,3 @@ def test_a_warm_start_trains_the_maximal_alone_first_then_the_same_sandwich_at_t
                                   distill=0.0, distill_temperature=1.0, distill_maximal=True, maximal_weight=1.0)
         supernet = SuperNetwork(tiny_model(), spec)
         assert train_supernet(supernet, datasets.Dataset.from_dict(rows), 0, args, torch.device("cpu")) == passes
-
-
-def test_a_warm_start_share_outside_0_to_1_stops_before_anything_runs(tmp_path):
-    out = tmp_path / "q.json"
-    proc = subprocess.run([sys.executable, "jobs/bench_quality.py", "--quick", "--tasks", "intent_recognition",
-                           "--warm-start-share", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "--warm-start-share takes a share of the steps in [0, 1), got 1.0" in proc.stderr and not out.exists()
