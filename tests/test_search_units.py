@@ -747,6 +747,40 @@ def test_pool_work_whose_every_search_trial_failed_ends_without_publishing_or_ta
     assert len(board.queue) == 1  # maximal's scoring is left to the other pool
 
 
+def test_pool_work_starts_a_failed_trial_again_as_itself_at_most_retries_times():
+    """An evaluator that dies fails its trial, whether it ran or was still pending on a reused evaluator (which Tune
+    itself does not start again): ``PoolWork`` starts the same configuration again as a new trial before anything
+    new, the retry stands for the failed search trial towards the searcher (its result, under the first id) and
+    the budget; a follow-up is started again too; past ``retries`` failures the trial counts as failed."""
+    from lonas_ray.search.board import FollowUps, FrontBoard
+    from lonas_ray.search.modes import MODE
+    from lonas_ray.search.searchers import PoolWork
+
+    space = resolve(MEDIUM)
+    inner, alg = searcher(space)
+    board = FrontBoard(["a"], score=True, maximal=("max", {"d": 9}))
+    published = []
+    work = PoolWork(alg, 2, FollowUps(board, "a", cross=False, measured=set), retries=1,
+                    on_searched=lambda: (published.append(1), board.publish("a", {})))
+    t1, t2 = work.suggest("t1"), work.suggest("t2")
+    work.on_trial_complete("t1", result=None, error=True)  # its evaluator died
+    assert work.suggest("t3") == t1  # the same sub-network again, first
+    assert work.suggest("t4") is None  # not a third search trial: the retry counts as t1 towards the budget
+    work.on_trial_complete("t3", result=fake_result(space, {k: v for k, v in t1.items() if k != MODE}))
+    assert not published  # t2 still runs
+    work.on_trial_complete("t2", result=None, error=True)
+    assert work.suggest("t5") == t2
+    work.on_trial_complete("t5", result=None, error=True)  # a second failure: past retries=1, t2 has failed
+    finished = [t for t in inner.study.trials if t.state.is_finished()]
+    assert len(finished) == 2 and sorted(t.state.name for t in finished) == ["COMPLETE", "FAIL"]
+    assert work.suggest("t6") == {"d": 9, MODE: "final"} and published == [1]  # the search has ended
+    work.on_trial_complete("t6", result=None, error=True)
+    assert work.suggest("t7") == {"d": 9, MODE: "final"}  # a follow-up is started again too
+    assert work.suggest("t8") is None  # t7 runs
+    work.on_trial_complete("t7", result={"quality": 1.0})
+    assert work.suggest("t8") == Searcher.FINISHED
+
+
 def test_a_sigterm_while_pools_search_tells_every_pools_run_to_stop_and_still_exits():
     """The driver's main thread waits while the pools search in threads; SIGTERM (``ray job stop``; Ray's handler
     raises ``SystemExit``) there sets the stop request, which ends each pool's Tune run (``PoolWatch``) and its

@@ -260,6 +260,7 @@ def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, 
 
     from lonas_ray.search.evaluator import EvalJob
     from lonas_ray.search.pools import PoolError, PoolWatch, wait_seconds
+    from lonas_ray.search.searchers import PoolWork
     from lonas_ray.search.trainable import SubnetTrainable
 
     job = EvalJob.from_config(cfg, pool, source)
@@ -272,6 +273,7 @@ def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, 
         tune.register_trainable(name, trainable)
     # a fixed list's generator limits its own concurrency; a Searcher gets Tune's limiter
     limit = None if isinstance(search_alg, BasicVariantGenerator) else cfg.pools[pool].evaluators
+    retries = 0 if isinstance(search_alg, PoolWork) else cfg.search.trial_retries
     tuner = tune.Tuner(
         name,
         param_space=param_space or {},
@@ -282,8 +284,9 @@ def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, 
             storage_path=str(out / "ray_results"),
             stop=(watch := PoolWatch(placement, wait_seconds(cfg.pools[pool]))),
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),  # a trial has nothing to resume
-            # an evaluator that dies (killed, out of memory) takes its trial with it: started again from scratch
-            failure_config=tune.FailureConfig(max_failures=cfg.search.trial_retries),
+            # an evaluator that dies (killed, out of memory) takes its trial with it: started again from scratch, by
+            # PoolWork itself where it is the searcher (Tune would not restart one that died before it started)
+            failure_config=tune.FailureConfig(max_failures=retries),
             callbacks=[callback],
             verbose=0,  # progress is our bar and gauges: Tune's tables of ~150 config columns are unreadable
         ),
@@ -424,7 +427,8 @@ def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, 
         alg = build_searcher(space, s.strategy, population=s.population, seed=pool_seed(s.seed, pool) + written,
                              known=known, study_name=f"lonas-{pool}", objective=s.objective)
         last = then is not None and n <= s.trials_per_run
-        work = PoolWork(alg, min(n, s.trials_per_run), then if last else None, on_searched if last else None)
+        work = PoolWork(alg, min(n, s.trials_per_run), then if last else None, on_searched if last else None,
+                        retries=s.trial_retries)
         # the Optuna searcher holds the space, so no param_space; a run that follows up ends when its work does
         new = _run_pool(cfg, pool, space, source, out, known=known, total=s.budget, run=run, search_alg=work,
                         num_samples=-1 if last else min(n, s.trials_per_run), param_space=None)
@@ -511,7 +515,8 @@ def follow_up(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, ou
             continue
         known = rows_by_pool(out / RESULTS, pool)
         written += _run_pool(cfg, pool, space, source, out, known=known, total=len(known), run=run,
-                             kind="follow-up", search_alg=PoolWork(None, 0, then), num_samples=-1, param_space=None)
+                             kind="follow-up", search_alg=PoolWork(None, 0, then, retries=cfg.search.trial_retries),
+                             num_samples=-1, param_space=None)
     return written
 
 

@@ -309,22 +309,38 @@ class PoolWork(Searcher):
     trials runs; the driver then waits for more (another pool's front) without holding evaluators. Each
     configuration carries its mode (``modes.MODE``); only the search's own trials reach ``search``.
 
+    A trial that fails (its evaluator died: killed, out of memory, its node lost) is started again as a new trial
+    of the same configuration, at most ``retries`` times, before the one it stands for counts as failed; a search
+    trial's retry stands for it towards ``search`` (same id) and the budget. The run does this itself, with Tune's
+    own retries off (``_tune``): Tune starts a trial again only if it was running, and a trial whose *reused*
+    evaluator died before it started (Tune resets the idle actor first) is still pending, so it would fail for good.
+
     A search none of whose trials succeeded ends the run there (its evaluator is broken: the driver names it, and
     the shared work is left to the other pools). Either part may be absent: no ``search`` (a follow-up of its own:
     the pool's search needed no Tune run, or pools search one after another) or no ``then`` (a search cut into
     several runs, before its last one).
     """
 
-    def __init__(self, search: Searcher | None, budget: int, then=None, on_searched=None):
+    def __init__(self, search: Searcher | None, budget: int, then=None, on_searched=None, retries: int = 0):
         super().__init__()
         self.search, self.budget, self.then, self.on_searched = search, budget, then, on_searched
         self.issued, self.searching, self.searched = 0, set(), search is None or budget <= 0
         self.succeeded, self.following = 0, set()
+        self.retries, self.failures = retries, {}  # failures so far, by the id of the trial a retry stands for
+        self.running: dict[str, tuple[str, dict]] = {}  # Tune trial id -> (the id it stands for, its config)
+        self.again: list[tuple[str, dict]] = []  # failed trials to start again, first come first
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True if self.search is None else self.search.set_search_properties(metric, mode, config, **spec)
 
+    def _start(self, trial_id: str, config: dict, stands_for: str | None = None) -> dict:
+        self.running[trial_id] = (stands_for or trial_id, config)
+        return config
+
     def suggest(self, trial_id: str) -> dict | str | None:
+        if self.again:  # a dead evaluator's trial first: it holds up the front (search) or the follow-up
+            stands_for, config = self.again.pop(0)
+            return self._start(trial_id, config, stands_for)
         if not self.searched:
             config = self.search.suggest(trial_id) if self.issued < self.budget else Searcher.FINISHED
             if config is None:
@@ -332,7 +348,7 @@ class PoolWork(Searcher):
             if config != Searcher.FINISHED:
                 self.issued += 1
                 self.searching.add(trial_id)
-                return {**config, MODE: SEARCH}
+                return self._start(trial_id, {**config, MODE: SEARCH})
             self.searched = True  # the budget is spent, or nothing is left to propose (a small space)
         if not self.searching:
             if self.issued and not self.succeeded:  # a broken evaluator: it would fail the others' work too
@@ -349,18 +365,26 @@ class PoolWork(Searcher):
             return None if self.searching or self.following else Searcher.FINISHED
         mode, config = work
         self.following.add(trial_id)
-        return {**config, MODE: mode}
+        return self._start(trial_id, {**config, MODE: mode})
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self.searching:
-            self.search.on_trial_result(trial_id, result)
+        stands_for = self.running.get(trial_id, (trial_id, None))[0]
+        if stands_for in self.searching:
+            self.search.on_trial_result(stands_for, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        self.following.discard(trial_id)  # a follow-up trial's result is the driver's callback's alone
-        if trial_id in self.searching:
-            self.searching.discard(trial_id)
+        stands_for, config = self.running.pop(trial_id, (trial_id, None))
+        if error and config is not None and self.failures.get(stands_for, 0) < self.retries:
+            self.failures[stands_for] = self.failures.get(stands_for, 0) + 1
+            log.warning("trial %s failed (%s of %s tries); starting it again", stands_for,
+                        self.failures[stands_for], self.retries + 1)
+            self.again.append((stands_for, config))
+            return
+        self.following.discard(stands_for)  # a follow-up trial's result is the driver's callback's alone
+        if stands_for in self.searching:
+            self.searching.discard(stands_for)
             self.succeeded += result is not None and not error
-            self.search.on_trial_complete(trial_id, result=result, error=error)
+            self.search.on_trial_complete(stands_for, result=result, error=error)
 
     def save(self, checkpoint_path: str) -> None:
         pass  # nothing to resume from Tune's state: a re-run continues from results.parquet and final_quality.json
