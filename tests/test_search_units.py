@@ -781,6 +781,23 @@ def test_pool_work_starts_a_failed_trial_again_as_itself_at_most_retries_times()
     assert work.suggest("t8") == Searcher.FINISHED
 
 
+def test_a_fixed_list_runs_as_a_pool_works_search_in_order_its_failed_trials_started_again():
+    """The heuristic's seeds and the pipeline's maximal run as ``FixedList`` in a ``PoolWork``: each configuration
+    once, in order, tagged ``search``; one whose evaluator died is started again before the run ends."""
+    from lonas_ray.search.modes import MODE
+    from lonas_ray.search.searchers import FixedList, PoolWork
+
+    work = PoolWork(FixedList([{"d": 1}, {"d": 2}]), 2, retries=2)
+    assert work.suggest("t1") == {"d": 1, MODE: "search"} and work.suggest("t2") == {"d": 2, MODE: "search"}
+    assert work.suggest("t3") is None  # both run; none has succeeded yet
+    work.on_trial_complete("t1", result={"quality": 1.0})
+    work.on_trial_complete("t2", result=None, error=True)
+    assert work.suggest("t3") == {"d": 2, MODE: "search"}
+    assert work.suggest("t4") is None  # t3 runs
+    work.on_trial_complete("t3", result={"quality": 0.5})
+    assert work.suggest("t4") == Searcher.FINISHED and work.succeeded == 2
+
+
 def test_a_sigterm_while_pools_search_tells_every_pools_run_to_stop_and_still_exits():
     """The driver's main thread waits while the pools search in threads; SIGTERM (``ray job stop``; Ray's handler
     raises ``SystemExit``) there sets the stop request, which ends each pool's Tune run (``PoolWatch``) and its

@@ -221,12 +221,8 @@ def _results_writer(out: Path, pool: str, progress=None):
 
         def __init__(self):
             self.written = self.scored = 0
-            self.reported: set[str] = set()
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if trial.trial_id in self.reported:  # a retried trial whose evaluator died after reporting
-                return
-            self.reported.add(trial.trial_id)
             if result.get("reference_json"):
                 _record_reference(out / REFERENCES, pool, json.loads(result["reference_json"]))
             row = json.loads(result["row_json"])
@@ -252,15 +248,13 @@ def _stop_if_requested(pool: str) -> None:
 
 
 def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, num_samples: int, kind: str, callback,
-          out: Path, param_space: dict | None = None):
+          out: Path):
     """One Tune run of ``num_samples`` evaluator trials on ``pool`` (-1: until ``search_alg`` says it is finished),
     named by its ``kind``; returns (results grid, failed trials)."""
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from lonas_ray.search.evaluator import EvalJob
     from lonas_ray.search.pools import PoolError, PoolWatch, wait_seconds
-    from lonas_ray.search.searchers import PoolWork
     from lonas_ray.search.trainable import SubnetTrainable
 
     job = EvalJob.from_config(cfg, pool, source)
@@ -271,22 +265,19 @@ def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, 
     name = f"lonas-{kind}-{pool}-{uuid.uuid4().hex[:8]}"
     with _REGISTER:
         tune.register_trainable(name, trainable)
-    # a fixed list's generator limits its own concurrency; a Searcher gets Tune's limiter
-    limit = None if isinstance(search_alg, BasicVariantGenerator) else cfg.pools[pool].evaluators
-    retries = 0 if isinstance(search_alg, PoolWork) else cfg.search.trial_retries
     tuner = tune.Tuner(
         name,
-        param_space=param_space or {},
+        param_space={},  # the searcher (PoolWork) proposes every configuration
         tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=num_samples, reuse_actors=True,
-                                    max_concurrent_trials=limit),
+                                    max_concurrent_trials=cfg.pools[pool].evaluators),
         run_config=tune.RunConfig(
             name=f"{kind}-{pool}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",  # runs of one second
             storage_path=str(out / "ray_results"),
             stop=(watch := PoolWatch(placement, wait_seconds(cfg.pools[pool]))),
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),  # a trial has nothing to resume
-            # an evaluator that dies (killed, out of memory) takes its trial with it: started again from scratch, by
-            # PoolWork itself where it is the searcher (Tune would not restart one that died before it started)
-            failure_config=tune.FailureConfig(max_failures=retries),
+            # an evaluator that dies (killed, out of memory) takes its trial with it: started again from scratch by
+            # PoolWork, the run's searcher (Tune would not restart one that died before it started), not by Tune
+            failure_config=tune.FailureConfig(max_failures=0),
             callbacks=[callback],
             verbose=0,  # progress is our bar and gauges: Tune's tables of ~150 config columns are unreadable
         ),
@@ -299,20 +290,6 @@ def _tune(cfg: SearchConfig, pool: str, placement, source: Path, *, search_alg, 
         raise PoolError(watch.lost)
     _stop_if_requested(pool)  # nothing after this run (its front, the follow-up) is to start
     return grid, errors
-
-
-def choice_space(space: SearchSpace) -> dict:
-    """The space as a Tune param space (for the fixed-list runs; Optuna gets its own distributions)."""
-    from ray import tune
-
-    return {name: tune.choice(list(dim.choices)) for name, dim in space.dims.items()}
-
-
-def _fixed_list(cfg: SearchConfig, pool: str, space: SearchSpace, configs: list) -> dict:
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    alg = BasicVariantGenerator(points_to_evaluate=configs, max_concurrent=cfg.pools[pool].evaluators)
-    return {"search_alg": alg, "num_samples": len(configs), "param_space": choice_space(space)}
 
 
 def _run_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path, *, known: dict[str, dict],
@@ -400,8 +377,11 @@ def evaluate_configs(cfg: SearchConfig, pool: str, space: SearchSpace, source: P
             todo.append(c)
     if not todo:
         return 0
+    from lonas_ray.search.searchers import FixedList, PoolWork
+
+    work = PoolWork(FixedList(todo), len(todo), retries=cfg.search.trial_retries)
     return _run_pool(cfg, pool, space, source, out, known=known, total=len(known) + len(todo), run=run,
-                     **_fixed_list(cfg, pool, space, todo))
+                     search_alg=work, num_samples=-1)
 
 
 def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, out: Path,
@@ -429,9 +409,9 @@ def search_pool(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, 
         last = then is not None and n <= s.trials_per_run
         work = PoolWork(alg, min(n, s.trials_per_run), then if last else None, on_searched if last else None,
                         retries=s.trial_retries)
-        # the Optuna searcher holds the space, so no param_space; a run that follows up ends when its work does
+        # a run that follows up ends when its work does
         new = _run_pool(cfg, pool, space, source, out, known=known, total=s.budget, run=run, search_alg=work,
-                        num_samples=-1 if last else min(n, s.trials_per_run), param_space=None)
+                        num_samples=-1 if last else min(n, s.trials_per_run))
         written += new
         if last or new == 0:  # followed up; or nothing more to propose (a small space, all of it evaluated)
             break
@@ -516,7 +496,7 @@ def follow_up(cfg: SearchConfig, pool: str, space: SearchSpace, source: Path, ou
         known = rows_by_pool(out / RESULTS, pool)
         written += _run_pool(cfg, pool, space, source, out, known=known, total=len(known), run=run,
                              kind="follow-up", search_alg=PoolWork(None, 0, then, retries=cfg.search.trial_retries),
-                             num_samples=-1, param_space=None)
+                             num_samples=-1)
     return written
 
 

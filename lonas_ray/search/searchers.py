@@ -8,7 +8,7 @@
 * ``tpe``: Optuna's multi-objective ``TPESampler`` (MOTPE; multivariate, with the
   constant liar so that concurrent evaluators do not all get the same proposal),
   random for its first ``population`` trials;
-* ``heuristic``: no searcher, a fixed list (see ``seed_configs``).
+* ``heuristic``: no sampler, a fixed list (``seed_configs``, run as ``FixedList``).
 
 The Optuna strategies start from the maximal and minimal sub-networks (the
 pick rule's reference and the ends of the front). Results of earlier runs are
@@ -298,6 +298,21 @@ class SharedQueue:
 
     def __setstate__(self, state: dict) -> None:
         self._items, self._lock = state["_items"], threading.Lock()
+
+
+class FixedList(Searcher):
+    """The given configurations in order, then finished: a fixed list (the heuristic's seeds, the maximal alone) run
+    as a ``PoolWork``'s search, so its trials are started again as the search's are."""
+
+    def __init__(self, configs: Sequence[Mapping[str, Any]]):
+        super().__init__()
+        self.configs = [dict(c) for c in configs]
+
+    def suggest(self, trial_id: str) -> dict | str:
+        return self.configs.pop(0) if self.configs else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # nothing learns from a fixed list's results
 
 
 class PoolWork(Searcher):
