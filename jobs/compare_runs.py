@@ -22,6 +22,9 @@ from pathlib import Path
 
 from lonas_ray.stats import paired_bootstrap, verdict
 
+# what the deployment verdict says of each export (summary.json "deployment" "models")
+JUDGED = ("pool", "kept", "kept_ci95", "speedup", "speedup_ci95", "outcome")
+
 
 class RunError(Exception):
     """An output directory that is not a finished run."""
@@ -59,9 +62,7 @@ def run_figures(run: dict) -> dict:
             continue
         m, d = models[sid], judged.get(sid, {})
         exported[name] = {"subnet_id": sid, **_scored(m["quality"], m["eval_examples"], m.get("outcomes")),
-                          "quality_ci95": m.get("quality_ci95"), "pool": d.get("pool"), "kept": d.get("kept"),
-                          "kept_ci95": d.get("kept_ci95"), "speedup": d.get("speedup"),
-                          "speedup_ci95": d.get("speedup_ci95"), "outcome": d.get("outcome")}
+                          "quality_ci95": m.get("quality_ci95"), **{k: d.get(k) for k in JUDGED}}
     return {"dir": run["dir"],
             "baseline": _scored(base.get("quality"), base.get("eval_examples"), base.get("outcomes")),
             "maximal": {"subnet_id": maximal_id, **_scored(final.get("quality"), final.get("examples"),

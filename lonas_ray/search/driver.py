@@ -368,6 +368,8 @@ def evaluate_configs(cfg: SearchConfig, pool: str, space: SearchSpace, source: P
                      configs: list, run: str | None = None) -> int:
     """Evaluate the given sub-networks on ``pool`` (those not yet in results.parquet); returns how many. ``run``:
     the name the gauges are tagged with (default: the output directory's)."""
+    from lonas_ray.search.searchers import FixedList, PoolWork
+
     known = rows_by_pool(out / RESULTS, pool)
     todo, seen = [], set(known)
     for c in configs:
@@ -377,8 +379,6 @@ def evaluate_configs(cfg: SearchConfig, pool: str, space: SearchSpace, source: P
             todo.append(c)
     if not todo:
         return 0
-    from lonas_ray.search.searchers import FixedList, PoolWork
-
     work = PoolWork(FixedList(todo), len(todo), retries=cfg.search.trial_retries)
     return _run_pool(cfg, pool, space, source, out, known=known, total=len(known) + len(todo), run=run,
                      search_alg=work, num_samples=-1)
