@@ -145,9 +145,9 @@ class TrainSettings:
     checkpoint: CheckpointSpec = help_field(default_factory=CheckpointSpec, help="checkpoints and recovery")
     seed: int = help_field(0, help="seed of the sub-network and data schedule")
     log_every: int = help_field(10, help="report the step's metrics to Ray Train (its dashboard page, the run's "
-                                "result) every this many steps, besides each checkpoint. A report waits until Ray "
-                                "Train's controller has taken the one before, which it does about every 2 s: "
-                                "reporting every step holds shorter steps to that pace. The per-step figures are the "
+                                "result) every this many steps, besides each checkpoint, but not sooner than Ray "
+                                "Train's controller takes reports (about every 2 s): a report before that waits for "
+                                "it, which held short steps to its pace. The per-step figures are the "
                                 "lonas_train_* gauges and ranks/rank<N>.jsonl either way")
 
     def __post_init__(self):

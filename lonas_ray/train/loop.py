@@ -102,6 +102,27 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
+def report_interval_s() -> float:
+    """How often Ray Train's controller takes a worker's report: it polls the workers at its health-check interval
+    (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, 2 s by default) and a worker holds one report, so a report sooner than
+    that after the one before waits for the poll: on an H100, SmolLM2's plain-LoRA steps ran at that pace."""
+    return float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
+
+
+def metrics_report_due(done: int, log_every: int, since_last_s: float, interval_s: float) -> bool:
+    """A metrics-only report every ``log_every`` steps, skipped while the controller cannot have taken the last."""
+    return done % log_every == 0 and since_last_s >= interval_s
+
+
+def _rank_zero_decides(flag: bool, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every rank: a report is a collective, so ranks whose clocks differ must still agree."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
 def _check_same_subnets(ids: list[str], step: int) -> None:
     """Every rank must train the same sub-networks on a step; a mismatch is a bug worth stopping for."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
@@ -145,6 +166,7 @@ class Worker:
     teacher: Any = None  # a frozen teacher's TeacherLogits (train.distill.teacher), None in place or off
     start: int = 0  # the first step to run (after a resume, the checkpoint's)
     params_of: dict[str, int] = field(default_factory=dict)  # sub-network id -> params (counted once)
+    last_report: float = 0.0  # perf_counter() when the last ray.train.report returned
 
     def full_adapters(self):
         """Under ZeRO-3 the adapters themselves are sharded: gather them for a checkpoint."""
@@ -264,9 +286,13 @@ def report_step(w: Worker, step: int, subnets: list, ids: list[str], micro: list
                              probe_batch=probe_batch if last else None, device=w.device)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"step_{done:06d}")
+        w.last_report = time.perf_counter()
         upload_rank_log(w)
-    elif done % cfg.log_every == 0:
+    elif done % cfg.log_every == 0 and _rank_zero_decides(
+            metrics_report_due(done, cfg.log_every, time.perf_counter() - w.last_report, report_interval_s()),
+            w.device):
         ray.train.report(metrics)
+        w.last_report = time.perf_counter()
 
 
 def upload_rank_log(w: Worker) -> None:
