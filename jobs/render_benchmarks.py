@@ -30,6 +30,7 @@ from render_robust import recipes, robust
 from render_systems import (
     lease,
     load,
+    pipeline_stages,
     pools,
     scale_decode,
     scale_formats,
@@ -59,7 +60,8 @@ class RenderError(Exception):
 RENDERERS: dict[str, Callable[[list[Run]], str]] = {
     f.__name__: f for f in (quality_rows, quality_variants, sliced_recovered, per_target, sparse, dims, scale_decode,
                             scale_formats, train_variants, train_scaling, search_runtimes, search_scaling,
-                            search_strategies, load, pools, serving, lease, robust, recipes)}
+                            search_strategies, load, pools, serving, lease, robust, recipes,
+                            pipeline_stages)}
 
 
 def load_run(results: Path, stem: str, placeholder: str) -> Run:

@@ -312,3 +312,33 @@ def lease(runs: list[Run]) -> str:
                      f" evaluator scores {s['busy_batch']} x {s['busy_tokens']} tokens, then times"
                      f" {s['busy_repeats']} requests, over and over.")
     return section(runs, table(header, body), notes)
+
+
+def pipeline_stages(runs: list[Run]) -> str:
+    """A `lonas-ray run`'s stages (seconds, peak memory) and its evaluators' throughput, from stages.json and the
+    evaluators' profiles the run kept."""
+    names = short(runs)
+    header = ["run", "stage", "seconds", "calls", "peak host MiB", "peak GPU MiB"]
+    body = []
+    for run in runs:
+        for stage, rec in run.data["stages"].items():
+            memory = rec.get("memory") or {}
+            done = "finished" in rec
+            body.append([names[run.stem], stage, fixed(rec["seconds"]) if done else "did not finish",
+                         str(rec.get("runs", 1)), *(f"{memory[k]:,.0f}" if memory.get(k) is not None else "-"
+                                                     for k in ("peak_rss_mib", "peak_gpu_mib"))])
+    stages = table(header, body)
+    header = ["run", "pool", "evaluations", "per minute", "load", "switch", "score", "time"]
+    body = []
+    for run in runs:
+        evaluators = run.data.get("evaluators") or run.data["summary"]["evaluators"]
+        for pool, e in sorted(evaluators.items()):
+            body.append([names[run.stem], pool, str(e["evaluations"]), fixed(e["per_minute"], 2),
+                         *(f"{fixed(e['seconds'][k])} s ({pct(e['share'][k])})"
+                           for k in ("load_s", "switch_s", "score_s", "time_s"))])
+    notes = ["\"seconds\" is stages.json's: a stage run over several calls (\"calls\") counts its last call alone.",
+             "Peak memory: the stage's largest process (host) and what PyTorch allocated at most on the GPU (not the",
+             "CUDA context). Evaluators: evaluations a minute of one evaluator's busy time, and where that time went",
+             "(load the super-network, switch = slice + merge, score, time: the timed runs and the wait for the",
+             "GPU's lease while the other pool times)."]
+    return section(runs, stages + "\n\n" + table(header, body), notes)

@@ -58,6 +58,7 @@ from lonas_ray.search.driver import (
     SUMMARY,
     check_pool_runtimes,
     check_pools_now,
+    each_pool,
     evaluate_configs,
     local_pool_tags,
     rows_by_pool,
@@ -111,12 +112,16 @@ class Pipeline:
         return {"memory": largest(profiles(self.out / ZERO_SHOT / RESULTS))}
 
     def score_maximal(self, supernet_dir: Path, out: Path) -> None:
-        """A reference row on every pool: the maximal network, scored on the exported models' final examples."""
+        """A reference row on every pool: the maximal network, scored on the exported models' final examples; the
+        pools at once, as their search is (``search.concurrent_pools``): on the first H100 run, one after the other,
+        they took 80 of the baseline stage's 192 s."""
         cfg = self.cfg.search_config(supernet_dir, out)
         cfg.quality.examples = cfg.quality.final_examples
         space = load_prepared(supernet_dir)[1]
-        for pool in cfg.search.pools:
-            evaluate_configs(cfg, pool, space, supernet_dir, out, [space.maximal()], run=self.storage.name)
+        each_pool(cfg.search.pools,
+                  lambda pool: evaluate_configs(cfg, pool, space, supernet_dir, out, [space.maximal()],
+                                                run=self.storage.name),
+                  concurrent=cfg.search.concurrent_pools)
 
     def search(self) -> dict:
         from lonas_ray.search.driver import run_search
