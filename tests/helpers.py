@@ -177,13 +177,14 @@ print("CLI-RESULTS " + json.dumps(results), flush=True)
 """
 
 
-def lonas_cli_batch(argvs: list[list[str]], cwd: Path = ROOT, timeout: int = 600) -> list[dict]:
+def lonas_cli_batch(argvs: list[list[str]], cwd: Path = ROOT, timeout: int = 600,
+                    env: dict[str, str] | None = None) -> list[dict]:
     """``lonas-ray ARGV`` for each of ``argvs``, one after another in one fresh interpreter (``cli.main``, as the
     console script calls it): bad-input cases cost one import of torch and Ray, not one each. Per case: the exit
-    code and what went to stderr (an uncaught exception's traceback included)."""
+    code and what went to stderr (an uncaught exception's traceback included). ``env``: added to the environment."""
     proc = subprocess.run([sys.executable, "-c", _CLI_BATCH, json.dumps(argvs)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1",
-                                                           "TRANSFORMERS_OFFLINE": "1"})
+                                                           "TRANSFORMERS_OFFLINE": "1", **(env or {})})
     line = next((x for x in proc.stdout.splitlines() if x.startswith("CLI-RESULTS ")), None)
     assert line is not None, proc.stdout[-2000:] + proc.stderr[-3000:]
     return json.loads(line[len("CLI-RESULTS "):])

@@ -121,7 +121,11 @@ def test_a_trace_records_every_hold_with_its_span_and_a_timing_overlaps_no_other
 
 def test_a_killed_holder_leaves_no_lease(tmp_path):
     """The kernel releases a SIGKILLed evaluator's hold: nothing is left to clean up."""
-    code = ("import sys, time; from lonas_ray.lease import HardwareLease\n"
+    # lease.py needs the standard library alone: loaded by path, not through the package (torch, transformers)
+    code = ("import importlib.util as u, sys, time\n"
+            f"spec = u.spec_from_file_location('lease', {str(ROOT / 'lonas_ray' / 'lease.py')!r})\n"
+            "lease = sys.modules['lease'] = u.module_from_spec(spec); spec.loader.exec_module(lease)\n"
+            "HardwareLease = lease.HardwareLease\n"
             f"with HardwareLease('cpu', {str(tmp_path)!r}).exclusive():\n"
             "    print('held', flush=True); time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from helpers import ROOT, TINY, Head
+from helpers import ROOT, TINY, Head, lonas_cli_batch
 from lonas_ray import storage as storage_module
 from lonas_ray.config_io import ConfigError
 from lonas_ray.pipeline.export import already_exported, deliver
@@ -310,27 +310,27 @@ def test_the_pipeline_runs_on_a_node_that_cannot_see_the_drivers_disk_with_its_o
     assert (copy / "models" / "baseline" / "config.json").is_file() and not list(copy.rglob("models/**/*.safetensors"))
 
 
-@pytest.mark.parametrize("output, message", [
+BAD_OUTPUTS = [  # (--output, what the error says)
     ("nosuchscheme://bucket/run", "output 'nosuchscheme://bucket/run': unknown storage scheme"),
     ("s3://lonas/run?region=x", "carries options after '?'"),
     ("s3://", "output 's3://' names no bucket"),
-])
-def test_lonas_ray_run_with_a_bad_output_uri_exits_2_before_any_work(tmp_path, output, message):
-    proc = subprocess.run([sys.executable, "-m", "lonas_ray.cli", "run",
-                           "--config", str(ROOT / "jobs/configs/tiny.yaml"), "--output", output],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env={**os.environ, "LONAS_RAY_CACHE": str(tmp_path / "cache")})
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert not (tmp_path / "cache").exists() and not list(tmp_path.iterdir())
+    # an S3 endpoint nobody listens on: the error names the storage and what to check
+    ("s3://lonas/run1", "storage 's3://lonas/run1' cannot be reached"),
+]
 
 
-def test_storage_that_cannot_be_reached_is_refused_before_any_work(tmp_path):
-    """An S3 endpoint nobody listens on: exit 2 naming the storage and what to check, nothing written."""
-    env = {**os.environ, "LONAS_RAY_CACHE": str(tmp_path / "cache"), "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9",
+def test_bad_or_unreachable_output_uris_exit_2_before_any_work(tmp_path):
+    """Each refused with exit 2, no traceback, and nothing written (no cache, nothing in the working directory);
+    one interpreter runs the cases one after another (helpers.lonas_cli_batch)."""
+    env = {"LONAS_RAY_CACHE": str(tmp_path / "cache"), "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9",
            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true"}
-    proc = subprocess.run([sys.executable, "-m", "lonas_ray.cli", "run", "--config",
-                           str(ROOT / "jobs/configs/tiny.yaml"), "--output", "s3://lonas/run1"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert "storage 's3://lonas/run1' cannot be reached" in proc.stderr and "AWS_ENDPOINT_URL_S3" in proc.stderr
-    assert not list(tmp_path.iterdir())
+    work = tmp_path / "work"
+    work.mkdir()
+    config = str(ROOT / "jobs/configs/tiny.yaml")
+    results = lonas_cli_batch([["run", "--config", config, "--output", output] for output, _ in BAD_OUTPUTS],
+                              cwd=work, timeout=300, env=env)
+    for (output, message), r in zip(BAD_OUTPUTS, results, strict=True):
+        assert r["returncode"] == 2 and message in r["stderr"] and "Traceback" not in r["stderr"], \
+            (output, r["stderr"][-2000:])
+    assert "AWS_ENDPOINT_URL_S3" in results[-1]["stderr"]  # what to check, for the unreachable one
+    assert not (tmp_path / "cache").exists() and not list(work.iterdir())
