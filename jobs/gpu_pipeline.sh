@@ -10,9 +10,10 @@
 # Knobs: CONFIG (jobs/configs/gpu.yaml; jobs/configs/gpu_7b_shape.yaml: a random Llama-7B shape), MODEL=tiny (the
 # same recipe on a tiny random-init Llama: a smoke run that needs no SmolLM2), STOP_AFTER (a stage: --stop-after),
 # LIMIT (seconds, default 500).
-# Writes under $OUT (8 files at most come back): the run's summary.json, stages.json, report.md and log, gpu_memory.csv (the GPU's
-# memory in use every 250 ms, from nvidia-smi), environment.txt, extras.tgz (pareto.png, results.parquet, the other
-# top-level JSON, every recovery.json and manifest.json) and ray_logs.tgz (workers' logs that hold an error).
+# Writes under $OUT (8 files at most come back): the run's summary.json, stages.json, report.md and log,
+# gpu_memory.csv (the GPU's memory in use every 250 ms, from nvidia-smi), environment.txt, extras.tgz (pareto.png,
+# results.parquet, the other top-level JSON, every recovery.json and manifest.json, the training ranks' per-step
+# records) and ray_logs.tgz (workers' logs that hold an error).
 set -uo pipefail
 . jobs/gpu_stage.sh
 [ -n "${STAGE_ONLY:-}" ] && exit 0   # a call that only brings a part
@@ -47,7 +48,7 @@ for f in summary.json stages.json report.md; do
   [ -f "$run/$f" ] && cp "$run/$f" "$OUT/"
 done
 (cd "$run" && find . -maxdepth 1 \( -name pareto.png -o -name results.parquet -o -name '*.json' \) \
-   ! -name summary.json ! -name stages.json; find . -name recovery.json -o -name manifest.json) 2>/dev/null \
+   ! -name summary.json ! -name stages.json; find . -name recovery.json -o -name manifest.json -o -path '*/ranks/*.jsonl') 2>/dev/null \
   | tar czf "$OUT/extras.tgz" -C "$run" -T - 2>/dev/null
 logs=$(grep -l "Error\|Traceback" /tmp/ray/session_latest/logs/worker-*.err 2>/dev/null)
 [ -n "$logs" ] && tar czf "$OUT/ray_logs.tgz" $logs 2>/dev/null
