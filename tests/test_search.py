@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from helpers import ROOT, randomize_adapters, run_python
+from helpers import ROOT, lonas_cli_batch, randomize_adapters, run_python
 from lonas_ray.build import load_prepared, prepare_once, restore_supernet
 from lonas_ray.config_io import from_dict, to_dict
 from lonas_ray.search.config import SearchConfig
@@ -232,15 +232,15 @@ def test_a_broken_super_network_fails_the_search_with_the_evaluators_error(local
 
 def test_cli_rejects_bad_search_configs_with_exit_2(tmp_path):
     raw = yaml.safe_load(TINY.read_text())
-    for change, message in (
-        ({"search": {"strategy": "nsga2", "budget": 0}}, "search.budget must be an integer >= 1"),
-        ({"search": {"pools": ["locl"]}}, "unknown pool 'locl' (did you mean 'local'?)"),
-    ):
-        path = tmp_path / "bad.yaml"
-        path.write_text(yaml.safe_dump({**raw, **change}))
-        proc = subprocess.run([sys.executable, "-m", "lonas_ray.cli", "search", "--config", str(path)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    cases = [({"search": {"strategy": "nsga2", "budget": 0}}, "search.budget must be an integer >= 1"),
+             ({"search": {"pools": ["locl"]}}, "unknown pool 'locl' (did you mean 'local'?)")]
+    for i, (change, _) in enumerate(cases):
+        (tmp_path / f"bad{i}.yaml").write_text(yaml.safe_dump({**raw, **change}))
+    runs = lonas_cli_batch([["search", "--config", str(tmp_path / f"bad{i}.yaml")] for i in range(len(cases))],
+                           timeout=240)  # one interpreter for both (helpers.lonas_cli_batch)
+    for (_, message), run in zip(cases, runs, strict=True):
+        assert run["returncode"] == 2 and message in run["stderr"], run["stderr"][-2000:]
+        assert "Traceback" not in run["stderr"]
 
 
 MULTI_POOL = r"""
