@@ -325,8 +325,8 @@ def pipeline_stages(runs: list[Run]) -> str:
             memory = rec.get("memory") or {}
             done = "finished" in rec
             body.append([names[run.stem], stage, fixed(rec["seconds"]) if done else "did not finish",
-                         str(rec.get("runs", 1)), *(f"{memory[k]:,.0f}" if memory.get(k) is not None else "-"
-                                                     for k in ("peak_rss_mib", "peak_gpu_mib"))])
+                         str(rec.get("runs", 1)), fixed(memory.get("peak_rss_mib"), 0),
+                         fixed(memory.get("peak_gpu_mib"), 0)])
     stages = table(header, body)
     header = ["run", "pool", "evaluations", "per minute", "load", "switch", "score", "time"]
     body = []
